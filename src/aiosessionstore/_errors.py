@@ -1,0 +1,31 @@
+"""The exceptions aiosessionstore raises, all under one base class."""
+
+from __future__ import annotations
+
+__all__ = (
+    "CorruptSessionError",
+    "LockTimeoutError",
+    "SessionStoreError",
+    "StoreClosedError",
+    "UnsupportedVersionError",
+)
+
+
+class SessionStoreError(Exception):
+    """Base class: catch this to handle every failure of the session store."""
+
+
+class StoreClosedError(SessionStoreError):
+    """The store is not open: enter ``async with store`` first, and use it only inside."""
+
+
+class UnsupportedVersionError(SessionStoreError):
+    """The session file was written by a newer format version; it is left untouched."""
+
+
+class CorruptSessionError(SessionStoreError):
+    """The session file is not a valid session; it is moved aside, never deleted."""
+
+
+class LockTimeoutError(SessionStoreError):
+    """Another process held the session's lock file for longer than the lock timeout."""

@@ -1,0 +1,198 @@
+"""The session file: locked read-merge-write transactions, atomic and durable.
+
+Every function here is synchronous and blocking on purpose: the store runs each whole
+transaction in one worker-thread hop (``aiofiles.os.wrap``), which costs far less than a
+hop per system call, and the same code serves a synchronous flush at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import glob
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import filelock
+
+from ._errors import (
+    CorruptSessionError,
+    LockTimeoutError,
+    SessionStoreError,
+    UnsupportedVersionError,
+)
+from ._session import Record, Session, SessionStats, decode, encode
+
+__all__ = ("Change", "Mode", "commit", "remove")
+
+logger = logging.getLogger("aiosessionstore")
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class Mode(enum.Enum):
+    """What a transaction does to the session it finds on disk."""
+
+    MERGE = "merge"  # add our pending counts
+    RESET = "reset"  # zero the counts, keep the id
+    NEW = "new"  # start a new session id
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One transaction's input: what to do, what to add, and what this store knew."""
+
+    mode: Mode
+    deltas: SessionStats
+    active_at: datetime
+    #: The session this store last saw; written back over a corrupt file.
+    known: Record
+    #: Whether ``known`` was ever on disk: a saved session that has since disappeared was
+    #: deleted on purpose, and its identity must not come back.
+    known_was_saved: bool
+
+    def apply(self, base: Record) -> Record:
+        """The record to write, given the one found on disk."""
+        session = base.session
+        active_at = max(session.last_active_at, self.active_at)
+        if self.mode is Mode.MERGE:
+            return base.with_session(last_active_at=active_at, stats=session.stats + self.deltas)
+        if self.mode is Mode.RESET:
+            return base.with_session(last_active_at=active_at, stats=SessionStats())
+        return Record(Session.new(self.active_at), base.extra)
+
+
+def commit(path: Path, change: Change, lock_timeout: float) -> Record:
+    """Apply ``change`` to the session file under the inter-process lock; return what is on disk."""
+    with _translated_errors(path), _locked(path, lock_timeout):
+        record = change.apply(_read_base(path, change))
+        _write_atomic(path, encode(record))
+        return record
+
+
+def remove(path: Path, lock_timeout: float) -> bool:
+    """Delete the session file under the lock; True if it existed. The lock file stays."""
+    with _translated_errors(path), _locked(path, lock_timeout):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _translated_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except filelock.Timeout:
+        raise LockTimeoutError(
+            f"timed out waiting for the lock on {path}: another process holds {_lock_path(path)}"
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.filename and os.fspath(exc.filename) != str(path):
+            reason = f"{reason}: {exc.filename}"
+        raise SessionStoreError(f"cannot use session file {path}: {reason}") from exc
+
+
+@contextlib.contextmanager
+def _locked(path: Path, timeout: float) -> Iterator[None]:
+    """Hold the lock file beside the session file; it is never deleted, so locks never race."""
+    directory = path.parent
+    directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    lock = filelock.FileLock(
+        _lock_path(path), timeout=timeout, mode=_FILE_MODE, preserve_lock_file=True
+    )
+    with lock:
+        _remove_stale_temp_files(path)
+        yield
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _read_base(path: Path, change: Change) -> Record:
+    """The record to build on: the file's, or what replaces a missing or corrupt one."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if change.known_was_saved:
+            return Record(Session.new(change.active_at), change.known.extra)
+        return change.known
+    try:
+        return decode(data)
+    except UnsupportedVersionError as exc:
+        raise UnsupportedVersionError(f"{path}: {exc}; the file is left as it is") from None
+    except CorruptSessionError as exc:
+        aside = _quarantine(path, change.active_at)
+        logger.warning(
+            "session file %s is corrupt (%s); moved it to %s and wrote session %s in its place",
+            path,
+            exc,
+            aside,
+            change.known.session.session_id,
+        )
+        return change.known
+
+
+def _quarantine(path: Path, now: datetime) -> Path:
+    """Move a corrupt file aside under a name that no other file has; never delete it."""
+    stem = f"{path.name}.corrupt-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z"
+    aside = path.with_name(stem)
+    number = 0
+    while aside.exists():  # we hold the lock: nobody else names a quarantine now
+        number += 1
+        aside = path.with_name(f"{stem}-{number}")
+    path.rename(aside)
+    return aside
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write a fresh temp file, fsync it, replace the session file, fsync the directory."""
+    temp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _FILE_MODE)
+    try:
+        try:
+            if hasattr(os, "fchmod"):  # the umask may have narrowed the mode
+                os.fchmod(fd, _FILE_MODE)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable (POSIX; Windows has no directory handles to sync)."""
+    if sys.platform == "win32":
+        return
+    fd = os.open(directory, os.O_RDONLY | _CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Delete temp files of writers that died mid-write: only a lock holder writes them."""
+    pattern = os.path.join(glob.escape(str(path.parent)), glob.escape(path.name) + ".*.tmp")
+    for name in glob.iglob(pattern):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)

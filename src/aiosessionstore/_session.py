@@ -1,0 +1,179 @@
+"""The session, its stats, and their JSON form (the TypeScript tool's, both ways)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+from ._errors import CorruptSessionError, UnsupportedVersionError
+
+__all__ = (
+    "CURRENT_VERSION",
+    "Record",
+    "Session",
+    "SessionStats",
+    "decode",
+    "encode",
+    "format_timestamp",
+    "parse_timestamp",
+    "timestamp",
+)
+
+CURRENT_VERSION = 1
+
+#: JSON key of each counter, in field order of SessionStats.
+_STAT_KEYS = ("toolCalls", "promptCalls", "errors", "rateLimits")
+_KNOWN_KEYS = frozenset({"version", "sessionId", "createdAt", "lastActiveAt", "stats"})
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStats:
+    """Usage counters of one session."""
+
+    tool_calls: int = 0
+    prompt_calls: int = 0
+    errors: int = 0
+    rate_limits: int = 0
+
+    def __add__(self, other: SessionStats) -> SessionStats:
+        return SessionStats(
+            self.tool_calls + other.tool_calls,
+            self.prompt_calls + other.prompt_calls,
+            self.errors + other.errors,
+            self.rate_limits + other.rate_limits,
+        )
+
+    def __bool__(self) -> bool:
+        return any((self.tool_calls, self.prompt_calls, self.errors, self.rate_limits))
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One session: its id, when it began and was last active (UTC), and its counters."""
+
+    version: int
+    session_id: str
+    created_at: datetime
+    last_active_at: datetime
+    stats: SessionStats
+
+    @classmethod
+    def new(cls, now: datetime) -> Session:
+        """A fresh session with a random id, created and last active at ``now``."""
+        return cls(CURRENT_VERSION, str(uuid.uuid4()), now, now, SessionStats())
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A session as stored: the session plus the top-level keys we do not know, kept as found."""
+
+    session: Session
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def with_session(self, **changes: Any) -> Record:
+        return Record(replace(self.session, **changes), self.extra)
+
+
+def timestamp(seconds: float) -> datetime:
+    """A UTC datetime at millisecond precision, as a JavaScript ``Date`` holds it."""
+    milliseconds = int(seconds * 1000)
+    return datetime.fromtimestamp(milliseconds / 1000, tz=timezone.utc)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """JavaScript's ``Date.toISOString()`` form: ``2026-11-25T15:06:07.123Z``."""
+    utc = moment.astimezone(timezone.utc)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Read an ISO 8601 timestamp that names its offset (``Z`` or ``+hh:mm``); UTC result."""
+    moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no time zone")
+    return moment.astimezone(timezone.utc)
+
+
+def encode(record: Record) -> bytes:
+    """The file's bytes: the seed's ``JSON.stringify(session, null, 2)``, unknown keys kept."""
+    session = record.session
+    stats = session.stats
+    document = {
+        "version": session.version,
+        "sessionId": session.session_id,
+        "createdAt": format_timestamp(session.created_at),
+        "lastActiveAt": format_timestamp(session.last_active_at),
+        "stats": dict(
+            zip(
+                _STAT_KEYS,
+                (stats.tool_calls, stats.prompt_calls, stats.errors, stats.rate_limits),
+                strict=True,
+            )
+        ),
+        **record.extra,
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False).encode()
+
+
+def decode(data: bytes) -> Record:
+    """Parse and validate a session file; CorruptSessionError says what is wrong with it."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptSessionError(f"not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise CorruptSessionError("not a JSON object")
+    version = _field(document, "version", int)
+    if version > CURRENT_VERSION:
+        raise UnsupportedVersionError(
+            f"session format version {version} is newer than version {CURRENT_VERSION}, "
+            "the newest this aiosessionstore reads: upgrade aiosessionstore"
+        )
+    if version < 1:
+        raise CorruptSessionError(f"version {version} is not a valid version")
+    session_id = _field(document, "sessionId", str)
+    if not session_id:
+        raise CorruptSessionError("sessionId is empty")
+    session = Session(
+        version=CURRENT_VERSION,
+        session_id=session_id,
+        created_at=_timestamp_field(document, "createdAt"),
+        last_active_at=_timestamp_field(document, "lastActiveAt"),
+        stats=_decode_stats(_field(document, "stats", dict)),
+    )
+    extra = {key: value for key, value in document.items() if key not in _KNOWN_KEYS}
+    return Record(session, MappingProxyType(extra))
+
+
+def _decode_stats(stats: dict[str, Any]) -> SessionStats:
+    counts = [_field(stats, key, int) for key in _STAT_KEYS]
+    for key, count in zip(_STAT_KEYS, counts, strict=True):
+        if count < 0:
+            raise CorruptSessionError(f"stats.{key} is negative ({count})")
+    return SessionStats(*counts)
+
+
+def _timestamp_field(document: dict[str, Any], key: str) -> datetime:
+    text = _field(document, key, str)
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise CorruptSessionError(f"{key} is not an ISO 8601 timestamp: {text!r}") from None
+
+
+def _field(document: dict[str, Any], key: str, kind: type[Any]) -> Any:
+    if key not in document:
+        raise CorruptSessionError(f"{key} is missing")
+    value = document[key]
+    # bool is an int to Python but not to JSON: true is no counter.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise CorruptSessionError(f"{key} should be {_JSON_TYPES[kind]}, not {value!r}")
+    return value
+
+
+_JSON_TYPES: dict[type[Any], str] = {int: "an integer", str: "a string", dict: "an object"}

@@ -1,0 +1,220 @@
+"""The session file: the TypeScript tool's JSON, both ways, and what happens to bad files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import anyio
+import pytest
+
+from aiosessionstore import AsyncSessionStore, Session, SessionStats, UnsupportedVersionError
+from aiosessionstore._session import Record, decode, encode, format_timestamp, parse_timestamp
+
+from .conftest import read_json
+
+SEED_FILE = """{
+  "version": 1,
+  "sessionId": "6f1c2a4e-9d3b-4c1a-8e2f-0a1b2c3d4e5f",
+  "createdAt": "2026-11-20T08:00:00.000Z",
+  "lastActiveAt": "2026-11-25T15:06:07.123Z",
+  "stats": {
+    "toolCalls": 42,
+    "promptCalls": 7,
+    "errors": 3,
+    "rateLimits": 1
+  }
+}"""
+
+
+def valid_document() -> dict[str, Any]:
+    document = json.loads(SEED_FILE)
+    assert isinstance(document, dict)
+    return document
+
+
+class TestTimestamps:
+    def test_formatted_as_javascript_to_iso_string(self) -> None:
+        """Milliseconds and a Z, exactly as Date.prototype.toISOString() writes them."""
+        moment = datetime(2026, 11, 25, 15, 6, 7, 123456, tzinfo=timezone.utc)
+        assert format_timestamp(moment) == "2026-11-25T15:06:07.123Z"
+
+    def test_offsets_are_read_and_converted_to_utc(self) -> None:
+        """Another tool's +01:00 timestamp is the same instant in UTC."""
+        moment = parse_timestamp("2026-11-25T16:06:07.123+01:00")
+        assert moment == datetime(2026, 11, 25, 15, 6, 7, 123000, tzinfo=timezone.utc)
+
+    def test_a_timestamp_without_a_zone_is_refused(self) -> None:
+        """A naive time could be any of 24 instants."""
+        with pytest.raises(ValueError, match="time zone"):
+            parse_timestamp("2026-11-25T15:06:07")
+
+
+class TestCodec:
+    def test_reads_what_the_seed_writes(self) -> None:
+        """A file written by the TypeScript tool loads with every field."""
+        session = decode(SEED_FILE.encode()).session
+        assert session == Session(
+            version=1,
+            session_id="6f1c2a4e-9d3b-4c1a-8e2f-0a1b2c3d4e5f",
+            created_at=datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc),
+            last_active_at=datetime(2026, 11, 25, 15, 6, 7, 123000, tzinfo=timezone.utc),
+            stats=SessionStats(42, 7, 3, 1),
+        )
+
+    def test_writes_byte_for_byte_what_the_seed_writes(self) -> None:
+        """JSON.stringify(session, null, 2): same keys, order, indent and timestamps."""
+        assert encode(decode(SEED_FILE.encode())).decode() == SEED_FILE
+
+    def test_unknown_top_level_keys_are_kept(self) -> None:
+        """Keys we do not know round-trip unchanged, after the ones we do."""
+        document = valid_document() | {"tools": {"search": {"calls": 2}}, "note": "ü"}
+        record = decode(json.dumps(document).encode())
+        assert json.loads(encode(record)) == document
+
+    @pytest.mark.parametrize(
+        ("change", "complaint"),
+        [
+            ({"version": "1"}, "version should be an integer"),
+            ({"version": 0}, "not a valid version"),
+            ({"sessionId": ""}, "sessionId is empty"),
+            ({"sessionId": 7}, "sessionId should be a string"),
+            ({"createdAt": "yesterday"}, "createdAt is not an ISO 8601"),
+            ({"lastActiveAt": None}, "lastActiveAt should be a string"),
+            ({"stats": []}, "stats should be an object"),
+            ({"stats": {"toolCalls": 1, "promptCalls": 0, "errors": 0}}, "rateLimits is missing"),
+            ({"stats": {"toolCalls": -1, "promptCalls": 0, "errors": 0, "rateLimits": 0}},
+             "negative"),
+            ({"stats": {"toolCalls": 1.5, "promptCalls": 0, "errors": 0, "rateLimits": 0}},
+             "should be an integer"),
+            ({"stats": {"toolCalls": True, "promptCalls": 0, "errors": 0, "rateLimits": 0}},
+             "should be an integer"),
+        ],
+    )  # fmt: skip
+    def test_bad_fields_are_named(self, change: dict[str, Any], complaint: str) -> None:
+        """Each kind of damage gets a message that says what is wrong."""
+        from aiosessionstore._errors import CorruptSessionError
+
+        with pytest.raises(CorruptSessionError, match=complaint):
+            decode(json.dumps(valid_document() | change).encode())
+
+    @pytest.mark.parametrize("data", [b"", b"{", b"[]", b"\xff\xfe", b"null"])
+    def test_non_objects_are_corrupt(self, data: bytes) -> None:
+        """Empty, truncated, non-UTF-8 or non-object files are corrupt, not crashes."""
+        from aiosessionstore._errors import CorruptSessionError
+
+        with pytest.raises(CorruptSessionError):
+            decode(data)
+
+    def test_a_newer_version_is_unsupported(self) -> None:
+        """A file from the future is not ours to judge or rewrite."""
+        with pytest.raises(UnsupportedVersionError, match="upgrade aiosessionstore"):
+            decode(json.dumps(valid_document() | {"version": 2}).encode())
+
+
+async def write_bytes(path: Path, data: bytes) -> None:
+    await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+    async with aiofiles.open(path, "wb") as file:
+        await file.write(data)
+
+
+@pytest.mark.anyio
+class TestBadFilesAtOpen:
+    async def test_a_seed_file_is_adopted(self, session_path: Path) -> None:
+        """Opening a file the TypeScript tool wrote keeps its id and counts."""
+        await write_bytes(session_path, SEED_FILE.encode())
+        async with AsyncSessionStore(session_path) as store:
+            assert store.session_id == "6f1c2a4e-9d3b-4c1a-8e2f-0a1b2c3d4e5f"
+            assert store.session.stats == SessionStats(42, 7, 3, 1)
+            await store.increment_tool_calls()
+        assert (await anyio.to_thread.run_sync(read_json, session_path))["stats"]["toolCalls"] == 43
+
+    @pytest.mark.parametrize("content", [b"", b"not json", b'{"version": 1}'])
+    async def test_a_corrupt_file_is_moved_aside_and_replaced(
+        self, session_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The seed overwrites a bad file silently; we keep it and say where."""
+        await write_bytes(session_path, content)
+        async with AsyncSessionStore(session_path) as store:
+            assert store.session.stats == SessionStats()
+        [aside] = [p async for p in anyio.Path(session_path.parent).glob("session.json.corrupt-*")]
+        assert await aside.read_bytes() == content
+        assert str(session_path) in caplog.text
+        assert str(aside) in caplog.text
+        assert caplog.records[-1].levelname == "WARNING"
+
+    async def test_quarantined_files_never_overwrite_each_other(
+        self, session_path: Path, clock: Any
+    ) -> None:
+        """Two corrupt files in the same millisecond get two names."""
+        for content in (b"first", b"second"):
+            await write_bytes(session_path, content)
+            async with AsyncSessionStore(session_path, clock=clock):
+                pass
+        asides = [p async for p in anyio.Path(session_path.parent).glob("session.json.corrupt-*")]
+        assert sorted([await p.read_bytes() for p in asides]) == [b"first", b"second"]
+
+    async def test_a_newer_version_is_left_untouched(self, session_path: Path) -> None:
+        """UnsupportedVersionError at open, and not one byte of the file changes."""
+        content = json.dumps(valid_document() | {"version": 2}).encode()
+        await write_bytes(session_path, content)
+        with pytest.raises(UnsupportedVersionError, match=str(session_path)):
+            async with AsyncSessionStore(session_path):
+                pass
+        assert await anyio.Path(session_path).read_bytes() == content
+        assert [p async for p in anyio.Path(session_path.parent).glob("*corrupt*")] == []
+
+
+NODE = shutil.which("node")
+
+# The seed's own read path (readSessionFromDisk) and write path (createNewSession +
+# writeSessionToDisk), restated in JavaScript so the test needs nothing but Node.
+SEED_READ = """
+const fs = require('fs');
+const s = JSON.parse(fs.readFileSync(process.argv[1], 'utf8'));
+if (s.version !== 1 || !s.sessionId || !s.createdAt) process.exit(3);
+for (const k of ['createdAt', 'lastActiveAt'])
+  if (new Date(s[k]).toISOString() !== s[k]) process.exit(4);
+process.stdout.write(JSON.stringify(s));
+"""
+SEED_WRITE = """
+const fs = require('fs');
+const now = new Date().toISOString();
+const s = {version: 1, sessionId: require('crypto').randomUUID(), createdAt: now,
+           lastActiveAt: now, stats: {toolCalls: 5, promptCalls: 0, errors: 1, rateLimits: 0}};
+fs.writeFileSync(process.argv[1], JSON.stringify(s, null, 2), {mode: 0o600});
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="Node.js is not installed")
+@pytest.mark.anyio
+class TestWithNode:
+    async def test_the_seed_reads_our_file(self, session_path: Path) -> None:
+        """Node, validating as the seed does, accepts what we write."""
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_rate_limits(2)
+        assert NODE is not None
+        done = await anyio.run_process([NODE, "-e", SEED_READ, str(session_path)])
+        seen = json.loads(done.stdout)
+        assert seen["sessionId"] == store.session_id
+        assert seen["stats"]["rateLimits"] == 2
+
+    async def test_we_read_the_seeds_file(self, session_path: Path) -> None:
+        """A session Node wrote as the seed does opens here with its counts."""
+        await anyio.Path(session_path.parent).mkdir(parents=True)
+        assert NODE is not None
+        await anyio.run_process([NODE, "-e", SEED_WRITE, str(session_path)])
+        async with AsyncSessionStore(session_path) as store:
+            assert store.session.stats == SessionStats(5, 0, 1, 0)
+
+
+def test_record_round_trip_keeps_extras() -> None:
+    """Record.with_session changes the session and nothing else."""
+    record = decode(json.dumps(valid_document() | {"x": 1}).encode())
+    changed = record.with_session(stats=SessionStats(1, 2, 3, 4))
+    assert changed.extra == {"x": 1}
+    assert isinstance(changed, Record)

@@ -1,0 +1,565 @@
+"""AsyncSessionStore: the behaviour of one store, in one process, on real files."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiofiles.os
+import anyio
+import filelock
+import pytest
+
+from aiosessionstore import (
+    AsyncSessionStore,
+    LockTimeoutError,
+    SessionStats,
+    SessionStoreError,
+    StoreClosedError,
+    _file,
+    _store,
+)
+
+from .conftest import FakeClock, read_json
+
+pytestmark = pytest.mark.anyio
+
+
+async def write_text(path: Path, text: str) -> None:
+    async with aiofiles.open(path, "w", encoding="utf-8") as file:
+        await file.write(text)
+
+
+async def read_on_disk(path: Path) -> dict[str, Any]:
+    return await anyio.to_thread.run_sync(read_json, path)
+
+
+def replace_transaction(
+    monkeypatch: pytest.MonkeyPatch, make: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> None:
+    """Swap the store's file transaction for ``make(real_commit)``, still run in a thread."""
+    monkeypatch.setattr(_store, "_commit_in_thread", aiofiles.os.wrap(make(_file.commit)))
+
+
+class TestOpen:
+    async def test_creates_a_session_file_at_once(self, session_path: Path) -> None:
+        """Entering the store writes a new session before the first update."""
+        async with AsyncSessionStore(session_path) as store:
+            on_disk = await read_on_disk(session_path)
+            assert on_disk["sessionId"] == store.session_id
+            assert on_disk["stats"] == {
+                "toolCalls": 0,
+                "promptCalls": 0,
+                "errors": 0,
+                "rateLimits": 0,
+            }
+
+    async def test_reopening_keeps_the_session_id(self, session_path: Path) -> None:
+        """Two opens of one file see the same session, as the seed's getOrCreateSession."""
+        async with AsyncSessionStore(session_path) as first:
+            pass
+        async with AsyncSessionStore(session_path) as second:
+            assert second.session_id == first.session_id
+
+    async def test_reopening_updates_last_active(
+        self, session_path: Path, clock: FakeClock
+    ) -> None:
+        """Opening marks the session active now and keeps when it was created."""
+        async with AsyncSessionStore(session_path, clock=clock) as first:
+            created = first.session.created_at
+        clock.advance(3600)
+        async with AsyncSessionStore(session_path, clock=clock) as second:
+            assert second.session.created_at == created
+            assert second.session.last_active_at == datetime.fromtimestamp(clock.now, timezone.utc)
+
+    async def test_force_new_starts_a_new_session(self, session_path: Path) -> None:
+        """force_new=True replaces the session id and its counts."""
+        async with AsyncSessionStore(session_path) as first:
+            await first.increment_tool_calls(5)
+        async with AsyncSessionStore(session_path, force_new=True) as second:
+            assert second.session_id != first.session_id
+            assert second.session.stats == SessionStats()
+        assert (await read_on_disk(session_path))["sessionId"] == second.session_id
+
+    async def test_directory_is_created_private(self, tmp_path: Path) -> None:
+        """A missing directory is created 0700 and the file 0600."""
+        path = tmp_path / "a" / "b" / "session.json"
+        async with AsyncSessionStore(path):
+            pass
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+        assert path.stat().st_mode & 0o777 == 0o600
+
+    async def test_a_path_that_is_a_directory_fails_at_open(self, session_path: Path) -> None:
+        """A directory where the file should be is an error at open that names the path."""
+        await anyio.Path(session_path).mkdir(parents=True)
+        with pytest.raises(SessionStoreError, match=str(session_path)):
+            async with AsyncSessionStore(session_path):
+                pass
+
+    async def test_an_unwritable_directory_fails_at_open(self, tmp_path: Path) -> None:
+        """A directory that cannot be created is an error at open, with the OS's reason."""
+        blocker = tmp_path / "file"
+        await write_text(blocker, "not a directory")
+        with pytest.raises(SessionStoreError, match=f"File exists: {blocker}") as caught:
+            async with AsyncSessionStore(blocker / "session.json"):
+                pass
+        assert isinstance(caught.value.__cause__, OSError)
+
+    async def test_a_store_opens_only_once(self, session_path: Path) -> None:
+        """A closed store is not reopened by accident: make a new one."""
+        store = AsyncSessionStore(session_path)
+        async with store:
+            pass
+        with pytest.raises(RuntimeError, match="only once"):
+            async with store:
+                pass
+
+
+class TestCounters:
+    async def test_increments_add_up(self, session_path: Path) -> None:
+        """Each counter adds what it is given, and the session shows it before any flush."""
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls()
+            await store.increment_tool_calls(2)
+            await store.increment_prompt_calls(3)
+            await store.increment_errors(4)
+            await store.increment_rate_limits(5)
+            await store.update_stats(tool_calls=10, errors=1)
+            assert store.session.stats == SessionStats(13, 3, 5, 5)
+        assert (await read_on_disk(session_path))["stats"] == {
+            "toolCalls": 13,
+            "promptCalls": 3,
+            "errors": 5,
+            "rateLimits": 5,
+        }
+
+    async def test_counting_marks_the_session_active(
+        self, session_path: Path, clock: FakeClock
+    ) -> None:
+        """Every update moves lastActiveAt to the injected clock's now."""
+        async with AsyncSessionStore(session_path, clock=clock) as store:
+            clock.advance(90.5)
+            await store.increment_errors()
+            assert store.session.last_active_at.timestamp() == clock.now
+        assert (await read_on_disk(session_path))["lastActiveAt"] == "2025-11-24T16:01:30.500Z"
+
+    async def test_concurrent_tasks_lose_nothing(self, session_path: Path) -> None:
+        """A thousand tasks counting at once, while flushes run, add up exactly."""
+        async with AsyncSessionStore(session_path) as store, anyio.create_task_group() as tasks:
+            for _ in range(1000):
+                tasks.start_soon(store.increment_tool_calls)
+            tasks.start_soon(store.flush)
+            tasks.start_soon(store.flush)
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 1000
+
+    @pytest.mark.parametrize("count", [1.0, "1", None, True])
+    async def test_a_count_that_is_not_an_int_is_a_type_error(
+        self, session_path: Path, count: Any
+    ) -> None:
+        """Floats, strings and bools are not counts."""
+        async with AsyncSessionStore(session_path) as store:
+            for increment in (
+                store.increment_tool_calls,
+                store.increment_prompt_calls,
+                store.increment_errors,
+                store.increment_rate_limits,
+            ):
+                with pytest.raises(TypeError, match="count must be an int"):
+                    await increment(count)
+            with pytest.raises(TypeError):
+                await store.update_stats(errors=count)
+            assert store.session.stats == SessionStats()
+
+    async def test_a_negative_count_is_a_value_error(self, session_path: Path) -> None:
+        """Counters only grow: use reset_stats() to zero them."""
+        async with AsyncSessionStore(session_path) as store:
+            for increment in (
+                store.increment_tool_calls,
+                store.increment_prompt_calls,
+                store.increment_errors,
+                store.increment_rate_limits,
+            ):
+                with pytest.raises(ValueError, match="negative"):
+                    await increment(-1)
+            with pytest.raises(ValueError, match="negative"):
+                await store.update_stats(tool_calls=1, rate_limits=-2)
+            assert store.session.stats == SessionStats()
+
+
+class TestClosed:
+    async def test_calls_after_close_raise(self, session_path: Path) -> None:
+        """After the block, updates, writes and the session view raise StoreClosedError."""
+        async with AsyncSessionStore(session_path) as store:
+            pass
+        calls: list[Callable[[], Awaitable[object]]] = [
+            store.increment_tool_calls, store.increment_prompt_calls, store.increment_errors,
+            store.increment_rate_limits, store.update_stats, store.flush, store.reset_stats,
+            store.new_session, store.delete,
+        ]  # fmt: skip
+        for call in calls:
+            with pytest.raises(StoreClosedError, match="not open"):
+                await call()
+        with pytest.raises(StoreClosedError):
+            _ = store.session
+
+    async def test_session_id_is_readable_after_close(self, session_path: Path) -> None:
+        """The id stays available for a final log line."""
+        async with AsyncSessionStore(session_path) as store:
+            session_id = store.session_id
+        assert store.session_id == session_id
+
+    async def test_session_id_needs_an_open(self, session_path: Path) -> None:
+        """Before the first open there is no session to name."""
+        with pytest.raises(StoreClosedError, match="never opened"):
+            _ = AsyncSessionStore(session_path).session_id
+
+    async def test_aclose_is_idempotent_and_flushes(self, session_path: Path) -> None:
+        """aclose() inside the block flushes; calling it again, or leaving, does nothing more."""
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls(7)
+            await store.aclose()
+            await store.aclose()
+            assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 7
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 7
+
+    async def test_closing_twice_at_once_waits_for_the_first(self, session_path: Path) -> None:
+        """A second aclose() returns only once the final flush is on disk."""
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls(3)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(store.aclose)
+                tasks.start_soon(store.aclose)
+            assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 3
+
+    async def test_an_error_in_the_block_still_flushes(self, session_path: Path) -> None:
+        """The body's exception propagates as it is, after the final flush."""
+        with pytest.raises(KeyError):
+            async with AsyncSessionStore(session_path) as store:
+                await store.increment_errors()
+                raise KeyError("boom")
+        assert (await read_on_disk(session_path))["stats"]["errors"] == 1
+
+    async def test_cancelling_the_block_still_flushes(self, session_path: Path) -> None:
+        """A cancel scope around the block does not stop the final flush."""
+        with anyio.CancelScope() as scope:
+            async with AsyncSessionStore(session_path) as store:
+                await store.increment_tool_calls(4)
+                scope.cancel()
+                await anyio.sleep_forever()
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 4
+
+
+class TestConfiguration:
+    @pytest.mark.parametrize("interval", [0, -1, float("nan")])
+    def test_flush_interval_must_be_positive(self, session_path: Path, interval: float) -> None:
+        """A flush interval of zero or less would spin: it is refused at once."""
+        with pytest.raises(ValueError, match="flush_interval"):
+            AsyncSessionStore(session_path, flush_interval=interval)
+
+    def test_flush_interval_must_be_a_number(self, session_path: Path) -> None:
+        """A string of seconds is a mistake worth a TypeError."""
+        with pytest.raises(TypeError, match="flush_interval"):
+            AsyncSessionStore(session_path, flush_interval="60")  # type: ignore[arg-type]
+
+    def test_repr_names_the_path_and_state(self, session_path: Path) -> None:
+        """The repr helps a log line say which store it was."""
+        assert repr(AsyncSessionStore(session_path)) == (
+            f"<AsyncSessionStore {str(session_path)!r} closed>"
+        )
+
+
+class TestBackgroundFlush:
+    async def test_changes_are_flushed_every_interval(
+        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With changes pending, the background task writes them without being asked."""
+        flushed = anyio.Event()
+
+        def observed(commit: Callable[..., Any]) -> Callable[..., Any]:
+            def run(*args: Any) -> Any:
+                result = commit(*args)
+                if result.session.stats.tool_calls == 2:
+                    flushed.set()
+                return result
+
+            return run
+
+        async with AsyncSessionStore(session_path, flush_interval=0.001) as store:
+            replace_transaction(monkeypatch, observed)
+            await store.increment_tool_calls(2)
+            with anyio.fail_after(10):
+                await flushed.wait()
+            assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 2
+
+    async def test_nothing_pending_writes_nothing(
+        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A flush with no change since the last one does no I/O at all."""
+        calls: list[object] = []
+
+        def counted(commit: Callable[..., Any]) -> Callable[..., Any]:
+            def run(*args: Any) -> Any:
+                calls.append(args)
+                return commit(*args)
+
+            return run
+
+        async with AsyncSessionStore(session_path) as store:
+            replace_transaction(monkeypatch, counted)
+            await store.flush()
+            await store.flush()
+        assert calls == []
+
+    async def test_a_failed_background_flush_is_logged_and_retried(
+        self,
+        session_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A failing write keeps the counts pending; the next flush writes them."""
+        attempts: list[int] = []
+        done = anyio.Event()
+
+        def failing_once(commit: Callable[..., Any]) -> Callable[..., Any]:
+            def run(*args: Any) -> Any:
+                attempts.append(1)
+                if len(attempts) == 1:
+                    raise SessionStoreError("disk on fire")
+                result = commit(*args)
+                done.set()
+                return result
+
+            return run
+
+        async with AsyncSessionStore(session_path, flush_interval=0.001) as store:
+            replace_transaction(monkeypatch, failing_once)
+            await store.increment_errors(3)
+            with anyio.fail_after(10):
+                await done.wait()
+            assert (await read_on_disk(session_path))["stats"]["errors"] == 3
+        assert "background flush" in caplog.text
+        assert "disk on fire" in caplog.text
+        assert caplog.records[0].levelno == logging.WARNING
+
+
+class TestExplicitFlush:
+    async def test_a_failed_flush_raises_and_keeps_the_counts(
+        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """flush() reports the fault; the counts stay pending and the view still shows them."""
+
+        def broken(commit: Callable[..., Any]) -> Callable[..., Any]:
+            def run(*args: Any) -> Any:
+                raise SessionStoreError("read-only file system")
+
+            return run
+
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls(5)
+            with monkeypatch.context() as patch:
+                replace_transaction(patch, broken)
+                with pytest.raises(SessionStoreError, match="read-only"):
+                    await store.flush()
+            assert store.session.stats.tool_calls == 5
+            await store.flush()
+            assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 5
+
+    async def test_a_held_lock_times_out(self, session_path: Path) -> None:
+        """A lock another holder keeps is waited for a bounded time, then LockTimeoutError."""
+        async with AsyncSessionStore(session_path, lock_timeout=0.05) as store:
+            await store.increment_tool_calls()
+            holder = filelock.FileLock(str(session_path) + ".lock", thread_local=False)
+            await anyio.to_thread.run_sync(holder.acquire)
+            try:
+                with pytest.raises(LockTimeoutError, match="another process holds"):
+                    await store.flush()
+            finally:
+                await anyio.to_thread.run_sync(holder.release)
+            assert store.session.stats.tool_calls == 1
+
+    @pytest.mark.parametrize("outcome", ["written", "failed"])
+    async def test_a_cancelled_flush_is_all_or_nothing(
+        self, session_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+    ) -> None:
+        """Cancelled mid-write, a flush lands exactly once or stays pending, never both."""
+        started, release = threading.Event(), threading.Event()
+
+        def held(commit: Callable[..., Any]) -> Callable[..., Any]:
+            def run(*args: Any) -> Any:
+                started.set()
+                release.wait(10)
+                if outcome == "failed":
+                    raise SessionStoreError("disk full")
+                return commit(*args)
+
+            return run
+
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls(6)
+            with monkeypatch.context() as patch:
+                replace_transaction(patch, held)
+                flush = asyncio.ensure_future(store.flush())
+                await anyio.to_thread.run_sync(started.wait)
+                flush.cancel()
+                await asyncio.sleep(0)  # deliver the cancellation while the write is held
+                release.set()
+                with pytest.raises(asyncio.CancelledError):
+                    await flush
+            assert store.session.stats.tool_calls == 6
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 6
+
+
+class TestResetAndNewSession:
+    async def test_reset_keeps_id_and_creation_time(self, session_path: Path) -> None:
+        """reset_stats() zeroes the counters on disk at once; id and createdAt stay."""
+        async with AsyncSessionStore(session_path) as store:
+            before = store.session
+            await store.increment_tool_calls(9)
+            await store.flush()
+            after = await store.reset_stats()
+            assert after.session_id == before.session_id
+            assert after.created_at == before.created_at
+            assert after.stats == SessionStats()
+            assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 0
+
+    async def test_reset_drops_pending_counts_too(self, session_path: Path) -> None:
+        """Counts not yet flushed are zeroed with the rest."""
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_prompt_calls(4)
+            await store.reset_stats()
+            await store.increment_prompt_calls()
+        assert (await read_on_disk(session_path))["stats"]["promptCalls"] == 1
+
+    async def test_new_session_changes_the_id(self, session_path: Path) -> None:
+        """new_session() is the seed's forceNew, at any time, written at once."""
+        async with AsyncSessionStore(session_path) as store:
+            old_id = store.session_id
+            await store.increment_errors(2)
+            session = await store.new_session()
+            assert session.session_id != old_id
+            assert session.stats == SessionStats()
+            assert store.session_id == session.session_id
+            assert (await read_on_disk(session_path))["sessionId"] == session.session_id
+
+    async def test_both_keep_unknown_keys(self, session_path: Path) -> None:
+        """Keys another tool stored beside the session survive resets and new sessions."""
+        async with AsyncSessionStore(session_path):
+            pass
+        document = await read_on_disk(session_path)
+        document["plugin"] = {"theme": "dark"}
+        await write_text(session_path, __import__("json").dumps(document))
+        async with AsyncSessionStore(session_path) as store:
+            await store.reset_stats()
+            assert (await read_on_disk(session_path))["plugin"] == {"theme": "dark"}
+            await store.new_session()
+        assert (await read_on_disk(session_path))["plugin"] == {"theme": "dark"}
+
+    async def test_a_failed_reset_keeps_the_counts(
+        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """If the reset cannot be written, nothing was reset: the pending counts come back."""
+
+        def broken(commit: Callable[..., Any]) -> Callable[..., Any]:
+            def run(*args: Any) -> Any:
+                raise SessionStoreError("no space left on device")
+
+            return run
+
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls(3)
+            with monkeypatch.context() as patch:
+                replace_transaction(patch, broken)
+                with pytest.raises(SessionStoreError):
+                    await store.reset_stats()
+            assert store.session.stats.tool_calls == 3
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 3
+
+
+class TestDelete:
+    async def test_delete_removes_the_file(self, session_path: Path) -> None:
+        """delete() is True when a file was removed, False when there was none."""
+        async with AsyncSessionStore(session_path) as store:
+            assert await store.delete() is True
+            assert not await anyio.Path(session_path).exists()
+            assert await store.delete() is False
+        assert not await anyio.Path(session_path).exists()
+
+    async def test_after_delete_the_next_change_starts_a_new_session(
+        self, session_path: Path
+    ) -> None:
+        """Pending counts die with the file; the next change writes the new id it shows."""
+        async with AsyncSessionStore(session_path) as store:
+            old_id = store.session_id
+            await store.increment_tool_calls(8)
+            await store.delete()
+            new_id = store.session_id
+            assert new_id != old_id
+            assert store.session.stats == SessionStats()
+            await store.increment_tool_calls()
+        on_disk = await read_on_disk(session_path)
+        assert on_disk["sessionId"] == new_id
+        assert on_disk["stats"]["toolCalls"] == 1
+
+    async def test_the_lock_file_is_never_deleted(self, session_path: Path) -> None:
+        """Deleting the lock file would let two processes hold "the" lock at once."""
+        async with AsyncSessionStore(session_path) as store:
+            await store.delete()
+        assert await anyio.Path(str(session_path) + ".lock").exists()
+
+
+class TestFileChangedUnderneath:
+    async def test_a_deleted_file_is_not_resurrected(self, session_path: Path) -> None:
+        """Deleted by someone else, the session stays deleted: pending counts start a new one."""
+        async with AsyncSessionStore(session_path) as store:
+            old_id = store.session_id
+            await store.increment_tool_calls(100)
+            await store.flush()
+            await anyio.Path(session_path).unlink()
+            await store.increment_tool_calls(2)
+            await store.flush()
+            assert store.session_id != old_id
+        on_disk = await read_on_disk(session_path)
+        assert on_disk["sessionId"] == store.session_id
+        assert on_disk["stats"]["toolCalls"] == 2
+
+    async def test_a_removed_directory_is_recreated(self, session_path: Path) -> None:
+        """As in the seed, the directory comes back at the next write."""
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_errors()
+            async for name in anyio.Path(session_path.parent).iterdir():
+                await name.unlink()
+            await anyio.Path(session_path.parent).rmdir()
+        assert (await read_on_disk(session_path))["stats"]["errors"] == 1
+
+    async def test_another_writers_session_is_adopted(self, session_path: Path) -> None:
+        """The file is the truth: a new id written by another process is taken up at a flush."""
+        async with (
+            AsyncSessionStore(session_path) as store,
+            AsyncSessionStore(session_path) as other,
+        ):
+            await store.increment_tool_calls()
+            replaced = await other.new_session()
+            await store.flush()
+            assert store.session_id == replaced.session_id
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 1
+
+    async def test_a_file_corrupted_later_is_rewritten_from_the_known_session(
+        self, session_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Corrupt at a flush: moved aside, then the last known session plus pending is written."""
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls(10)
+            await store.flush()
+            await write_text(session_path, "{ truncated")
+            await store.increment_tool_calls(1)
+        on_disk = await read_on_disk(session_path)
+        assert on_disk["sessionId"] == store.session_id
+        assert on_disk["stats"]["toolCalls"] == 11
+        [aside] = [p async for p in anyio.Path(session_path.parent).glob("*.corrupt-*")]
+        assert await aside.read_text() == "{ truncated"
+        assert str(aside) in caplog.text
