@@ -54,6 +54,8 @@ def _blocking_guard(name: str, original: Callable[..., Any]) -> Callable[..., An
             asyncio.get_running_loop()
         except RuntimeError:
             return original(*args, **kwargs)  # a worker thread, or no loop at all: fine
+        if args and "__pycache__" in os.fspath(args[0]):
+            return original(*args, **kwargs)  # a lazy import caching its bytecode
         raise AssertionError(f"blocking call os.{name}() made on the event loop thread")
 
     return guarded
