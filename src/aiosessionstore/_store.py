@@ -31,6 +31,8 @@ logger = logging.getLogger("aiosessionstore")
 
 _T = TypeVar("_T")
 
+_TOOL_CALLS, _PROMPT_CALLS, _ERRORS, _RATE_LIMITS = range(4)
+
 
 class _Taken(NamedTuple):
     """Pending counts moved out for one transaction, to give back if it fails."""
@@ -75,8 +77,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._open = False
         self._closed: anyio.Event | None = None  # set once closed; None until first opened
         self._flusher: anyio.CancelScope | None = None  # the background flush, while open
-        # Pending changes: plain attributes, the cheapest thing to add to.
-        self._tool_calls = self._prompt_calls = self._errors = self._rate_limits = 0
+        #: Pending counts, indexed like SessionStats' fields: a list is the cheapest to add to.
+        self._pending = [0, 0, 0, 0]
         self._active_at: float | None = None  # time of the last change; None: nothing pending
 
     def __repr__(self) -> str:
@@ -185,47 +187,19 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
 
     async def increment_tool_calls(self, count: int = 1) -> None:
         """Count ``count`` tool calls."""
-        if type(count) is not int or count < 0 or not self._open:
-            self._reject(count)
-        await self._lock.acquire()
-        try:
-            self._tool_calls += count
-            self._active_at = self._clock()
-        finally:
-            self._lock.release()
+        await self._count(_TOOL_CALLS, count)
 
     async def increment_prompt_calls(self, count: int = 1) -> None:
         """Count ``count`` prompt calls."""
-        if type(count) is not int or count < 0 or not self._open:
-            self._reject(count)
-        await self._lock.acquire()
-        try:
-            self._prompt_calls += count
-            self._active_at = self._clock()
-        finally:
-            self._lock.release()
+        await self._count(_PROMPT_CALLS, count)
 
     async def increment_errors(self, count: int = 1) -> None:
         """Count ``count`` errors."""
-        if type(count) is not int or count < 0 or not self._open:
-            self._reject(count)
-        await self._lock.acquire()
-        try:
-            self._errors += count
-            self._active_at = self._clock()
-        finally:
-            self._lock.release()
+        await self._count(_ERRORS, count)
 
     async def increment_rate_limits(self, count: int = 1) -> None:
         """Count ``count`` rate limits."""
-        if type(count) is not int or count < 0 or not self._open:
-            self._reject(count)
-        await self._lock.acquire()
-        try:
-            self._rate_limits += count
-            self._active_at = self._clock()
-        finally:
-            self._lock.release()
+        await self._count(_RATE_LIMITS, count)
 
     async def update_stats(
         self, *, tool_calls: int = 0, prompt_calls: int = 0, errors: int = 0, rate_limits: int = 0
@@ -236,6 +210,17 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
                 self._reject(count)
         async with self._lock:
             self._add(SessionStats(tool_calls, prompt_calls, errors, rate_limits), self._clock())
+
+    async def _count(self, counter: int, count: int) -> None:
+        """The hot path: check, then add under the lock; no allocation, no formatting."""
+        if type(count) is not int or count < 0 or not self._open:
+            self._reject(count)
+        await self._lock.acquire()  # not ``async with``: a coroutine frame less per call
+        try:
+            self._pending[counter] += count
+            self._active_at = self._clock()
+        finally:
+            self._lock.release()
 
     def _reject(self, count: object) -> None:
         if not self._open:
@@ -305,7 +290,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             if mode is Mode.MERGE and taken_at is None:
                 return None
             stats = self._pending_stats()
-            self._tool_calls = self._prompt_calls = self._errors = self._rate_limits = 0
+            self._pending = [0, 0, 0, 0]
             self._active_at = None
         assert self._record is not None
         if mode is Mode.MERGE:
@@ -345,15 +330,15 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
 
     def _add(self, stats: SessionStats, active_at: float | None) -> None:
         """Add counts to the pending ones (new ones, or ones a failed write gives back)."""
-        self._tool_calls += stats.tool_calls
-        self._prompt_calls += stats.prompt_calls
-        self._errors += stats.errors
-        self._rate_limits += stats.rate_limits
+        self._pending[_TOOL_CALLS] += stats.tool_calls
+        self._pending[_PROMPT_CALLS] += stats.prompt_calls
+        self._pending[_ERRORS] += stats.errors
+        self._pending[_RATE_LIMITS] += stats.rate_limits
         if active_at is not None and (self._active_at is None or active_at > self._active_at):
             self._active_at = active_at
 
     def _pending_stats(self) -> SessionStats:
-        return SessionStats(self._tool_calls, self._prompt_calls, self._errors, self._rate_limits)
+        return SessionStats(*self._pending)
 
     def _pending_summary(self) -> str:
         stats = self._pending_stats()
