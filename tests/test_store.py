@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,18 @@ def replace_transaction(
 ) -> None:
     """Swap the store's file transaction for ``make(real_commit)``, still run in a thread."""
     monkeypatch.setattr(_store, "_commit_in_thread", aiofiles.os.wrap(make(_file.commit)))
+
+
+def failing_with(message: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A stand-in transaction that always fails, as a full or read-only disk would."""
+
+    def make(commit: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            raise SessionStoreError(message)
+
+        return run
+
+    return make
 
 
 class TestOpen:
@@ -353,16 +366,10 @@ class TestExplicitFlush:
     ) -> None:
         """flush() reports the fault; the counts stay pending and the view still shows them."""
 
-        def broken(commit: Callable[..., Any]) -> Callable[..., Any]:
-            def run(*args: Any) -> Any:
-                raise SessionStoreError("read-only file system")
-
-            return run
-
         async with AsyncSessionStore(session_path) as store:
             await store.increment_tool_calls(5)
             with monkeypatch.context() as patch:
-                replace_transaction(patch, broken)
+                replace_transaction(patch, failing_with("read-only file system"))
                 with pytest.raises(SessionStoreError, match="read-only"):
                     await store.flush()
             assert store.session.stats.tool_calls == 5
@@ -452,7 +459,7 @@ class TestResetAndNewSession:
             pass
         document = await read_on_disk(session_path)
         document["plugin"] = {"theme": "dark"}
-        await write_text(session_path, __import__("json").dumps(document))
+        await write_text(session_path, json.dumps(document))
         async with AsyncSessionStore(session_path) as store:
             await store.reset_stats()
             assert (await read_on_disk(session_path))["plugin"] == {"theme": "dark"}
@@ -464,17 +471,11 @@ class TestResetAndNewSession:
     ) -> None:
         """If the reset cannot be written, nothing was reset: the pending counts come back."""
 
-        def broken(commit: Callable[..., Any]) -> Callable[..., Any]:
-            def run(*args: Any) -> Any:
-                raise SessionStoreError("no space left on device")
-
-            return run
-
         async with AsyncSessionStore(session_path) as store:
             await store.increment_tool_calls(3)
             with monkeypatch.context() as patch:
-                replace_transaction(patch, broken)
-                with pytest.raises(SessionStoreError):
+                replace_transaction(patch, failing_with("no space left on device"))
+                with pytest.raises(SessionStoreError, match="no space"):
                     await store.reset_stats()
             assert store.session.stats.tool_calls == 3
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 3
