@@ -1,26 +1,124 @@
-"""Worker processes for the multi-process tests: run as ``python workers.py PATH K EVERY``.
+"""Worker processes for the process, signal and crash tests: ``python workers.py MODE PATH ...``.
 
-Each waits for a line on stdin (so that all start together), opens the store, counts K tool
-calls flushing every EVERY, closes, and prints the session id it ended with.
+Workers that must start together wait for a line on stdin first. A worker prints only what the
+test reads: the library itself never writes to stdout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import json
+import os
+import random
+import signal
 import sys
+import time
+from collections.abc import Callable
+from types import FrameType
 
 from aiosessionstore import AsyncSessionStore
+from aiosessionstore._session import decode
 
 
-async def count(path: str, total: int, every: int) -> str:
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def count(path: str, total: str, every: str) -> None:
+    """Count ``total`` tool calls, flushing every ``every``; print each flushed total."""
+    sys.stdin.readline()
     async with AsyncSessionStore(path, flush_interval=3600) as store:
-        for number in range(1, total + 1):
+        for number in range(1, int(total) + 1):
             await store.increment_tool_calls()
-            if number % every == 0:
+            if number % int(every) == 0:
                 await store.flush()
-    return store.session_id
+                say(f"flushed {number}")
+    say(f"session {store.session_id}")
 
+
+async def wait_for_signal(path: str, total: str, handle_signals: str = "yes") -> None:
+    """Count with nothing flushed, say so, then wait to be signalled."""
+    async with AsyncSessionStore(
+        path, flush_interval=3600, handle_signals=handle_signals == "yes"
+    ) as store:
+        await store.increment_tool_calls(int(total))
+        say("ready")
+        await asyncio.Event().wait()
+
+
+async def with_app_handler(path: str, total: str) -> None:
+    """The app's own SIGTERM handler, set before the store opens, must still run."""
+
+    def app_handler(signum: int, frame: FrameType | None) -> None:
+        say("app handler ran")
+        raise SystemExit(3)
+
+    signal.signal(signal.SIGTERM, app_handler)
+    await wait_for_signal(path, total)
+
+
+def never_closed(path: str, total: str) -> None:
+    """Open and count on a loop that is then abandoned, as a crashed app would leave it."""
+
+    async def open_and_count() -> None:
+        store = AsyncSessionStore(path, flush_interval=3600)
+        await store.__aenter__()
+        await store.increment_tool_calls(int(total))
+
+    asyncio.new_event_loop().run_until_complete(open_and_count())
+
+
+async def fork_with_pending(path: str, total: str) -> None:
+    """Fork with counts pending: only the parent may write them."""
+    async with AsyncSessionStore(path, flush_interval=3600) as store:
+        await store.increment_tool_calls(int(total))
+        pid = os.fork()
+        if pid == 0:
+            # The child runs its exit hooks, then leaves without tearing down the parent's
+            # loop, whose epoll it shares.
+            atexit._run_exitfuncs()
+            os._exit(0)
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        say(f"child exit {os.waitstatus_to_exitcode(status)}")
+
+
+def kill_mid_flush(path: str, rounds: str) -> None:
+    """Fork a writer that flushes back to back, SIGKILL it at a random moment, check the file."""
+    for _ in range(int(rounds)):
+        pid = os.fork()
+        if pid == 0:
+            asyncio.run(flush_forever(path))
+            os._exit(0)
+        time.sleep(random.uniform(0, 0.03))  # the moment of the kill, not synchronization
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        try:
+            with open(path, "rb") as file:
+                decode(file.read())
+        except FileNotFoundError:
+            pass  # killed before the first write ever landed
+    say(json.dumps(sorted(os.listdir(os.path.dirname(path)))))
+
+
+async def flush_forever(path: str) -> None:
+    async with AsyncSessionStore(path, flush_interval=3600, handle_signals=False) as store:
+        while True:
+            await store.increment_tool_calls()
+            await store.flush()
+
+
+MODES: dict[str, Callable[..., object]] = {
+    "count": count,
+    "wait-for-signal": wait_for_signal,
+    "with-app-handler": with_app_handler,
+    "never-closed": never_closed,
+    "fork-with-pending": fork_with_pending,
+    "kill-mid-flush": kill_mid_flush,
+}
 
 if __name__ == "__main__":
-    sys.stdin.readline()
-    print(asyncio.run(count(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))
+    mode, *arguments = sys.argv[1:]
+    result = MODES[mode](*arguments)
+    if asyncio.iscoroutine(result):
+        asyncio.run(result)

@@ -29,7 +29,7 @@ from ._errors import (
 )
 from ._session import Record, Session, SessionStats, decode, encode
 
-__all__ = ("Change", "Mode", "commit", "remove")
+__all__ = ("Change", "Mode", "commit", "open_session", "remove")
 
 logger = logging.getLogger("aiosessionstore")
 
@@ -79,6 +79,13 @@ def commit(path: Path, change: Change, lock_timeout: float) -> Record:
         return record
 
 
+def open_session(path: Path, change: Change, lock_timeout: float) -> Record:
+    """The first transaction of a store: warn about an unsafe directory, then commit."""
+    record = commit(path, change, lock_timeout)
+    _warn_if_others_can_write(path.parent)
+    return record
+
+
 def remove(path: Path, lock_timeout: float) -> bool:
     """Delete the session file under the lock; True if it existed. The lock file stays."""
     with _translated_errors(path), _locked(path, lock_timeout):
@@ -109,12 +116,27 @@ def _locked(path: Path, timeout: float) -> Iterator[None]:
     """Hold the lock file beside the session file; it is never deleted, so locks never race."""
     directory = path.parent
     directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-    lock = filelock.FileLock(
-        _lock_path(path), timeout=timeout, mode=_FILE_MODE, preserve_lock_file=True
-    )
+    lock_path = _lock_path(path)
+    if lock_path.is_symlink():  # filelock also opens it O_NOFOLLOW; this says why it fails
+        raise SessionStoreError(f"lock file {lock_path} is a symbolic link; remove it")
+    lock = filelock.FileLock(lock_path, timeout=timeout, mode=_FILE_MODE, preserve_lock_file=True)
     with lock:
         _remove_stale_temp_files(path)
         yield
+
+
+def _warn_if_others_can_write(directory: Path) -> None:
+    """As ssh does for key files: others who can write here can replace the session file."""
+    if sys.platform == "win32":
+        return
+    mode = directory.stat().st_mode
+    if mode & 0o022:
+        logger.warning(
+            "session directory %s is writable by other users (mode %o); run: chmod 700 %s",
+            directory,
+            mode & 0o777,
+            directory,
+        )
 
 
 def _lock_path(path: Path) -> Path:

@@ -11,16 +11,18 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import aiofiles.os
 import anyio
 
-from . import _file
+from . import _file, _shutdown
 from ._errors import StoreClosedError
-from ._file import Change, Mode
+from ._file import Mode
 from ._location import resolve_path
+from ._pending import ERRORS, PROMPT_CALLS, RATE_LIMITS, TOOL_CALLS, Pending, Taken
 from ._session import Record, Session, SessionStats, timestamp
+from ._shutdown import SignalChain
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -31,17 +33,8 @@ logger = logging.getLogger("aiosessionstore")
 
 _T = TypeVar("_T")
 
-_TOOL_CALLS, _PROMPT_CALLS, _ERRORS, _RATE_LIMITS = range(4)
 
-
-class _Taken(NamedTuple):
-    """Pending counts moved out for one transaction, to give back if it fails."""
-
-    change: Change
-    stats: SessionStats
-    active_at: float | None
-
-
+_open_in_thread = aiofiles.os.wrap(_file.open_session)
 _commit_in_thread = aiofiles.os.wrap(_file.commit)
 _remove_in_thread = aiofiles.os.wrap(_file.remove)
 
@@ -60,13 +53,17 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         app_name: str = "octocode",
         flush_interval: float = 60.0,
         force_new: bool = False,
+        handle_signals: bool = True,
+        close_timeout: float = 2.0,
         lock_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path: Path = resolve_path(path, app_name)
         self._flush_interval = _positive("flush_interval", flush_interval)
+        self._close_timeout = _positive("close_timeout", close_timeout)
         self._lock_timeout = _positive("lock_timeout", lock_timeout)
         self._force_new = force_new
+        self._handle_signals = handle_signals
         self._clock = clock
         #: Serializes updates of the pending counts; never held across an await.
         self._lock = asyncio.Lock()
@@ -77,9 +74,9 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._open = False
         self._closed: anyio.Event | None = None  # set once closed; None until first opened
         self._flusher: anyio.CancelScope | None = None  # the background flush, while open
-        #: Pending counts, indexed like SessionStats' fields: a list is the cheapest to add to.
-        self._pending = [0, 0, 0, 0]
-        self._active_at: float | None = None  # time of the last change; None: nothing pending
+        self._signals: SignalChain | None = None
+        self._pid = os.getpid()  # a forked child must not flush its parent's counts
+        self._pending = Pending()
 
     def __repr__(self) -> str:
         state = "open" if self._open else "closed"
@@ -98,6 +95,10 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             self._closed.set()
             raise
         self._open = True
+        _shutdown.register(self)
+        if self._handle_signals and SignalChain.available():
+            self._signals = SignalChain(self._bounded_flush, self._flush_sync)
+            self._signals.install()
         # The body's exception is caught here and raised outside the task group, which
         # would otherwise wrap it in an ExceptionGroup the caller never asked for.
         body_error: BaseException | None = None
@@ -120,7 +121,11 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             raise body_error
 
     async def aclose(self) -> None:
-        """Stop the background flush and flush what is pending; safe to call more than once."""
+        """Stop the background flush and flush what is pending; safe to call more than once.
+
+        The final flush is shielded from cancellation and bounded by ``close_timeout``, so a
+        stuck disk cannot hang shutdown.
+        """
         if not self._open:
             if self._closed is not None:
                 await self._closed.wait()  # another task is closing: wait until it is done
@@ -129,12 +134,14 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         if self._flusher is not None:
             self._flusher.cancel()
         try:
-            with anyio.CancelScope(shield=True):
-                await self._commit(Mode.MERGE)
+            if await self._bounded_flush():
+                _shutdown.unregister(self)  # else the exit hook makes one more attempt
         except Exception:
-            logger.error("final flush of %s failed: %s lost", self.path, self._pending_summary())
+            logger.error("final flush of %s failed; not saved: %s", self.path, self._pending)
             raise
         finally:
+            if self._signals is not None:
+                self._signals.restore()
             assert self._closed is not None
             self._closed.set()
 
@@ -142,8 +149,9 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         """Load or create the session and write it at once, as the seed's getOrCreateSession."""
         now = self._clock()
         self._record = Record(Session.new(timestamp(now)))
-        self._active_at = now
-        await self._commit(Mode.NEW if self._force_new else Mode.MERGE)
+        self._pending.active_at = now
+        self._pid = os.getpid()
+        await self._commit(Mode.NEW if self._force_new else Mode.MERGE, opening=True)
 
     async def _flush_periodically(self, scope: anyio.CancelScope) -> None:
         with scope:
@@ -159,6 +167,41 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
                         exc,
                     )
 
+    async def _bounded_flush(self) -> bool:
+        """Flush within ``close_timeout``, cancellation or not; False if the time ran out."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout) as timer:
+            await self._commit(Mode.MERGE, deadline=timer.deadline)
+        if timer.cancelled_caught:
+            logger.error(
+                "flushing %s took longer than %s s; gave up waiting: %s may be lost",
+                self.path,
+                self._close_timeout,
+                self._pending,
+            )
+            return False
+        return True
+
+    def _flush_sync(self) -> None:
+        """Flush without an event loop: at interpreter exit, or on a signal once it is gone."""
+        if self._pid != os.getpid() or self._record is None:
+            return
+        taken = self._pending.take(Mode.MERGE, self._record, self._saved, self._clock())
+        if taken is None:
+            return
+        timeout = min(self._lock_timeout, self._close_timeout)
+        try:
+            self._adopt(_file.commit(self.path, taken.change, timeout))
+        except Exception as exc:
+            self._pending.give_back(taken)
+            logger.error("flushing %s failed; not saved: %s (%s)", self.path, self._pending, exc)
+
+    def _detach(self) -> None:
+        """In a forked child: drop the parent's pending counts and refuse further use."""
+        self._open = False
+        self._pending.clear()
+        if self._signals is not None:
+            self._signals.disarm()
+
     # -- the session -----------------------------------------------------------------------
 
     @property
@@ -168,12 +211,13 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             raise StoreClosedError(f"the session store for {self.path} is not open")
         assert self._record is not None
         session = self._record.session
-        if self._active_at is None:
+        active_at = self._pending.active_at
+        if active_at is None:
             return session
         return replace(
             session,
-            last_active_at=max(session.last_active_at, timestamp(self._active_at)),
-            stats=session.stats + self._pending_stats(),
+            last_active_at=max(session.last_active_at, timestamp(active_at)),
+            stats=session.stats + self._pending.stats(),
         )
 
     @property
@@ -187,19 +231,19 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
 
     async def increment_tool_calls(self, count: int = 1) -> None:
         """Count ``count`` tool calls."""
-        await self._count(_TOOL_CALLS, count)
+        await self._count(TOOL_CALLS, count)
 
     async def increment_prompt_calls(self, count: int = 1) -> None:
         """Count ``count`` prompt calls."""
-        await self._count(_PROMPT_CALLS, count)
+        await self._count(PROMPT_CALLS, count)
 
     async def increment_errors(self, count: int = 1) -> None:
         """Count ``count`` errors."""
-        await self._count(_ERRORS, count)
+        await self._count(ERRORS, count)
 
     async def increment_rate_limits(self, count: int = 1) -> None:
         """Count ``count`` rate limits."""
-        await self._count(_RATE_LIMITS, count)
+        await self._count(RATE_LIMITS, count)
 
     async def update_stats(
         self, *, tool_calls: int = 0, prompt_calls: int = 0, errors: int = 0, rate_limits: int = 0
@@ -209,7 +253,9 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             if type(count) is not int or count < 0 or not self._open:
                 self._reject(count)
         async with self._lock:
-            self._add(SessionStats(tool_calls, prompt_calls, errors, rate_limits), self._clock())
+            self._pending.add(
+                SessionStats(tool_calls, prompt_calls, errors, rate_limits), self._clock()
+            )
 
     async def _count(self, counter: int, count: int) -> None:
         """The hot path: check, then add under the lock; no allocation, no formatting."""
@@ -217,8 +263,9 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             self._reject(count)
         await self._lock.acquire()  # not ``async with``: a coroutine frame less per call
         try:
-            self._pending[counter] += count
-            self._active_at = self._clock()
+            pending = self._pending
+            pending.counts[counter] += count
+            pending.active_at = self._clock()
         finally:
             self._lock.release()
 
@@ -260,13 +307,16 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         if not self._open:
             raise StoreClosedError(f"the session store for {self.path} is not open")
 
-    async def _commit(self, mode: Mode) -> None:
+    async def _commit(
+        self, mode: Mode, *, deadline: float | None = None, opening: bool = False
+    ) -> None:
         async with self._io_lock:
             taken = await self._take(mode)
             if taken is None:
                 return  # nothing pending: nothing to write
-            transaction = _commit_in_thread(self.path, taken.change, self._lock_timeout)
-            await self._settle(taken, transaction, self._adopt)
+            run = _open_in_thread if opening else _commit_in_thread
+            transaction = run(self.path, taken.change, self._lock_timeout)
+            await self._settle(taken, transaction, self._adopt, deadline)
 
     def _adopt(self, record: Record) -> None:
         self._record, self._saved = record, True
@@ -283,69 +333,46 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             transaction = _remove_in_thread(self.path, self._lock_timeout)
             return await self._settle(taken, transaction, forget)
 
-    async def _take(self, mode: Mode) -> _Taken | None:
-        """Move the pending counts out, into the Change that writes them (or zeroes them)."""
-        async with self._lock:
-            taken_at = self._active_at
-            if mode is Mode.MERGE and taken_at is None:
-                return None
-            stats = self._pending_stats()
-            self._pending = [0, 0, 0, 0]
-            self._active_at = None
+    async def _take(self, mode: Mode) -> Taken | None:
         assert self._record is not None
-        if mode is Mode.MERGE:
-            assert taken_at is not None
-            change = Change(mode, stats, timestamp(taken_at), self._record, self._saved)
-        else:
-            now = timestamp(self._clock())
-            change = Change(mode, SessionStats(), now, self._record, self._saved)
-        return _Taken(change, stats, taken_at)
+        async with self._lock:
+            return self._pending.take(mode, self._record, self._saved, self._clock())
 
     async def _settle(
         self,
-        taken: _Taken,
+        taken: Taken,
         transaction: Awaitable[_T],
         on_success: Callable[[_T], None],
+        deadline: float | None = None,
     ) -> _T:
-        """Run a file transaction to its end, then settle the taken counts: written, or pending.
+        """Run a file transaction to its end and settle the taken counts: written, or pending.
 
         A worker thread cannot be stopped half way, so a cancellation (a deadline, a cancelled
         caller) waits for the transaction and is raised after it: the counts are then on disk
-        exactly once, or pending again, never lost and never counted twice.
+        exactly once, or pending again, never lost and never counted twice. Only past
+        ``deadline`` (closing on a stuck disk) does it stop waiting; the thread then settles
+        the counts when, and if, it ends.
         """
         task = asyncio.ensure_future(transaction)
+
+        def settle(task: asyncio.Future[_T]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                self._pending.give_back(taken)
+            else:
+                on_success(task.result())
+
+        task.add_done_callback(settle)  # runs before the wait below returns
         cancelled: BaseException | None = None
         while not task.done():
             try:
                 await asyncio.wait((task,))
             except asyncio.CancelledError as exc:
+                if deadline is not None and anyio.current_time() >= deadline:
+                    raise
                 cancelled = exc
-        if task.cancelled() or task.exception() is not None:
-            self._add(taken.stats, taken.active_at)
-        else:
-            on_success(task.result())
         if cancelled is not None:
             raise cancelled
         return task.result()
-
-    def _add(self, stats: SessionStats, active_at: float | None) -> None:
-        """Add counts to the pending ones (new ones, or ones a failed write gives back)."""
-        self._pending[_TOOL_CALLS] += stats.tool_calls
-        self._pending[_PROMPT_CALLS] += stats.prompt_calls
-        self._pending[_ERRORS] += stats.errors
-        self._pending[_RATE_LIMITS] += stats.rate_limits
-        if active_at is not None and (self._active_at is None or active_at > self._active_at):
-            self._active_at = active_at
-
-    def _pending_stats(self) -> SessionStats:
-        return SessionStats(*self._pending)
-
-    def _pending_summary(self) -> str:
-        stats = self._pending_stats()
-        return (
-            f"{stats.tool_calls} tool calls, {stats.prompt_calls} prompt calls, "
-            f"{stats.errors} errors, {stats.rate_limits} rate limits"
-        )
 
 
 def _positive(name: str, value: float) -> float:

@@ -1,0 +1,76 @@
+"""The counts a store has made but not yet written: the one mutable thing it owns."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ._file import Change, Mode
+from ._session import Record, SessionStats, timestamp
+
+__all__ = ("ERRORS", "PROMPT_CALLS", "RATE_LIMITS", "TOOL_CALLS", "Pending", "Taken")
+
+#: Indexes into Pending.counts, in the order of SessionStats' fields.
+TOOL_CALLS, PROMPT_CALLS, ERRORS, RATE_LIMITS = range(4)
+
+
+class Taken(NamedTuple):
+    """Pending counts moved out for one transaction, to give back if it fails."""
+
+    change: Change
+    stats: SessionStats
+    active_at: float | None
+
+
+class Pending:
+    """Counts since the last write, and when the last one was made (None: nothing pending)."""
+
+    __slots__ = ("active_at", "counts")
+
+    def __init__(self) -> None:
+        #: A list of four ints is the cheapest thing to add to on the hot path.
+        self.counts = [0, 0, 0, 0]
+        self.active_at: float | None = None
+
+    def stats(self) -> SessionStats:
+        return SessionStats(*self.counts)
+
+    def add(self, stats: SessionStats, active_at: float | None) -> None:
+        """Add counts: new ones, or ones a failed write gives back."""
+        counts = self.counts
+        counts[TOOL_CALLS] += stats.tool_calls
+        counts[PROMPT_CALLS] += stats.prompt_calls
+        counts[ERRORS] += stats.errors
+        counts[RATE_LIMITS] += stats.rate_limits
+        if active_at is not None and (self.active_at is None or active_at > self.active_at):
+            self.active_at = active_at
+
+    def take(self, mode: Mode, known: Record, saved: bool, now: float) -> Taken | None:
+        """Empty the counts into the Change that writes them (or, for a reset, drops them).
+
+        None for a merge with nothing pending: such a flush writes nothing.
+        """
+        taken_at = self.active_at
+        if mode is Mode.MERGE and taken_at is None:
+            return None
+        stats = self.stats()
+        self.clear()
+        if mode is Mode.MERGE:
+            assert taken_at is not None
+            change = Change(mode, stats, timestamp(taken_at), known, saved)
+        else:
+            change = Change(mode, SessionStats(), timestamp(now), known, saved)
+        return Taken(change, stats, taken_at)
+
+    def give_back(self, taken: Taken) -> None:
+        self.add(taken.stats, taken.active_at)
+
+    def clear(self) -> None:
+        self.counts = [0, 0, 0, 0]
+        self.active_at = None
+
+    def __str__(self) -> str:
+        tool_calls, prompt_calls, errors, rate_limits = self.counts
+        return (
+            f"{tool_calls} tool calls, {prompt_calls} prompt calls, "
+            f"{errors} errors, {rate_limits} rate limits"
+        )

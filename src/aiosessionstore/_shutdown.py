@@ -1,0 +1,167 @@
+"""How open stores outlive their process's end: SIGTERM and SIGHUP, interpreter exit, fork.
+
+The one piece of module state is the registry of open stores, which the exit and fork hooks
+need; everything else lives on the store or on its SignalChain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Awaitable, Callable
+from types import FrameType
+from typing import Protocol
+
+__all__ = ("SignalChain", "register", "unregister")
+
+logger = logging.getLogger("aiosessionstore")
+
+#: The signals a service manager or an MCP client sends to end a server.
+SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+_Handler = Callable[[int, FrameType | None], object] | int | None
+
+
+class _Closable(Protocol):
+    _open: bool
+
+    def _flush_sync(self) -> None: ...
+
+    def _detach(self) -> None: ...
+
+
+_open_stores: dict[int, _Closable] = {}  # id -> store; strong, so an unclosed store lives to exit
+_hooks_installed = False
+
+
+def register(store: _Closable) -> None:
+    """Track an open store, so that exit flushes it and a forked child leaves it alone."""
+    global _hooks_installed
+    if not _hooks_installed:
+        atexit.register(_flush_at_exit)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_detach_in_child)
+        _hooks_installed = True
+    _open_stores[id(store)] = store
+
+
+def unregister(store: _Closable) -> None:
+    """Forget a store whose counts are all on disk."""
+    _open_stores.pop(id(store), None)
+
+
+def _flush_at_exit() -> None:
+    """Last chance for a store that was never closed, or whose loop stopped: flush in sync."""
+    for store in list(_open_stores.values()):
+        if store._open:
+            warnings.warn(
+                f"{store!r} was never closed; flushing it at interpreter exit",
+                ResourceWarning,
+                stacklevel=1,
+            )
+            logger.warning("%r was never closed; flushing it at interpreter exit", store)
+        store._flush_sync()
+    _open_stores.clear()
+
+
+def _detach_in_child() -> None:
+    """In a forked child the parent's pending counts are the parent's to flush, not ours."""
+    for store in list(_open_stores.values()):
+        store._detach()
+    _open_stores.clear()
+
+
+def _nothing() -> None:
+    pass
+
+
+class SignalChain:
+    """Flush on SIGTERM and SIGHUP, then let the signal do what it would have done without us.
+
+    A Python signal handler runs between two bytecodes, possibly in the middle of our own flush
+    while the file lock is held, so the handler never flushes itself: it wakes the event loop,
+    the loop flushes, and then the previous handler runs, or, if there was none, the process
+    dies of the signal as it would have. Without a running loop it flushes synchronously.
+    """
+
+    def __init__(
+        self,
+        flush: Callable[[], Awaitable[object]],
+        flush_sync: Callable[[], None],
+    ) -> None:
+        self._flush = flush
+        self._flush_sync = flush_sync
+        self._handler = self._handle  # one bound method, so "is it still ours?" can be asked
+        self._previous: dict[int, _Handler] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flushing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        """Handlers can only be set from the main thread, and only where the signals exist."""
+        return bool(SIGNALS) and threading.current_thread() is threading.main_thread()
+
+    def install(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for signum in SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handler)
+
+    def restore(self) -> None:
+        """Put back the handlers we replaced, unless the app has since replaced ours."""
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self._handler:
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._loop = None
+
+    def disarm(self) -> None:
+        """Only chain from now on: in a forked child, the loop and the counts are the parent's."""
+        self._loop = None
+        self._flushing = False
+        self._flush_sync = _nothing
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._flushing:
+            return  # a flush for an earlier signal is under way; it chains when done
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            self._flushing = True
+            loop.call_soon_threadsafe(self._start_flush, signum)
+            return
+        self._flushing = True
+        try:
+            self._flush_sync()
+        finally:
+            self._flushing = False
+        self._chain(signum, frame)
+
+    def _start_flush(self, signum: int) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._flush_then_chain(signum))
+
+    async def _flush_then_chain(self, signum: int) -> None:
+        try:
+            await self._flush()
+        except Exception as exc:
+            logger.error("flush on signal %s failed: %s", signal.Signals(signum).name, exc)
+        finally:
+            self._flushing = False
+        self._chain(signum, None)
+
+    def _chain(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            # The default action: die of this signal, so the parent sees -SIGTERM, not 0.
+            signal.signal(signum, signal.SIG_DFL)
+            sys.stderr.flush()
+            os.kill(os.getpid(), signum)

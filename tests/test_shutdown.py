@@ -1,0 +1,158 @@
+"""Shutdown paths: signals, interpreter exit, fork and a stuck disk, with real processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from aiosessionstore import AsyncSessionStore
+
+from .conftest import read_json
+from .test_store import replace_transaction
+
+WORKER = Path(__file__).with_name("workers.py")
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and fork")
+
+
+def run_until_ready(mode: str, path: Path, *arguments: str) -> subprocess.Popen[str]:
+    """Start a worker and wait until it has counted and says it is ready."""
+    worker = subprocess.Popen(
+        [sys.executable, str(WORKER), mode, str(path), *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout is not None
+    assert worker.stdout.readline() == "ready\n"
+    return worker
+
+
+def tool_calls_on_disk(path: Path) -> int:
+    count = read_json(path)["stats"]["toolCalls"]
+    assert isinstance(count, int)
+    return count
+
+
+@posix_only
+class TestSignals:
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+    def test_the_signal_flushes_then_kills(self, session_path: Path, signum: int) -> None:
+        """Pending counts reach the disk, then the process dies of the signal as it would have."""
+        worker = run_until_ready("wait-for-signal", session_path, "25")
+        worker.send_signal(signum)
+        _, err = worker.communicate(timeout=30)
+        assert worker.returncode == -signum, err
+        assert tool_calls_on_disk(session_path) == 25
+
+    def test_the_apps_own_handler_still_runs(self, session_path: Path) -> None:
+        """A handler the app set before opening runs after the flush, and decides the exit."""
+        worker = run_until_ready("with-app-handler", session_path, "7")
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=30)
+        assert worker.returncode == 3, err
+        assert out == "app handler ran\n"
+        assert tool_calls_on_disk(session_path) == 7
+
+    def test_handle_signals_false_leaves_signals_alone(self, session_path: Path) -> None:
+        """Turned off, SIGTERM kills at once and the pending counts are not written."""
+        worker = run_until_ready("wait-for-signal", session_path, "9", "no")
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+        assert worker.returncode == -signal.SIGTERM
+        assert tool_calls_on_disk(session_path) == 0
+
+    def test_sigint_under_asyncio_run_still_flushes(self, session_path: Path) -> None:
+        """Ctrl-C cancels the block, and the final flush runs all the same."""
+        worker = run_until_ready("wait-for-signal", session_path, "11")
+        worker.send_signal(signal.SIGINT)
+        _, err = worker.communicate(timeout=30)
+        assert worker.returncode in (-signal.SIGINT, 1), err
+        assert "KeyboardInterrupt" in err
+        assert tool_calls_on_disk(session_path) == 11
+
+    @pytest.mark.anyio
+    async def test_closing_restores_the_previous_handlers(self, session_path: Path) -> None:
+        """After the block, SIGTERM and SIGHUP have exactly the handlers they had before."""
+        before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+        async with AsyncSessionStore(session_path):
+            assert signal.getsignal(signal.SIGTERM) != before[signal.SIGTERM]
+        assert {s: signal.getsignal(s) for s in before} == before
+
+    @pytest.mark.anyio
+    async def test_a_handler_the_app_sets_later_is_kept(self, session_path: Path) -> None:
+        """Closing does not undo a handler the app installed while the store was open."""
+        before = signal.getsignal(signal.SIGHUP)
+
+        def app_handler(signum: int, frame: object) -> None:
+            pass
+
+        try:
+            async with AsyncSessionStore(session_path):
+                signal.signal(signal.SIGHUP, app_handler)
+            assert signal.getsignal(signal.SIGHUP) == app_handler
+        finally:
+            signal.signal(signal.SIGHUP, before)
+
+
+class TestInterpreterExit:
+    def test_an_unclosed_store_is_flushed_and_warned_about(self, session_path: Path) -> None:
+        """A store never closed (its loop abandoned) is flushed at exit, with a ResourceWarning."""
+        done = subprocess.run(
+            [sys.executable, "-W", "always::ResourceWarning", str(WORKER), "never-closed",
+             str(session_path), "13"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "ResourceWarning" in done.stderr
+        assert "never closed" in done.stderr
+        assert tool_calls_on_disk(session_path) == 13
+
+
+@posix_only
+class TestFork:
+    def test_a_forked_child_does_not_flush_the_parents_counts(self, session_path: Path) -> None:
+        """The parent's pending counts are written once, by the parent, not again by the child."""
+        done = subprocess.run(
+            [sys.executable, str(WORKER), "fork-with-pending", str(session_path), "5"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "child exit 0\n"
+        assert tool_calls_on_disk(session_path) == 5
+
+
+@pytest.mark.anyio
+class TestStuckDisk:
+    async def test_closing_gives_up_after_close_timeout(
+        self,
+        session_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A write that never ends cannot hang shutdown: close returns after close_timeout."""
+        release = threading.Event()
+
+        def stuck(commit: Callable[..., Any]) -> Callable[..., Any]:
+            def run(*args: Any) -> Any:
+                release.wait(30)
+                return commit(*args)
+
+            return run
+
+        try:
+            with anyio.fail_after(10):
+                async with AsyncSessionStore(session_path, close_timeout=0.05) as store:
+                    replace_transaction(monkeypatch, stuck)
+                    await store.increment_tool_calls()
+        finally:
+            release.set()
+        assert "took longer than 0.05 s" in caplog.text
