@@ -1,65 +1,129 @@
-"""Hypothesis: any interleaving of updates, resets, flushes and reopens adds up as a model says."""
+"""Hypothesis, stateful: whatever happens to a store, the disk holds what a simple model says.
+
+The model knows two things: the counts on disk, and the counts pending in the store. A flush or
+a clean close moves pending to disk; reset and new_session zero both; a crash (the process gone
+before it could flush) loses the pending counts and nothing else.
+"""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-import anyio
-from hypothesis import given, settings
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from aiosessionstore import AsyncSessionStore, SessionStats
 
 from .conftest import read_json
 
 COUNTERS = ("tool_calls", "prompt_calls", "errors", "rate_limits")
-
-operations = st.lists(
-    st.one_of(
-        st.tuples(st.just("increment"), st.sampled_from(COUNTERS), st.integers(0, 1_000)),
-        st.tuples(st.just("flush")),
-        st.tuples(st.just("reset")),
-        st.tuples(st.just("new_session")),
-        st.tuples(st.just("reopen")),
-    ),
-    max_size=30,
-)
+JSON_KEYS = ("toolCalls", "promptCalls", "errors", "rateLimits")
 
 
-async def play(path: Path, steps: list[tuple[object, ...]]) -> dict[str, int]:
-    """Run the steps on a store, checking its view after each; return the model's counts."""
-    expected = dict.fromkeys(COUNTERS, 0)
-    store = AsyncSessionStore(path)
-    await store.__aenter__()
-    try:
-        for step in steps:
-            if step[0] == "increment":
-                name, count = str(step[1]), int(str(step[2]))
-                await getattr(store, f"increment_{name}")(count)
-                expected[name] += count
-            elif step[0] == "flush":
-                await store.flush()
-            elif step[0] in ("reset", "new_session"):
-                await (store.reset_stats() if step[0] == "reset" else store.new_session())
-                expected = dict.fromkeys(COUNTERS, 0)
-            else:
-                await store.__aexit__(None, None, None)
-                store = AsyncSessionStore(path)
-                await store.__aenter__()
-            assert store.session.stats == SessionStats(**expected)
-    finally:
-        await store.__aexit__(None, None, None)
-    return expected
+class SessionMachine(RuleBasedStateMachine):
+    """One session file, one store at a time, run on an event loop in a portal thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory = Path(tempfile.mkdtemp())
+        self.path = self.directory / "session.json"
+        self.portal_cm = start_blocking_portal("asyncio")
+        self.portal: BlockingPortal = self.portal_cm.__enter__()
+        self.on_disk = dict.fromkeys(COUNTERS, 0)
+        self.pending = dict.fromkeys(COUNTERS, 0)
+        self.open_store()
+
+    def open_store(self) -> None:
+        self.store = AsyncSessionStore(self.path, flush_interval=3600, handle_signals=False)
+        self.block: AbstractContextManager[AsyncSessionStore] = (
+            self.portal.wrap_async_context_manager(self.store)
+        )
+        self.block.__enter__()
+
+    def settle(self) -> None:
+        for name in COUNTERS:
+            self.on_disk[name] += self.pending[name]
+        self.pending = dict.fromkeys(COUNTERS, 0)
+
+    @rule(counter=st.sampled_from(COUNTERS), count=st.integers(0, 1_000))
+    def increment(self, counter: str, count: int) -> None:
+        self.portal.call(getattr(self.store, f"increment_{counter}"), count)
+        self.pending[counter] += count
+
+    @rule(counts=st.tuples(*[st.integers(0, 50)] * 4))
+    def update_stats(self, counts: tuple[int, int, int, int]) -> None:
+        self.portal.call(
+            lambda: self.store.update_stats(**dict(zip(COUNTERS, counts, strict=True)))
+        )
+        for name, count in zip(COUNTERS, counts, strict=True):
+            self.pending[name] += count
+
+    @rule()
+    def flush(self) -> None:
+        self.portal.call(self.store.flush)
+        self.settle()
+        self.check_disk()
+
+    @rule()
+    def reset(self) -> None:
+        self.portal.call(self.store.reset_stats)
+        self.on_disk = dict.fromkeys(COUNTERS, 0)
+        self.pending = dict.fromkeys(COUNTERS, 0)
+        self.check_disk()
+
+    @rule()
+    def new_session(self) -> None:
+        old_id = self.store.session_id
+        self.portal.call(self.store.new_session)
+        assert self.store.session_id != old_id
+        self.reset_model()
+
+    @rule()
+    def reopen(self) -> None:
+        self.block.__exit__(None, None, None)
+        self.settle()
+        self.check_disk()
+        self.open_store()
+
+    @precondition(lambda self: any(self.pending.values()))
+    @rule()
+    def crash(self) -> None:
+        """The process dies with counts pending: they are lost, and nothing else is."""
+        # What a fork does to the child's copy: drop the pending counts, write nothing.
+        self.portal.call(self.store._detach)
+        self.block.__exit__(None, None, None)
+        self.pending = dict.fromkeys(COUNTERS, 0)
+        self.check_disk()
+        self.open_store()
+
+    def reset_model(self) -> None:
+        self.on_disk = dict.fromkeys(COUNTERS, 0)
+        self.pending = dict.fromkeys(COUNTERS, 0)
+        self.check_disk()
+
+    @invariant()
+    def the_view_is_disk_plus_pending(self) -> None:
+        expected = {name: self.on_disk[name] + self.pending[name] for name in COUNTERS}
+        assert self.store.session.stats == SessionStats(**expected)
+
+    def check_disk(self) -> None:
+        stats = read_json(self.path)["stats"]
+        assert [stats[key] for key in JSON_KEYS] == [self.on_disk[name] for name in COUNTERS]
+
+    def teardown(self) -> None:
+        try:
+            self.block.__exit__(None, None, None)
+            self.settle()
+            self.check_disk()
+        finally:
+            self.portal_cm.__exit__(None, None, None)
+            shutil.rmtree(self.directory)
 
 
-@settings(max_examples=60, deadline=None)
-@given(operations)
-def test_counts_on_disk_match_the_model(steps: list[tuple[object, ...]]) -> None:
-    """Whatever the order of operations, disk and view hold exactly the model's counts."""
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "session.json"
-        expected = anyio.run(play, path, steps)
-        stats = read_json(path)["stats"]
-        on_disk = [stats[key] for key in ("toolCalls", "promptCalls", "errors", "rateLimits")]
-        assert on_disk == [expected[name] for name in COUNTERS]
+SessionMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+TestSessionMachine = SessionMachine.TestCase

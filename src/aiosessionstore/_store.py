@@ -201,6 +201,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._pending.clear()
         if self._signals is not None:
             self._signals.disarm()
+        if self._closed is not None:
+            self._closed.set()
 
     # -- the session -----------------------------------------------------------------------
 
