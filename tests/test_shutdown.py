@@ -62,6 +62,39 @@ class TestSignals:
         assert out == "app handler ran\n"
         assert tool_calls_on_disk(session_path) == 7
 
+    def test_without_a_running_loop_the_flush_is_synchronous(self, session_path: Path) -> None:
+        """A signal after the loop stopped still flushes, in the handler, then kills."""
+        worker = run_until_ready("signal-after-loop-stopped", session_path, "17")
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+        assert worker.returncode == -signal.SIGTERM, err
+        assert tool_calls_on_disk(session_path) == 17
+
+    @pytest.mark.anyio
+    async def test_in_process_the_loop_flushes_then_the_app_handler_runs(
+        self, session_path: Path
+    ) -> None:
+        """The handler only wakes the loop; the flush runs there, then the app's handler."""
+        before = signal.getsignal(signal.SIGHUP)
+        app_ran = threading.Event()
+        seen_on_disk: list[int] = []
+
+        def app_handler(signum: int, frame: object) -> None:
+            seen_on_disk.append(tool_calls_on_disk(session_path))
+            app_ran.set()
+
+        signal.signal(signal.SIGHUP, app_handler)
+        try:
+            async with AsyncSessionStore(session_path) as store:
+                await store.increment_tool_calls(21)
+                signal.raise_signal(signal.SIGHUP)
+                signal.raise_signal(signal.SIGHUP)  # during the flush: no second flush
+                with anyio.fail_after(10):
+                    await anyio.to_thread.run_sync(app_ran.wait)
+            assert seen_on_disk == [21]
+        finally:
+            signal.signal(signal.SIGHUP, before)
+
     def test_handle_signals_false_leaves_signals_alone(self, session_path: Path) -> None:
         """Turned off, SIGTERM kills at once and the pending counts are not written."""
         worker = run_until_ready("wait-for-signal", session_path, "9", "no")

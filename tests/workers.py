@@ -69,6 +69,13 @@ def never_closed(path: str, total: str) -> None:
     asyncio.new_event_loop().run_until_complete(open_and_count())
 
 
+def signal_after_loop_stopped(path: str, total: str) -> None:
+    """Open and count, let the loop stop, then wait for a signal: it must flush without one."""
+    never_closed(path, total)
+    say("ready")
+    time.sleep(60)
+
+
 async def fork_with_pending(path: str, total: str) -> None:
     """Fork with counts pending: only the parent may write them."""
     async with AsyncSessionStore(path, flush_interval=3600) as store:
@@ -113,6 +120,7 @@ MODES: dict[str, Callable[..., object]] = {
     "wait-for-signal": wait_for_signal,
     "with-app-handler": with_app_handler,
     "never-closed": never_closed,
+    "signal-after-loop-stopped": signal_after_loop_stopped,
     "fork-with-pending": fork_with_pending,
     "kill-mid-flush": kill_mid_flush,
 }
