@@ -91,7 +91,12 @@ async def fork_with_pending(path: str, total: str) -> None:
 
 
 def kill_mid_flush(path: str, rounds: str) -> None:
-    """Fork a writer that flushes back to back, SIGKILL it at a random moment, check the file."""
+    """Fork a writer that flushes back to back, SIGKILL it at a random moment, check the file.
+
+    Prints the files left in the directory and the count on disk, which only grows if the
+    writers' flushes land between the kills.
+    """
+    asyncio.run(flush_forever(path, limit=1))  # import everything before forking
     for _ in range(int(rounds)):
         pid = os.fork()
         if pid == 0:
@@ -100,19 +105,17 @@ def kill_mid_flush(path: str, rounds: str) -> None:
         time.sleep(random.uniform(0, 0.03))  # the moment of the kill, not synchronization
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        try:
-            with open(path, "rb") as file:
-                decode(file.read())
-        except FileNotFoundError:
-            pass  # killed before the first write ever landed
-    say(json.dumps(sorted(os.listdir(os.path.dirname(path)))))
+        with open(path, "rb") as file:
+            tool_calls = decode(file.read()).session.stats.tool_calls
+    say(json.dumps({"files": sorted(os.listdir(os.path.dirname(path))), "count": tool_calls}))
 
 
-async def flush_forever(path: str) -> None:
+async def flush_forever(path: str, limit: int = -1) -> None:
     async with AsyncSessionStore(path, flush_interval=3600, handle_signals=False) as store:
-        while True:
+        while limit != 0:
             await store.increment_tool_calls()
             await store.flush()
+            limit -= 1
 
 
 MODES: dict[str, Callable[..., object]] = {
