@@ -8,8 +8,9 @@ from ._errors import (
     StoreClosedError,
     UnsupportedVersionError,
 )
-from ._session import Session, SessionStats
+from ._session import Session, SessionStats, ToolStats
 from ._store import AsyncSessionStore
+from ._tools import ToolCall
 
 __all__ = (
     "AsyncSessionStore",
@@ -18,6 +19,8 @@ __all__ = (
     "SessionStats",
     "SessionStoreError",
     "StoreClosedError",
+    "ToolCall",
+    "ToolStats",
     "UnsupportedVersionError",
 )
 

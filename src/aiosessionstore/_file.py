@@ -14,10 +14,11 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 
 import filelock
 
@@ -27,7 +28,7 @@ from ._errors import (
     SessionStoreError,
     UnsupportedVersionError,
 )
-from ._session import Record, Session, SessionStats, decode, encode
+from ._session import Record, Session, SessionStats, ToolStats, add_tools, decode, encode
 
 __all__ = ("Change", "Mode", "commit", "open_session", "remove")
 
@@ -53,6 +54,7 @@ class Change:
 
     mode: Mode
     deltas: SessionStats
+    tool_deltas: Mapping[str, ToolStats]
     active_at: datetime
     #: The session this store last saw; written back over a corrupt file.
     known: Record
@@ -65,9 +67,15 @@ class Change:
         session = base.session
         active_at = max(session.last_active_at, self.active_at)
         if self.mode is Mode.MERGE:
-            return base.with_session(last_active_at=active_at, stats=session.stats + self.deltas)
+            return base.with_session(
+                last_active_at=active_at,
+                stats=session.stats + self.deltas,
+                tools=add_tools(session.tools, self.tool_deltas),
+            )
         if self.mode is Mode.RESET:
-            return base.with_session(last_active_at=active_at, stats=SessionStats())
+            return base.with_session(
+                last_active_at=active_at, stats=SessionStats(), tools=MappingProxyType({})
+            )
         return Record(Session.new(self.active_at), base.extra)
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 from ._file import Change, Mode
-from ._session import Record, SessionStats, timestamp
+from ._session import Record, SessionStats, ToolStats, timestamp
 
 __all__ = ("ERRORS", "PROMPT_CALLS", "RATE_LIMITS", "TOOL_CALLS", "Pending", "Taken")
 
 #: Indexes into Pending.counts, in the order of SessionStats' fields.
 TOOL_CALLS, PROMPT_CALLS, ERRORS, RATE_LIMITS = range(4)
+#: Indexes into one tool's list in Pending.tools, in the order of ToolStats' fields.
+CALLS, TOOL_ERRORS, TOOL_RATE_LIMITS, TOTAL_MS, MAX_MS = range(5)
+
+_NO_TOOLS: Mapping[str, ToolStats] = MappingProxyType({})
 
 
 class Taken(NamedTuple):
@@ -18,29 +24,58 @@ class Taken(NamedTuple):
 
     change: Change
     stats: SessionStats
+    tools: Mapping[str, ToolStats]
     active_at: float | None
 
 
 class Pending:
     """Counts since the last write, and when the last one was made (None: nothing pending)."""
 
-    __slots__ = ("active_at", "counts")
+    __slots__ = ("active_at", "counts", "tools")
 
     def __init__(self) -> None:
         #: A list of four ints is the cheapest thing to add to on the hot path.
         self.counts = [0, 0, 0, 0]
+        #: Per tool: [calls, errors, rate limits, total ms, max ms].
+        self.tools: dict[str, list[float]] = {}
         self.active_at: float | None = None
 
     def stats(self) -> SessionStats:
         return SessionStats(*self.counts)
 
-    def add(self, stats: SessionStats, active_at: float | None) -> None:
+    def tool_stats(self) -> Mapping[str, ToolStats]:
+        if not self.tools:
+            return _NO_TOOLS
+        return MappingProxyType(
+            {
+                name: ToolStats(int(calls), int(errors), int(limits), total_ms, max_ms)
+                for name, (calls, errors, limits, total_ms, max_ms) in self.tools.items()
+            }
+        )
+
+    def tool(self, name: str) -> list[float]:
+        """The pending list of one tool, made on first use."""
+        tool = self.tools.get(name)
+        if tool is None:
+            tool = self.tools[name] = [0, 0, 0, 0.0, 0.0]
+        return tool
+
+    def add(
+        self, stats: SessionStats, tools: Mapping[str, ToolStats], active_at: float | None
+    ) -> None:
         """Add counts: new ones, or ones a failed write gives back."""
         counts = self.counts
         counts[TOOL_CALLS] += stats.tool_calls
         counts[PROMPT_CALLS] += stats.prompt_calls
         counts[ERRORS] += stats.errors
         counts[RATE_LIMITS] += stats.rate_limits
+        for name, more in tools.items():
+            tool = self.tool(name)
+            tool[CALLS] += more.calls
+            tool[TOOL_ERRORS] += more.errors
+            tool[TOOL_RATE_LIMITS] += more.rate_limits
+            tool[TOTAL_MS] += more.total_ms
+            tool[MAX_MS] = max(tool[MAX_MS], more.max_ms)
         if active_at is not None and (self.active_at is None or active_at > self.active_at):
             self.active_at = active_at
 
@@ -52,20 +87,21 @@ class Pending:
         taken_at = self.active_at
         if mode is Mode.MERGE and taken_at is None:
             return None
-        stats = self.stats()
+        stats, tools = self.stats(), self.tool_stats()
         self.clear()
         if mode is Mode.MERGE:
             assert taken_at is not None
-            change = Change(mode, stats, timestamp(taken_at), known, saved)
+            change = Change(mode, stats, tools, timestamp(taken_at), known, saved)
         else:
-            change = Change(mode, SessionStats(), timestamp(now), known, saved)
-        return Taken(change, stats, taken_at)
+            change = Change(mode, SessionStats(), _NO_TOOLS, timestamp(now), known, saved)
+        return Taken(change, stats, tools, taken_at)
 
     def give_back(self, taken: Taken) -> None:
-        self.add(taken.stats, taken.active_at)
+        self.add(taken.stats, taken.tools, taken.active_at)
 
     def clear(self) -> None:
         self.counts = [0, 0, 0, 0]
+        self.tools = {}
         self.active_at = None
 
     def __str__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,8 @@ __all__ = (
     "Record",
     "Session",
     "SessionStats",
+    "ToolStats",
+    "add_tools",
     "decode",
     "encode",
     "format_timestamp",
@@ -28,7 +31,8 @@ CURRENT_VERSION = 1
 
 #: JSON key of each counter, in field order of SessionStats.
 _STAT_KEYS = ("toolCalls", "promptCalls", "errors", "rateLimits")
-_KNOWN_KEYS = frozenset({"version", "sessionId", "createdAt", "lastActiveAt", "stats"})
+_TOOL_KEYS = ("calls", "errors", "rateLimits", "totalMs", "maxMs")
+_KNOWN_KEYS = frozenset({"version", "sessionId", "createdAt", "lastActiveAt", "stats", "tools"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +57,48 @@ class SessionStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolStats:
+    """Usage of one tool: calls, how many failed or were rate limited, and time spent."""
+
+    calls: int = 0
+    errors: int = 0
+    rate_limits: int = 0
+    total_ms: float = 0.0
+    max_ms: float = 0.0
+
+    def __add__(self, other: ToolStats) -> ToolStats:
+        return ToolStats(
+            self.calls + other.calls,
+            self.errors + other.errors,
+            self.rate_limits + other.rate_limits,
+            self.total_ms + other.total_ms,
+            max(self.max_ms, other.max_ms),
+        )
+
+
+def add_tools(
+    tools: Mapping[str, ToolStats], more: Mapping[str, ToolStats]
+) -> Mapping[str, ToolStats]:
+    """Per-tool stats merged: counts and times added, the longest call kept."""
+    if not more:
+        return tools
+    merged = dict(tools)
+    for name, stats in more.items():
+        merged[name] = merged[name] + stats if name in merged else stats
+    return MappingProxyType(merged)
+
+
+@dataclass(frozen=True, slots=True)
 class Session:
-    """One session: its id, when it began and was last active (UTC), and its counters."""
+    """One session: its id, when it began and was last active (UTC), its counters and tools."""
 
     version: int
     session_id: str
     created_at: datetime
     last_active_at: datetime
     stats: SessionStats
+    #: Per-tool stats, by tool name; stored under the file's top-level "tools" key.
+    tools: Mapping[str, ToolStats] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def new(cls, now: datetime) -> Session:
@@ -103,7 +141,7 @@ def encode(record: Record) -> bytes:
     """The file's bytes: the seed's ``JSON.stringify(session, null, 2)``, unknown keys kept."""
     session = record.session
     stats = session.stats
-    document = {
+    document: dict[str, Any] = {
         "version": session.version,
         "sessionId": session.session_id,
         "createdAt": format_timestamp(session.created_at),
@@ -115,8 +153,10 @@ def encode(record: Record) -> bytes:
                 strict=True,
             )
         ),
-        **record.extra,
     }
+    if session.tools:  # absent, not empty, so a session without tools is the seed's own
+        document["tools"] = {name: _encode_tool(tool) for name, tool in session.tools.items()}
+    document.update(record.extra)
     return json.dumps(document, indent=2, ensure_ascii=False).encode()
 
 
@@ -145,6 +185,7 @@ def decode(data: bytes) -> Record:
         created_at=_timestamp_field(document, "createdAt"),
         last_active_at=_timestamp_field(document, "lastActiveAt"),
         stats=_decode_stats(_field(document, "stats", dict)),
+        tools=_decode_tools(document["tools"]) if "tools" in document else MappingProxyType({}),
     )
     extra = {key: value for key, value in document.items() if key not in _KNOWN_KEYS}
     return Record(session, MappingProxyType(extra))
@@ -156,6 +197,29 @@ def _decode_stats(stats: dict[str, Any]) -> SessionStats:
         if count < 0:
             raise CorruptSessionError(f"stats.{key} is negative ({count})")
     return SessionStats(*counts)
+
+
+def _encode_tool(tool: ToolStats) -> dict[str, int | float]:
+    times = (round(tool.total_ms, 3), round(tool.max_ms, 3))  # microseconds are plenty
+    values = (tool.calls, tool.errors, tool.rate_limits, *times)
+    return dict(zip(_TOOL_KEYS, values, strict=True))
+
+
+def _decode_tools(tools: object) -> Mapping[str, ToolStats]:
+    if not isinstance(tools, dict):
+        raise CorruptSessionError(f"tools should be an object, not {tools!r}")
+    decoded = {}
+    for name, tool in tools.items():
+        if not isinstance(tool, dict):
+            raise CorruptSessionError(f"tools.{name} should be an object, not {tool!r}")
+        calls, errors, rate_limits = (_field(tool, key, int) for key in _TOOL_KEYS[:3])
+        total_ms, max_ms = (_field(tool, key, float) for key in _TOOL_KEYS[3:])
+        if min(calls, errors, rate_limits, total_ms, max_ms) < 0 or not all(
+            math.isfinite(ms) for ms in (total_ms, max_ms)
+        ):
+            raise CorruptSessionError(f"tools.{name} has a negative count or a bad time")
+        decoded[name] = ToolStats(calls, errors, rate_limits, float(total_ms), float(max_ms))
+    return MappingProxyType(decoded)
 
 
 def _timestamp_field(document: dict[str, Any], key: str) -> datetime:
@@ -170,10 +234,16 @@ def _field(document: dict[str, Any], key: str, kind: type[Any]) -> Any:
     if key not in document:
         raise CorruptSessionError(f"{key} is missing")
     value = document[key]
+    accepted = (int, float) if kind is float else kind  # a JSON number: 12 or 12.5
     # bool is an int to Python but not to JSON: true is no counter.
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, accepted) or isinstance(value, bool):
         raise CorruptSessionError(f"{key} should be {_JSON_TYPES[kind]}, not {value!r}")
     return value
 
 
-_JSON_TYPES: dict[type[Any], str] = {int: "an integer", str: "a string", dict: "an object"}
+_JSON_TYPES: dict[type[Any], str] = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "an object",
+}

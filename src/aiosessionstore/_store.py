@@ -20,9 +20,22 @@ from . import _file, _shutdown
 from ._errors import StoreClosedError
 from ._file import Mode
 from ._location import resolve_path
-from ._pending import ERRORS, PROMPT_CALLS, RATE_LIMITS, TOOL_CALLS, Pending, Taken
-from ._session import Record, Session, SessionStats, timestamp
+from ._pending import (
+    CALLS,
+    ERRORS,
+    MAX_MS,
+    PROMPT_CALLS,
+    RATE_LIMITS,
+    TOOL_CALLS,
+    TOOL_ERRORS,
+    TOOL_RATE_LIMITS,
+    TOTAL_MS,
+    Pending,
+    Taken,
+)
+from ._session import Record, Session, SessionStats, add_tools, timestamp
 from ._shutdown import SignalChain
+from ._tools import Outcome, ToolCall
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -53,6 +66,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         app_name: str = "octocode",
         flush_interval: float = 60.0,
         force_new: bool = False,
+        rate_limit_errors: tuple[type[BaseException], ...] = (),
         handle_signals: bool = True,
         close_timeout: float = 2.0,
         lock_timeout: float = 10.0,
@@ -63,6 +77,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._close_timeout = _positive("close_timeout", close_timeout)
         self._lock_timeout = _positive("lock_timeout", lock_timeout)
         self._force_new = force_new
+        #: Exceptions that ``tool_call`` counts as rate limits rather than errors.
+        self.rate_limit_errors = rate_limit_errors
         self._handle_signals = handle_signals
         self._clock = clock
         #: Serializes updates of the pending counts; never held across an await.
@@ -220,6 +236,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             session,
             last_active_at=max(session.last_active_at, timestamp(active_at)),
             stats=session.stats + self._pending.stats(),
+            tools=add_tools(session.tools, self._pending.tool_stats()),
         )
 
     @property
@@ -255,9 +272,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             if type(count) is not int or count < 0 or not self._open:
                 self._reject(count)
         async with self._lock:
-            self._pending.add(
-                SessionStats(tool_calls, prompt_calls, errors, rate_limits), self._clock()
-            )
+            stats = SessionStats(tool_calls, prompt_calls, errors, rate_limits)
+            self._pending.add(stats, {}, self._clock())
 
     async def _count(self, counter: int, count: int) -> None:
         """The hot path: check, then add under the lock; no allocation, no formatting."""
@@ -270,6 +286,48 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             pending.active_at = self._clock()
         finally:
             self._lock.release()
+
+    def tool_call(
+        self, name: str, *, rate_limit_errors: tuple[type[BaseException], ...] | None = None
+    ) -> ToolCall:
+        """Count a call of tool ``name``, and its error or rate limit, and time it.
+
+        ``async with store.tool_call("search"): ...``, or as a decorator. ``rate_limit_errors``
+        overrides the store's for this call.
+        """
+        limits = self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors
+        return ToolCall(self, name, limits)
+
+    async def _tool_started(self, name: str) -> None:
+        self._check_open()
+        await self._lock.acquire()
+        try:
+            pending = self._pending
+            pending.counts[TOOL_CALLS] += 1
+            pending.tool(name)[CALLS] += 1
+            pending.active_at = self._clock()
+        finally:
+            self._lock.release()
+
+    def _tool_finished(self, name: str, elapsed_ms: float, outcome: Outcome) -> None:
+        """Record how a call ended; synchronous, so that a cancelled call is timed too.
+
+        It needs no lock: no holder of ``_lock`` ever awaits while holding it, so no task can
+        run this while it is held.
+        """
+        if not self._open:
+            return  # the store closed while the tool ran: its start was counted, no more
+        pending = self._pending
+        tool = pending.tool(name)
+        if outcome == "error":
+            pending.counts[ERRORS] += 1
+            tool[TOOL_ERRORS] += 1
+        elif outcome == "rate_limit":
+            pending.counts[RATE_LIMITS] += 1
+            tool[TOOL_RATE_LIMITS] += 1
+        tool[TOTAL_MS] += elapsed_ms
+        tool[MAX_MS] = max(tool[MAX_MS], elapsed_ms)
+        pending.active_at = self._clock()
 
     def _reject(self, count: object) -> None:
         if not self._open:
