@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 from ._errors import (
+    CorruptSessionError,
     LockTimeoutError,
+    SessionNotFoundError,
     SessionStoreError,
     StoreClosedError,
     UnsupportedVersionError,
 )
+from ._mcp import SessionState, session_lifespan, session_store
 from ._session import Session, SessionStats, ToolStats
 from ._store import AsyncSessionStore
 from ._tools import ToolCall
 
 __all__ = (
     "AsyncSessionStore",
+    "CorruptSessionError",
     "LockTimeoutError",
     "Session",
+    "SessionNotFoundError",
+    "SessionState",
     "SessionStats",
     "SessionStoreError",
     "StoreClosedError",
     "ToolCall",
     "ToolStats",
     "UnsupportedVersionError",
+    "session_lifespan",
+    "session_store",
 )
 
 __version__ = "0.1.0"

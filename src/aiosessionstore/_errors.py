@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = (
     "CorruptSessionError",
     "LockTimeoutError",
+    "SessionNotFoundError",
     "SessionStoreError",
     "StoreClosedError",
     "UnsupportedVersionError",
@@ -25,6 +28,15 @@ class UnsupportedVersionError(SessionStoreError):
 
 class CorruptSessionError(SessionStoreError):
     """The session file is not a valid session; it is moved aside, never deleted."""
+
+    def __init__(self, message: str, quarantined_to: Path | None = None) -> None:
+        super().__init__(message)
+        #: Where the corrupt file was moved, once it has been.
+        self.quarantined_to = quarantined_to
+
+
+class SessionNotFoundError(SessionStoreError):
+    """There is no session file where one was expected."""
 
 
 class LockTimeoutError(SessionStoreError):

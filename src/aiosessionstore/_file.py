@@ -16,7 +16,7 @@ import secrets
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
 
@@ -25,12 +25,13 @@ import filelock
 from ._errors import (
     CorruptSessionError,
     LockTimeoutError,
+    SessionNotFoundError,
     SessionStoreError,
     UnsupportedVersionError,
 )
 from ._session import Record, Session, SessionStats, ToolStats, add_tools, decode, encode
 
-__all__ = ("Change", "Mode", "commit", "open_session", "remove")
+__all__ = ("Change", "Mode", "commit", "open_session", "read", "remove")
 
 logger = logging.getLogger("aiosessionstore")
 
@@ -56,8 +57,9 @@ class Change:
     deltas: SessionStats
     tool_deltas: Mapping[str, ToolStats]
     active_at: datetime
-    #: The session this store last saw; written back over a corrupt file.
-    known: Record
+    #: The session this store last saw, written back over a corrupt file; None: the file must
+    #: exist and be valid (the command line's reset), else the transaction raises.
+    known: Record | None
     #: Whether ``known`` was ever on disk: a saved session that has since disappeared was
     #: deleted on purpose, and its identity must not come back.
     known_was_saved: bool
@@ -85,6 +87,12 @@ def commit(path: Path, change: Change, lock_timeout: float) -> Record:
         record = change.apply(_read_base(path, change))
         _write_atomic(path, encode(record))
         return record
+
+
+def read(path: Path, lock_timeout: float) -> Record:
+    """The session on disk, changing nothing but moving a corrupt file aside."""
+    with _translated_errors(path), _locked(path, lock_timeout):
+        return _read_existing(path)
 
 
 def open_session(path: Path, change: Change, lock_timeout: float) -> Record:
@@ -153,30 +161,51 @@ def _lock_path(path: Path) -> Path:
 
 def _read_base(path: Path, change: Change) -> Record:
     """The record to build on: the file's, or what replaces a missing or corrupt one."""
+    known = change.known
+    if known is None:
+        return _read_existing(path)
     try:
-        data = path.read_bytes()
+        return _decode_file(path)
     except FileNotFoundError:
-        if change.known_was_saved:
-            return Record(Session.new(change.active_at), change.known.extra)
-        return change.known
-    try:
-        return decode(data)
-    except UnsupportedVersionError as exc:
-        raise UnsupportedVersionError(f"{path}: {exc}; the file is left as it is") from None
+        if change.known_was_saved:  # deleted on purpose: its identity stays deleted
+            return Record(Session.new(change.active_at), known.extra)
+        return known
     except CorruptSessionError as exc:
-        aside = _quarantine(path, change.active_at)
+        aside = _quarantine(path)
         logger.warning(
             "session file %s is corrupt (%s); moved it to %s and wrote session %s in its place",
             path,
             exc,
             aside,
-            change.known.session.session_id,
+            known.session.session_id,
         )
-        return change.known
+        return known
 
 
-def _quarantine(path: Path, now: datetime) -> Path:
+def _read_existing(path: Path) -> Record:
+    """The file's record; a missing file or a corrupt one (moved aside) is an error."""
+    try:
+        return _decode_file(path)
+    except FileNotFoundError:
+        raise SessionNotFoundError(f"no session file at {path}") from None
+    except CorruptSessionError as exc:
+        aside = _quarantine(path)
+        raise CorruptSessionError(
+            f"session file {path} was corrupt ({exc}); it was moved to {aside}", aside
+        ) from None
+
+
+def _decode_file(path: Path) -> Record:
+    data = path.read_bytes()
+    try:
+        return decode(data)
+    except UnsupportedVersionError as exc:
+        raise UnsupportedVersionError(f"{path}: {exc}; the file is left as it is") from None
+
+
+def _quarantine(path: Path) -> Path:
     """Move a corrupt file aside under a name that no other file has; never delete it."""
+    now = datetime.now(timezone.utc)
     stem = f"{path.name}.corrupt-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z"
     aside = path.with_name(stem)
     number = 0
