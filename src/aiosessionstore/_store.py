@@ -248,21 +248,28 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
 
     # -- the hot path: memory only ---------------------------------------------------------
 
+    # The hot path. Each increment is two lines on purpose: a coroutine frame costs more than
+    # all the rest of the call, so the work is a plain method called under the lock.
+
     async def increment_tool_calls(self, count: int = 1) -> None:
         """Count ``count`` tool calls."""
-        await self._count(TOOL_CALLS, count)
+        await self._lock.acquire()
+        self._add_and_release(TOOL_CALLS, count)
 
     async def increment_prompt_calls(self, count: int = 1) -> None:
         """Count ``count`` prompt calls."""
-        await self._count(PROMPT_CALLS, count)
+        await self._lock.acquire()
+        self._add_and_release(PROMPT_CALLS, count)
 
     async def increment_errors(self, count: int = 1) -> None:
         """Count ``count`` errors."""
-        await self._count(ERRORS, count)
+        await self._lock.acquire()
+        self._add_and_release(ERRORS, count)
 
     async def increment_rate_limits(self, count: int = 1) -> None:
         """Count ``count`` rate limits."""
-        await self._count(RATE_LIMITS, count)
+        await self._lock.acquire()
+        self._add_and_release(RATE_LIMITS, count)
 
     async def update_stats(
         self, *, tool_calls: int = 0, prompt_calls: int = 0, errors: int = 0, rate_limits: int = 0
@@ -275,12 +282,14 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             stats = SessionStats(tool_calls, prompt_calls, errors, rate_limits)
             self._pending.add(stats, {}, self._clock())
 
-    async def _count(self, counter: int, count: int) -> None:
-        """The hot path: check, then add under the lock; no allocation, no formatting."""
-        if type(count) is not int or count < 0 or not self._open:
-            self._reject(count)
-        await self._lock.acquire()  # not ``async with``: a coroutine frame less per call
+    def _add_and_release(self, counter: int, count: int) -> None:
+        """Check and add one count, then release ``_lock``, which the caller acquired.
+
+        No allocation and no formatting: the time is kept as a float until a write needs it.
+        """
         try:
+            if type(count) is not int or count < 0 or not self._open:
+                self._reject(count)
             pending = self._pending
             pending.counts[counter] += count
             pending.active_at = self._clock()
