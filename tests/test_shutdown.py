@@ -162,6 +162,16 @@ class TestFork:
         assert done.stdout == "child exit 0\n"
         assert tool_calls_on_disk(session_path) == 5
 
+    def test_a_child_forked_mid_flush_does_not_keep_the_lock(self, session_path: Path) -> None:
+        """A child's copy of a held lock descriptor is closed, so the lock is freed on time."""
+        session_path.parent.mkdir()
+        done = subprocess.run(
+            [sys.executable, str(WORKER), "fork-while-locked", str(session_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "parent got the lock back\n"
+
 
 @pytest.mark.anyio
 class TestStuckDisk:

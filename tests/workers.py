@@ -118,6 +118,40 @@ async def flush_forever(path: str, limit: int = -1) -> None:
             limit -= 1
 
 
+def fork_while_locked(path: str) -> None:
+    """Fork while a thread holds the lock: the child's copy must not keep it held."""
+    import threading
+    import warnings
+    from pathlib import Path
+
+    from aiosessionstore._lock import held
+
+    warnings.simplefilter("ignore", DeprecationWarning)  # fork with a thread: on purpose
+    lock_path = Path(path + ".lock")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with held(lock_path, timeout=5):
+            locked.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    locked.wait()
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)  # a long-lived child, as a server's worker would be
+        os._exit(0)
+    release.set()
+    holder.join()
+    try:
+        with held(lock_path, timeout=2):
+            say("parent got the lock back")
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
 MODES: dict[str, Callable[..., object]] = {
     "count": count,
     "wait-for-signal": wait_for_signal,
@@ -126,6 +160,7 @@ MODES: dict[str, Callable[..., object]] = {
     "signal-after-loop-stopped": signal_after_loop_stopped,
     "fork-with-pending": fork_with_pending,
     "kill-mid-flush": kill_mid_flush,
+    "fork-while-locked": fork_while_locked,
 }
 
 if __name__ == "__main__":

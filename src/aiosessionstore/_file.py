@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import glob
 import logging
 import os
 import secrets
@@ -20,15 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
 
-import filelock
-
 from ._errors import (
     CorruptSessionError,
-    LockTimeoutError,
     SessionNotFoundError,
     SessionStoreError,
     UnsupportedVersionError,
 )
+from ._lock import held
 from ._session import Record, Session, SessionStats, ToolStats, add_tools, decode, encode
 
 __all__ = ("Change", "Mode", "commit", "open_session", "read", "remove")
@@ -116,10 +113,6 @@ def remove(path: Path, lock_timeout: float) -> bool:
 def _translated_errors(path: Path) -> Iterator[None]:
     try:
         yield
-    except filelock.Timeout:
-        raise LockTimeoutError(
-            f"timed out waiting for the lock on {path}: another process holds {_lock_path(path)}"
-        ) from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if exc.filename and os.fspath(exc.filename) != str(path):
@@ -129,14 +122,9 @@ def _translated_errors(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _locked(path: Path, timeout: float) -> Iterator[None]:
-    """Hold the lock file beside the session file; it is never deleted, so locks never race."""
-    directory = path.parent
-    directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-    lock_path = _lock_path(path)
-    if lock_path.is_symlink():  # filelock also opens it O_NOFOLLOW; this says why it fails
-        raise SessionStoreError(f"lock file {lock_path} is a symbolic link; remove it")
-    lock = filelock.FileLock(lock_path, timeout=timeout, mode=_FILE_MODE, preserve_lock_file=True)
-    with lock:
+    """Hold the lock file beside the session file, creating the directory first if need be."""
+    path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    with held(_lock_path(path), timeout):
         _remove_stale_temp_files(path)
         yield
 
@@ -251,7 +239,9 @@ def _fsync_directory(directory: Path) -> None:
 
 def _remove_stale_temp_files(path: Path) -> None:
     """Delete temp files of writers that died mid-write: only a lock holder writes them."""
-    pattern = os.path.join(glob.escape(str(path.parent)), glob.escape(path.name) + ".*.tmp")
-    for name in glob.iglob(pattern):
+    prefix = path.name + "."
+    with os.scandir(path.parent) as entries:
+        stale = [e.path for e in entries if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    for name in stale:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
