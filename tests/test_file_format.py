@@ -11,8 +11,16 @@ from typing import Any
 import aiofiles
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from aiosessionstore import AsyncSessionStore, Session, SessionStats, UnsupportedVersionError
+from aiosessionstore import (
+    AsyncSessionStore,
+    Session,
+    SessionStats,
+    ToolStats,
+    UnsupportedVersionError,
+)
 from aiosessionstore._session import Record, decode, encode, format_timestamp, parse_timestamp
 
 from .conftest import read_json
@@ -218,3 +226,70 @@ def test_record_round_trip_keeps_extras() -> None:
     changed = record.with_session(stats=SessionStats(1, 2, 3, 4))
     assert changed.extra == {"x": 1}
     assert isinstance(changed, Record)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+times = st.floats(0, 1e9, allow_nan=False, allow_infinity=False)
+tool_stats = st.builds(ToolStats, st.integers(0), st.integers(0), st.integers(0), times, times)
+moments = st.datetimes(timezones=st.just(timezone.utc)).map(
+    lambda moment: moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+)
+records = st.builds(
+    Record,
+    st.builds(
+        Session,
+        st.just(1),
+        st.text(min_size=1),
+        moments,
+        moments,
+        st.builds(SessionStats, st.integers(0), st.integers(0), st.integers(0), st.integers(0)),
+        st.dictionaries(st.text(), tool_stats, max_size=4),
+    ),
+    st.dictionaries(
+        st.text().filter(
+            lambda key: (
+                key not in {"version", "sessionId", "createdAt", "lastActiveAt", "stats", "tools"}
+            )
+        ),
+        json_values,
+        max_size=3,
+    ),
+)
+
+
+def reference_encoding(record: Record) -> bytes:
+    """What JSON.stringify(document, null, 2) writes, by way of json.dumps(indent=2)."""
+    session, stats = record.session, record.session.stats
+    document: dict[str, Any] = {
+        "version": session.version,
+        "sessionId": session.session_id,
+        "createdAt": format_timestamp(session.created_at),
+        "lastActiveAt": format_timestamp(session.last_active_at),
+        "stats": {"toolCalls": stats.tool_calls, "promptCalls": stats.prompt_calls,
+                  "errors": stats.errors, "rateLimits": stats.rate_limits},
+    }  # fmt: skip
+    if session.tools:
+        document["tools"] = {
+            name: {"calls": tool.calls, "errors": tool.errors, "rateLimits": tool.rate_limits,
+                   "totalMs": round(tool.total_ms, 3), "maxMs": round(tool.max_ms, 3)}
+            for name, tool in session.tools.items()
+        }  # fmt: skip
+    document.update(record.extra)
+    return json.dumps(document, indent=2, ensure_ascii=False).encode()
+
+
+@settings(max_examples=300)
+@given(records)
+def test_the_fast_encoder_writes_what_json_dumps_would(record: Record) -> None:
+    """The hand-written encoder is byte for byte json.dumps(indent=2), and decodes back."""
+    assert encode(record) == reference_encoding(record)
+    decoded = decode(encode(record))
+    assert decoded.session.stats == record.session.stats
+    assert decoded.session.session_id == record.session.session_id
+    assert dict(decoded.extra) == record.extra

@@ -123,7 +123,8 @@ def _translated_errors(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _locked(path: Path, timeout: float) -> Iterator[None]:
     """Hold the lock file beside the session file, creating the directory first if need be."""
-    path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    if not os.path.isdir(path.parent):  # a stat, where mkdir(exist_ok=True) costs a failed mkdir
+        path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
     with held(_lock_path(path), timeout):
         _remove_stale_temp_files(path)
         yield

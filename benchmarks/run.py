@@ -1,0 +1,537 @@
+"""Benchmarks for aiosessionstore: ``python benchmarks/run.py [--quick] [--output FILE]``.
+
+Prints a table and writes it as Markdown (default: benchmarks/RESULTS.md). Every figure that
+is compared is measured in the same run and reported as a ratio, since absolute times drift on
+shared machines. Needs the ``bench`` extra (aiosqlite, diskcache) and, for the Node
+comparison, ``node`` on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+
+from aiosessionstore import AsyncSessionStore
+from aiosessionstore._lock import held
+
+HERE = Path(__file__).parent
+
+
+@dataclass
+class Row:
+    number: str
+    measure: str
+    result: str
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+
+
+@dataclass
+class Sizes:
+    increments: int
+    flushes: int
+    alternative: int
+    rounds: int
+
+
+async def rate(count: int, run: Callable[[], Awaitable[None]]) -> float:
+    start = time.perf_counter()
+    await run()
+    return count / (time.perf_counter() - start)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def store_at(directory: str, **options: object) -> AsyncSessionStore:
+    return AsyncSessionStore(
+        os.path.join(directory, "session.json"),
+        handle_signals=False,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+# -- 1. the hot path ------------------------------------------------------------------------
+
+
+def bare_increment() -> Callable[[], Awaitable[None]]:
+    """The bare limit: an async def that takes one asyncio.Lock and updates a dict."""
+    lock = asyncio.Lock()
+    data = {"toolCalls": 0, "lastActiveAt": 0.0}
+
+    async def increment() -> None:
+        async with lock:
+            data["toolCalls"] += 1
+            data["lastActiveAt"] = time.time()
+
+    return increment
+
+
+async def loop_of(increment: Callable[[], Awaitable[None]], count: int) -> None:
+    for _ in range(count):
+        await increment()
+
+
+async def tasks_of(increment: Callable[[], Awaitable[None]], count: int, tasks: int) -> None:
+    each = count // tasks
+    await asyncio.gather(*(loop_of(increment, each) for _ in range(tasks)))
+
+
+def node_rate(count: int) -> float | None:
+    node = shutil.which("node")
+    if node is None:
+        return None
+    done = subprocess.run(
+        [node, str(HERE / "seed_hot_path.js"), str(count)], capture_output=True, text=True
+    )
+    return float(done.stdout) if done.returncode == 0 else None
+
+
+async def hot_path(sizes: Sizes, rows: list[Row], scratch: str) -> float:
+    n = sizes.increments
+    bare, ours, bare_tasks, ours_tasks = 0.0, 0.0, 0.0, 0.0
+    async with store_at(scratch) as store:
+        for _ in range(sizes.rounds):  # interleaved, best of each: drift hits both alike
+            bare = max(bare, await rate(n, lambda: loop_of(bare_increment(), n)))
+            ours = max(ours, await rate(n, lambda: loop_of(store.increment_tool_calls, n)))
+            bare_tasks = max(bare_tasks, await rate(n, lambda: tasks_of(bare_increment(), n, 1000)))
+            ours_tasks = max(
+                ours_tasks, await rate(n, lambda: tasks_of(store.increment_tool_calls, n, 1000))
+            )
+    rows.append(Row("1", "bare limit: async with lock + dict update, 1 task", f"{bare:,.0f}/s"))
+    rows.append(Row("1", "increment_tool_calls, 1 task", f"{ours:,.0f}/s", ours / bare,
+                    ">= 1.0x bare", ours / bare >= 1.0))  # fmt: skip
+    rows.append(Row("1", "increment_tool_calls, 1,000 tasks", f"{ours_tasks:,.0f}/s",
+                    ours_tasks / bare_tasks, ">= 1.0x bare (1,000 tasks)",
+                    ours_tasks / bare_tasks >= 1.0))  # fmt: skip
+    seed = node_rate(min(n * 2, 2_000_000))
+    if seed is not None:
+        rows.append(Row("1", "the TypeScript original's hot path under Node", f"{seed:,.0f}/s",
+                        seed / bare, "(about 0.65x bare)"))  # fmt: skip
+        rows.append(Row("1", "increment_tool_calls vs the original under Node", "",
+                        ours / seed, ">= 2.0x", ours / seed >= 2.0))  # fmt: skip
+    return ours
+
+
+# -- 2, 3, 4. flushing: the increments, one flush, the event loop ---------------------------
+
+
+async def flushing_back_to_back(store: AsyncSessionStore, stop: asyncio.Event) -> int:
+    flushes = 0
+    while not stop.is_set():
+        await store.increment_errors()  # something to write, so each flush writes
+        await store.flush()
+        flushes += 1
+    return flushes
+
+
+async def timed_increments(store: AsyncSessionStore, count: int) -> tuple[float, list[float]]:
+    """Increments per second, and each one's latency; yielding every 10 lets flushes run."""
+    latencies = []
+    increment = store.increment_tool_calls
+    clock = time.perf_counter
+    start = clock()
+    for number in range(count):
+        before = clock()
+        await increment()
+        latencies.append(clock() - before)
+        if number % 10 == 0:
+            await asyncio.sleep(0)
+    return count / (clock() - start), latencies
+
+
+async def increments_while_flushing(sizes: Sizes, rows: list[Row], scratch: str) -> None:
+    n = sizes.increments // 4
+    quiet_rate = busy_rate = 0.0
+    quiet: list[float] = []
+    busy: list[float] = []
+    flushes = 0
+    async with store_at(scratch) as store:
+        for _ in range(sizes.rounds):  # interleaved, best of each, as in 1
+            rate_now, latencies = await timed_increments(store, n)
+            quiet_rate, quiet = max(quiet_rate, rate_now), quiet + latencies
+            stop = asyncio.Event()
+            flusher = asyncio.create_task(flushing_back_to_back(store, stop))
+            rate_now, latencies = await timed_increments(store, n)
+            busy_rate, busy = max(busy_rate, rate_now), busy + latencies
+            stop.set()
+            flushes += await flusher
+    rows.append(Row("2", f"increments while flushing back to back ({flushes} flushes)",
+                    f"{busy_rate:,.0f}/s", busy_rate / quiet_rate, ">= 0.5x without flushing",
+                    busy_rate / quiet_rate >= 0.5))  # fmt: skip
+    quiet_p99, busy_p99 = percentile(quiet, 0.99), percentile(busy, 0.99)
+    rows.append(Row("2", "p99 latency of one increment while flushing",
+                    f"{busy_p99 * 1e6:.2f} µs (without: {quiet_p99 * 1e6:.2f} µs)",
+                    busy_p99 / quiet_p99, "<= 2.0x without flushing",
+                    busy_p99 / quiet_p99 <= 2.0))  # fmt: skip
+
+
+def plain_locked_merge(path: Path) -> None:
+    """The synchronous baseline: the same locked read-merge-write, with the same fsyncs."""
+    with held(path.with_name(path.name + ".lock"), 10):
+        document = json.loads(path.read_bytes())
+        document["stats"]["toolCalls"] += 1
+        temp = path.with_name(path.name + ".plain.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, json.dumps(document, indent=2).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+async def flush_latency(sizes: Sizes, rows: list[Row], scratch: str) -> None:
+    ours, plain, hops = [], [], []
+    nothing = aiofiles.os.wrap(lambda: None)
+    async with store_at(scratch) as store:
+        for _ in range(sizes.flushes):
+            await store.increment_tool_calls()
+            start = time.perf_counter()
+            await store.flush()
+            ours.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            plain_locked_merge(store.path)
+            plain.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await nothing()
+            hops.append(time.perf_counter() - start)
+    median, plain_median = statistics.median(ours), statistics.median(plain)
+    rows.append(Row("3", "flush: median, p99 (fsyncs, one aiofiles hop, lock file)",
+                    f"{median * 1e3:.2f} ms, {percentile(ours, 0.99) * 1e3:.2f} ms",
+                    median / plain_median, "median <= 2.0x plain sync",
+                    median / plain_median <= 2.0))  # fmt: skip
+    rows.append(
+        Row(
+            "3",
+            "plain synchronous locked read-merge-write: median, p99",
+            f"{plain_median * 1e3:.2f} ms, {percentile(plain, 0.99) * 1e3:.2f} ms",
+        )
+    )
+    rows.append(Row("3", "one aiofiles thread hop (of which a flush makes one): median",
+                    f"{statistics.median(hops) * 1e6:.0f} µs"))  # fmt: skip
+
+
+async def ticker(stop: asyncio.Event) -> list[float]:
+    overshoots = []
+    while not stop.is_set():
+        start = time.perf_counter()
+        await asyncio.sleep(0.001)
+        overshoots.append(time.perf_counter() - start - 0.001)
+    return overshoots
+
+
+def fsynced_write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def writing_back_to_back(path: str, stop: asyncio.Event) -> int:
+    """The floor: the same kind of thread hop and fsync, with no store, lock or JSON."""
+    write = aiofiles.os.wrap(fsynced_write)
+    writes = 0
+    while not stop.is_set():
+        await write(path, b'{"stats": {}}')
+        writes += 1
+    return writes
+
+
+async def ticking_while(
+    seconds: float, work: Callable[[asyncio.Event], Coroutine[Any, Any, int]] | None
+) -> tuple[float, int]:
+    """The p99 overshoot of a 1 ms ticker while ``work`` runs, and how often it ran."""
+    stop = asyncio.Event()
+    ticks = asyncio.create_task(ticker(stop))
+    worker = asyncio.create_task(work(stop)) if work else None
+    await asyncio.sleep(seconds)
+    stop.set()
+    overshoots = await ticks
+    return percentile(overshoots, 0.99), (await worker if worker else 0)
+
+
+async def loop_lag(sizes: Sizes, rows: list[Row], scratch: str) -> None:
+    seconds = 0.5 if sizes.rounds < 5 else 2.0
+    floor_path = os.path.join(scratch, "floor.json")
+    async with store_at(scratch) as store:
+        idle, _ = await ticking_while(seconds, None)
+        busy, flushes = await ticking_while(
+            seconds, lambda stop: flushing_back_to_back(store, stop)
+        )
+        floor, writes = await ticking_while(
+            seconds, lambda stop: writing_back_to_back(floor_path, stop)
+        )
+    rows.append(Row("4", f"1 ms ticker p99 overshoot while flushing ({flushes} flushes)",
+                    f"{busy * 1e3:.3f} ms (idle: {idle * 1e3:.3f} ms)", None,
+                    "<= idle + 0.5 ms", busy <= idle + 0.0005))  # fmt: skip
+    rows.append(
+        Row(
+            "4",
+            f"the same during bare fsync-ed writes in a thread ({writes} writes)",
+            f"{floor * 1e3:.3f} ms",
+            None,
+            "(the floor for any thread-hop I/O)",
+        )
+    )
+    rows.append(Row("4", "flushing vs that floor", f"+{(busy - floor) * 1e3:.3f} ms", None,
+                    "<= floor + 0.5 ms", busy <= floor + 0.0005))  # fmt: skip
+
+
+# -- 5. open and close ----------------------------------------------------------------------
+
+
+async def open_and_close(sizes: Sizes, rows: list[Row], scratch: str) -> None:
+    new: list[float] = []
+    existing: list[float] = []
+    final: list[float] = []
+    for number in range(max(5, sizes.rounds * 4)):
+        directory = os.path.join(scratch, f"open-{number}")
+        for timings in (new, existing):
+            store = store_at(directory)
+            start = time.perf_counter()
+            await store.__aenter__()
+            timings.append(time.perf_counter() - start)
+            await store.increment_tool_calls(5)
+            start = time.perf_counter()
+            await store.__aexit__(None, None, None)
+            final.append(time.perf_counter() - start)
+    rows.append(Row("5", "enter the block: new file, existing file (median)",
+                    f"{statistics.median(new) * 1e3:.2f} ms, "
+                    f"{statistics.median(existing) * 1e3:.2f} ms"))  # fmt: skip
+    worst = max(final)
+    rows.append(Row("5", "leave the block with counts pending: median, worst",
+                    f"{statistics.median(final) * 1e3:.2f} ms, {worst * 1e3:.2f} ms",
+                    None, "far inside 2 s", worst < 0.2))  # fmt: skip
+
+
+# -- 6. many processes ----------------------------------------------------------------------
+
+WORKER = """
+import asyncio, sys
+from aiosessionstore import AsyncSessionStore
+async def main(path, total, every):
+    async with AsyncSessionStore(path, flush_interval=3600, handle_signals=False) as store:
+        sys.stdout.write("ready\\n"); sys.stdout.flush(); sys.stdin.readline()
+        for number in range(1, total + 1):
+            await store.increment_tool_calls()
+            if number % every == 0:
+                await store.flush()
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+
+def many_processes(sizes: Sizes, rows: list[Row], scratch: str) -> None:
+    path = os.path.join(scratch, "shared", "session.json")
+    processes, each, every = 8, 5000, 100
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, path, str(each), str(every)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    for worker in workers:  # all imported and open: time only the counting
+        assert worker.stdout is not None
+        worker.stdout.readline()
+    start = time.perf_counter()
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    for worker in workers:
+        worker.wait(timeout=300)
+    elapsed = time.perf_counter() - start
+    total = json.loads(Path(path).read_text())["stats"]["toolCalls"]
+    flushes = processes * each // every
+    rows.append(
+        Row(
+            "6",
+            f"{processes} processes x {each:,}, flushing every {every}",
+            f"{flushes / elapsed:,.0f} flushes/s, {total / elapsed:,.0f} increments/s",
+            None,
+            f"exactly {processes * each:,} on disk",
+            total == processes * each,
+        )
+    )
+
+
+# -- 7. what a user would pick instead ------------------------------------------------------
+
+
+async def rewrite_json_each_time(path: Path, count: int) -> None:
+    document = {"version": 1, "stats": {"toolCalls": 0}}
+    for _ in range(count):
+        document["stats"]["toolCalls"] += 1  # type: ignore[index]
+        temp = path.with_name(path.name + ".tmp")
+        async with aiofiles.open(temp, "w") as file:
+            await file.write(json.dumps(document, indent=2))
+        await aiofiles.os.replace(temp, path)
+
+
+async def aiosqlite_updates(path: Path, count: int) -> None:
+    import aiosqlite
+
+    async with aiosqlite.connect(path) as db:
+        await db.execute("CREATE TABLE stats (name TEXT PRIMARY KEY, value INTEGER)")
+        await db.execute("INSERT INTO stats VALUES ('toolCalls', 0)")
+        await db.commit()
+        for _ in range(count):
+            await db.execute("UPDATE stats SET value = value + 1 WHERE name = 'toolCalls'")
+            await db.commit()
+
+
+async def diskcache_incr(path: Path, count: int) -> None:
+    import diskcache
+
+    with diskcache.Cache(str(path)) as cache:
+        for _ in range(count):
+            cache.incr("toolCalls")
+
+
+async def alternatives(sizes: Sizes, rows: list[Row], scratch: str, ours: float) -> None:
+    n = sizes.alternative
+    for name, run in (
+        ("rewrite the JSON file per increment (aiofiles + replace, no fsync)",
+         rewrite_json_each_time),
+        ("aiosqlite, an UPDATE and commit per increment", aiosqlite_updates),
+        ("diskcache.Cache.incr per increment (blocking the loop)", diskcache_incr),
+    ):  # fmt: skip
+        path = Path(scratch, name.split()[0].strip(","))
+        theirs = await rate(n, lambda: run(path, n))  # noqa: B023
+        rows.append(Row("7", name, f"{theirs:,.0f}/s", ours / theirs, "(ours / theirs)"))
+
+
+# -- 8. import time and memory --------------------------------------------------------------
+
+
+def import_seconds(statement: str) -> float:
+    best = float("inf")
+    for _ in range(7):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", statement], check=True)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+MEMORY = """
+import asyncio, os, sys, tempfile
+from aiosessionstore import AsyncSessionStore
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+async def main():
+    with tempfile.TemporaryDirectory() as d:
+        async with AsyncSessionStore(os.path.join(d, "s.json"), handle_signals=False) as s:
+            for _ in range(100_000):
+                await s.increment_tool_calls()
+            before = rss()
+            for _ in range(1_000_000):
+                await s.increment_tool_calls()
+            print(rss() - before)
+asyncio.run(main())
+"""
+
+
+def import_and_memory(rows: list[Row]) -> None:
+    nothing = import_seconds("pass")
+    deps = import_seconds("import aiofiles, anyio, filelock") - nothing
+    ours = import_seconds("import aiosessionstore") - nothing
+    rows.append(Row("8", "import aiosessionstore (vs import aiofiles, anyio, filelock)",
+                    f"{ours * 1e3:.0f} ms (deps: {deps * 1e3:.0f} ms)", ours / deps,
+                    "<= 1.3x", ours / deps <= 1.3))  # fmt: skip
+    if sys.platform == "linux":
+        growth = int(subprocess.run([sys.executable, "-c", MEMORY], capture_output=True,
+                                    text=True, check=True).stdout)  # fmt: skip
+        rows.append(Row("8", "RSS growth over 1,000,000 increments", f"{growth / 1024:.0f} KiB",
+                        None, "<= 1 MiB", growth <= 1 << 20))  # fmt: skip
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")  # fmt: skip
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = [
+        f"Machine: {machine()}; {time.strftime('%Y-%m-%d')}.",
+        "",
+        "| # | measure | result | ratio | target | met |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
+        met = "" if row.met is None else ("yes" if row.met else "**no**")
+        lines.append(
+            f"| {row.number} | {row.measure} | {row.result} | {ratio} | {row.target} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+async def measure(sizes: Sizes, scratch: str) -> list[Row]:
+    rows: list[Row] = []
+    ours = await hot_path(sizes, rows, os.path.join(scratch, "hot"))
+    await increments_while_flushing(sizes, rows, os.path.join(scratch, "busy"))
+    await flush_latency(sizes, rows, os.path.join(scratch, "flush"))
+    await loop_lag(sizes, rows, os.path.join(scratch, "lag"))
+    await open_and_close(sizes, rows, scratch)
+    many_processes(sizes, rows, scratch)
+    await alternatives(sizes, rows, scratch, ours)
+    import_and_memory(rows)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke test")
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    arguments = parser.parse_args()
+    sizes = Sizes(20_000, 30, 50, 2) if arguments.quick else Sizes(400_000, 300, 500, 5)
+    with tempfile.TemporaryDirectory() as scratch:
+        rows = asyncio.run(measure(sizes, scratch))
+    report = markdown(rows)
+    print(report)
+    arguments.output.write_text(report)
+    if not all(row.met is not False for row in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
