@@ -23,7 +23,7 @@ from aiosessionstore import (
     SessionStoreError,
     StoreClosedError,
     _file,
-    _store,
+    _writer,
 )
 
 from .conftest import FakeClock, read_json
@@ -44,7 +44,7 @@ def replace_transaction(
     monkeypatch: pytest.MonkeyPatch, make: Callable[[Callable[..., Any]], Callable[..., Any]]
 ) -> None:
     """Swap the store's file transaction for ``make(real_commit)``, still run in a thread."""
-    monkeypatch.setattr(_store, "_commit_in_thread", aiofiles.os.wrap(make(_file.commit)))
+    monkeypatch.setattr(_writer, "_commit_in_thread", aiofiles.os.wrap(make(_file.commit)))
 
 
 def failing_with(message: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

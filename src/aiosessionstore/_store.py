@@ -7,16 +7,15 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-import aiofiles.os
 import anyio
 
-from . import _file, _shutdown
+from . import _shutdown
 from ._errors import StoreClosedError
 from ._file import Mode
 from ._location import resolve_path
@@ -31,11 +30,11 @@ from ._pending import (
     TOOL_RATE_LIMITS,
     TOTAL_MS,
     Pending,
-    Taken,
 )
-from ._session import Record, Session, SessionStats, add_tools, timestamp
+from ._session import Session, SessionStats, add_tools, timestamp
 from ._shutdown import SignalChain
 from ._tools import Outcome, ToolCall
+from ._writer import Writer
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -43,13 +42,6 @@ if TYPE_CHECKING:
 __all__ = ("AsyncSessionStore",)
 
 logger = logging.getLogger("aiosessionstore")
-
-_T = TypeVar("_T")
-
-
-_open_in_thread = aiofiles.os.wrap(_file.open_session)
-_commit_in_thread = aiofiles.os.wrap(_file.commit)
-_remove_in_thread = aiofiles.os.wrap(_file.remove)
 
 
 class AsyncSessionStore(anyio.AsyncContextManagerMixin):
@@ -83,16 +75,13 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._clock = clock
         #: Serializes updates of the pending counts; never held across an await.
         self._lock = asyncio.Lock()
-        #: One file transaction at a time, so a flush never races this store's other I/O.
-        self._io_lock = asyncio.Lock()
-        self._record: Record | None = None  # the session as last read or written
-        self._saved = False  # whether _record's identity is on disk (or was, until deleted)
         self._open = False
         self._closed: anyio.Event | None = None  # set once closed; None until first opened
         self._flusher: anyio.CancelScope | None = None  # the background flush, while open
         self._signals: SignalChain | None = None
         self._pid = os.getpid()  # a forked child must not flush its parent's counts
         self._pending = Pending()
+        self._writer = Writer(self.path, self._pending, self._lock, clock, self._lock_timeout)
 
     def __repr__(self) -> str:
         state = "open" if self._open else "closed"
@@ -164,17 +153,17 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     async def _load(self) -> None:
         """Load or create the session and write it at once, as the seed's getOrCreateSession."""
         now = self._clock()
-        self._record = Record(Session.new(timestamp(now)))
-        self._pending.active_at = now
+        self._writer.start(now)
+        self._pending.active_at = now  # opening marks the session active, so it writes
         self._pid = os.getpid()
-        await self._commit(Mode.NEW if self._force_new else Mode.MERGE, opening=True)
+        await self._writer.commit(Mode.NEW if self._force_new else Mode.MERGE, opening=True)
 
     async def _flush_periodically(self, scope: anyio.CancelScope) -> None:
         with scope:
             while True:
                 await anyio.sleep(self._flush_interval)
                 try:
-                    await self._commit(Mode.MERGE)
+                    await self._writer.commit(Mode.MERGE)
                 except Exception as exc:
                     logger.warning(
                         "background flush of %s failed, will retry in %s s: %s",
@@ -186,7 +175,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     async def _bounded_flush(self) -> bool:
         """Flush within ``close_timeout``, cancellation or not; False if the time ran out."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout) as timer:
-            await self._commit(Mode.MERGE, deadline=timer.deadline)
+            await self._writer.commit(Mode.MERGE, deadline=timer.deadline)
         if timer.cancelled_caught:
             logger.error(
                 "flushing %s took longer than %s s; gave up waiting: %s may be lost",
@@ -199,17 +188,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
 
     def _flush_sync(self) -> None:
         """Flush without an event loop: at interpreter exit, or on a signal once it is gone."""
-        if self._pid != os.getpid() or self._record is None:
-            return
-        taken = self._pending.take(Mode.MERGE, self._record, self._saved, self._clock())
-        if taken is None:
-            return
-        timeout = min(self._lock_timeout, self._close_timeout)
-        try:
-            self._adopt(_file.commit(self.path, taken.change, timeout))
-        except Exception as exc:
-            self._pending.give_back(taken)
-            logger.error("flushing %s failed; not saved: %s (%s)", self.path, self._pending, exc)
+        if self._pid == os.getpid():  # in a forked child, the counts are the parent's
+            self._writer.commit_sync(min(self._lock_timeout, self._close_timeout))
 
     def _detach(self) -> None:
         """In a forked child: drop the parent's pending counts and refuse further use."""
@@ -227,8 +207,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         """The session as it stands, pending counts included (no I/O)."""
         if not self._open:
             raise StoreClosedError(f"the session store for {self.path} is not open")
-        assert self._record is not None
-        session = self._record.session
+        assert self._writer.record is not None
+        session = self._writer.record.session
         active_at = self._pending.active_at
         if active_at is None:
             return session
@@ -242,9 +222,10 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     @property
     def session_id(self) -> str:
         """The current session id; still readable after the store is closed."""
-        if self._record is None:
+        record = self._writer.record
+        if record is None:
             raise StoreClosedError(f"the session store for {self.path} was never opened")
-        return self._record.session.session_id
+        return record.session.session_id
 
     # -- the hot path: memory only ---------------------------------------------------------
 
@@ -350,18 +331,18 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     async def flush(self) -> None:
         """Merge the pending counts into the session file; durable on disk when it returns."""
         self._check_open()
-        await self._commit(Mode.MERGE)
+        await self._writer.commit(Mode.MERGE)
 
     async def reset_stats(self) -> Session:
         """Zero the counters on disk and here, keeping the session id; written at once."""
         self._check_open()
-        await self._commit(Mode.RESET)
+        await self._writer.commit(Mode.RESET)
         return self.session
 
     async def new_session(self) -> Session:
         """Start a new session id with zero counters; written at once."""
         self._check_open()
-        await self._commit(Mode.NEW)
+        await self._writer.commit(Mode.NEW)
         return self.session
 
     async def delete(self) -> bool:
@@ -370,78 +351,11 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         Nothing is written again until the next change, which starts a new session.
         """
         self._check_open()
-        return await self._delete()
+        return await self._writer.delete()
 
     def _check_open(self) -> None:
         if not self._open:
             raise StoreClosedError(f"the session store for {self.path} is not open")
-
-    async def _commit(
-        self, mode: Mode, *, deadline: float | None = None, opening: bool = False
-    ) -> None:
-        async with self._io_lock:
-            taken = await self._take(mode)
-            if taken is None:
-                return  # nothing pending: nothing to write
-            run = _open_in_thread if opening else _commit_in_thread
-            transaction = run(self.path, taken.change, self._lock_timeout)
-            await self._settle(taken, transaction, self._adopt, deadline)
-
-    def _adopt(self, record: Record) -> None:
-        self._record, self._saved = record, True
-
-    async def _delete(self) -> bool:
-        async with self._io_lock:
-            taken = await self._take(Mode.RESET)
-            assert taken is not None
-            fresh = Record(Session.new(taken.change.active_at))
-
-            def forget(_existed: bool) -> None:
-                self._record, self._saved = fresh, False
-
-            transaction = _remove_in_thread(self.path, self._lock_timeout)
-            return await self._settle(taken, transaction, forget)
-
-    async def _take(self, mode: Mode) -> Taken | None:
-        assert self._record is not None
-        async with self._lock:
-            return self._pending.take(mode, self._record, self._saved, self._clock())
-
-    async def _settle(
-        self,
-        taken: Taken,
-        transaction: Awaitable[_T],
-        on_success: Callable[[_T], None],
-        deadline: float | None = None,
-    ) -> _T:
-        """Run a file transaction to its end and settle the taken counts: written, or pending.
-
-        A worker thread cannot be stopped half way, so a cancellation (a deadline, a cancelled
-        caller) waits for the transaction and is raised after it: the counts are then on disk
-        exactly once, or pending again, never lost and never counted twice. Only past
-        ``deadline`` (closing on a stuck disk) does it stop waiting; the thread then settles
-        the counts when, and if, it ends.
-        """
-        task = asyncio.ensure_future(transaction)
-
-        def settle(task: asyncio.Future[_T]) -> None:
-            if task.cancelled() or task.exception() is not None:
-                self._pending.give_back(taken)
-            else:
-                on_success(task.result())
-
-        task.add_done_callback(settle)  # runs before the wait below returns
-        cancelled: BaseException | None = None
-        while not task.done():
-            try:
-                await asyncio.wait((task,))
-            except asyncio.CancelledError as exc:
-                if deadline is not None and anyio.current_time() >= deadline:
-                    raise
-                cancelled = exc
-        if cancelled is not None:
-            raise cancelled
-        return task.result()
 
 
 def _positive(name: str, value: float) -> float:
