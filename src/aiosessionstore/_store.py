@@ -178,10 +178,10 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             await self._writer.commit(Mode.MERGE, deadline=timer.deadline)
         if timer.cancelled_caught:
             logger.error(
-                "flushing %s took longer than %s s; gave up waiting: %s may be lost",
+                "flushing %s took longer than %s s; stopped waiting: the write goes on in the "
+                "background and its counts are lost if it does not land",
                 self.path,
                 self._close_timeout,
-                self._pending,
             )
             return False
         return True
@@ -205,8 +205,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     @property
     def session(self) -> Session:
         """The session as it stands, pending counts included (no I/O)."""
-        if not self._open:
-            raise StoreClosedError(f"the session store for {self.path} is not open")
+        self._check_open()
         assert self._writer.record is not None
         session = self._writer.record.session
         active_at = self._pending.active_at
@@ -228,9 +227,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         return record.session.session_id
 
     # -- the hot path: memory only ---------------------------------------------------------
-
-    # The hot path. Each increment is two lines on purpose: a coroutine frame costs more than
-    # all the rest of the call, so the work is a plain method called under the lock.
+    # Each increment is two lines on purpose: a coroutine frame costs more than all the rest
+    # of the call, so the work is one plain method, called with the lock held.
 
     async def increment_tool_calls(self, count: int = 1) -> None:
         """Count ``count`` tool calls."""
@@ -320,8 +318,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         pending.active_at = self._clock()
 
     def _reject(self, count: object) -> None:
-        if not self._open:
-            raise StoreClosedError(f"the session store for {self.path} is not open")
+        self._check_open()
         if type(count) is not int:
             raise TypeError(f"count must be an int, not {type(count).__name__}")
         raise ValueError(f"count must not be negative, got {count}")
