@@ -95,7 +95,8 @@ def read(path: Path, lock_timeout: float) -> Record:
 def open_session(path: Path, change: Change, lock_timeout: float) -> Record:
     """The first transaction of a store: warn about an unsafe directory, then commit."""
     record = commit(path, change, lock_timeout)
-    _warn_if_others_can_write(path.parent)
+    with _translated_errors(path):
+        _warn_if_others_can_write(path.parent)
     return record
 
 
