@@ -47,6 +47,9 @@ def replace_transaction(
     monkeypatch.setattr(_writer, "_commit_in_thread", aiofiles.os.wrap(make(_file.commit)))
 
 
+COUNTERS = ("tool_calls", "prompt_calls", "errors", "rate_limits")
+
+
 def failing_with(message: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A stand-in transaction that always fails, as a full or read-only disk would."""
 
@@ -57,6 +60,30 @@ def failing_with(message: str) -> Callable[[Callable[..., Any]], Callable[..., A
         return run
 
     return make
+
+
+class Transactions:
+    """The store's file transactions, observed from their worker thread: counted, and made
+    to fail the first ``failures`` times, as a full disk would."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.calls = 0
+        self._failures = failures
+        self._wrote = threading.Event()  # set from the worker thread, so a threading.Event
+
+    def wrap(self, commit: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            self.calls += 1
+            if self.calls <= self._failures:
+                raise SessionStoreError("disk on fire")
+            result = commit(*args)
+            self._wrote.set()
+            return result
+
+        return run
+
+    async def wait_for_a_write(self) -> None:
+        assert await anyio.to_thread.run_sync(self._wrote.wait, 10), "no write landed in 10 s"
 
 
 class TestOpen:
@@ -170,37 +197,26 @@ class TestCounters:
             tasks.start_soon(store.flush)
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 1000
 
-    @pytest.mark.parametrize("count", [1.0, "1", None, True])
-    async def test_a_count_that_is_not_an_int_is_a_type_error(
-        self, session_path: Path, count: Any
+    @pytest.mark.parametrize(
+        ("count", "error", "message"),
+        [
+            (1.0, TypeError, "count must be an int"),
+            ("1", TypeError, "count must be an int"),
+            (None, TypeError, "count must be an int"),
+            (True, TypeError, "count must be an int"),  # a bool is no count
+            (-1, ValueError, "must not be negative"),  # counters only grow: see reset_stats()
+        ],
+    )
+    async def test_a_bad_count_is_refused_and_nothing_counted(
+        self, session_path: Path, count: Any, error: type[Exception], message: str
     ) -> None:
-        """Floats, strings and bools are not counts."""
+        """Every counter refuses a count that is not a non-negative int, and counts nothing."""
         async with AsyncSessionStore(session_path) as store:
-            for increment in (
-                store.increment_tool_calls,
-                store.increment_prompt_calls,
-                store.increment_errors,
-                store.increment_rate_limits,
-            ):
-                with pytest.raises(TypeError, match="count must be an int"):
-                    await increment(count)
-            with pytest.raises(TypeError):
-                await store.update_stats(errors=count)
-            assert store.session.stats == SessionStats()
-
-    async def test_a_negative_count_is_a_value_error(self, session_path: Path) -> None:
-        """Counters only grow: use reset_stats() to zero them."""
-        async with AsyncSessionStore(session_path) as store:
-            for increment in (
-                store.increment_tool_calls,
-                store.increment_prompt_calls,
-                store.increment_errors,
-                store.increment_rate_limits,
-            ):
-                with pytest.raises(ValueError, match="negative"):
-                    await increment(-1)
-            with pytest.raises(ValueError, match="negative"):
-                await store.update_stats(tool_calls=1, rate_limits=-2)
+            for name in COUNTERS:
+                with pytest.raises(error, match=message):
+                    await getattr(store, f"increment_{name}")(count)
+                with pytest.raises(error, match=message):
+                    await store.update_stats(**{name: count})
             assert store.session.stats == SessionStats()
 
 
@@ -291,42 +307,23 @@ class TestBackgroundFlush:
         self, session_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """With changes pending, the background task writes them without being asked."""
-        flushed = anyio.Event()
-
-        def observed(commit: Callable[..., Any]) -> Callable[..., Any]:
-            def run(*args: Any) -> Any:
-                result = commit(*args)
-                if result.session.stats.tool_calls == 2:
-                    flushed.set()
-                return result
-
-            return run
-
+        transactions = Transactions()
         async with AsyncSessionStore(session_path, flush_interval=0.001) as store:
-            replace_transaction(monkeypatch, observed)
+            replace_transaction(monkeypatch, transactions.wrap)
             await store.increment_tool_calls(2)
-            with anyio.fail_after(10):
-                await flushed.wait()
+            await transactions.wait_for_a_write()
             assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 2
 
     async def test_nothing_pending_writes_nothing(
         self, session_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A flush with no change since the last one does no I/O at all."""
-        calls: list[object] = []
-
-        def counted(commit: Callable[..., Any]) -> Callable[..., Any]:
-            def run(*args: Any) -> Any:
-                calls.append(args)
-                return commit(*args)
-
-            return run
-
+        transactions = Transactions()
         async with AsyncSessionStore(session_path) as store:
-            replace_transaction(monkeypatch, counted)
+            replace_transaction(monkeypatch, transactions.wrap)
             await store.flush()
             await store.flush()
-        assert calls == []
+        assert transactions.calls == 0
 
     async def test_a_failed_background_flush_is_logged_and_retried(
         self,
@@ -335,25 +332,12 @@ class TestBackgroundFlush:
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A failing write keeps the counts pending; the next flush writes them."""
-        attempts: list[int] = []
-        done = anyio.Event()
-
-        def failing_once(commit: Callable[..., Any]) -> Callable[..., Any]:
-            def run(*args: Any) -> Any:
-                attempts.append(1)
-                if len(attempts) == 1:
-                    raise SessionStoreError("disk on fire")
-                result = commit(*args)
-                done.set()
-                return result
-
-            return run
-
+        transactions = Transactions(failures=1)
         async with AsyncSessionStore(session_path, flush_interval=0.001) as store:
-            replace_transaction(monkeypatch, failing_once)
+            replace_transaction(monkeypatch, transactions.wrap)
             await store.increment_errors(3)
-            with anyio.fail_after(10):
-                await done.wait()
+            await transactions.wait_for_a_write()
+            assert transactions.calls == 2
             assert (await read_on_disk(session_path))["stats"]["errors"] == 3
         assert "background flush" in caplog.text
         assert "disk on fire" in caplog.text
@@ -361,20 +345,21 @@ class TestBackgroundFlush:
 
 
 class TestExplicitFlush:
-    async def test_a_failed_flush_raises_and_keeps_the_counts(
-        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize("operation", ["flush", "reset_stats", "new_session"])
+    async def test_a_failed_write_raises_and_keeps_the_counts(
+        self, session_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str
     ) -> None:
-        """flush() reports the fault; the counts stay pending and the view still shows them."""
-
+        """A write that fails changed nothing: it raises, and the counts stay pending."""
         async with AsyncSessionStore(session_path) as store:
+            session_id = store.session_id
             await store.increment_tool_calls(5)
             with monkeypatch.context() as patch:
-                replace_transaction(patch, failing_with("read-only file system"))
-                with pytest.raises(SessionStoreError, match="read-only"):
-                    await store.flush()
+                replace_transaction(patch, failing_with("no space left on device"))
+                with pytest.raises(SessionStoreError, match="no space"):
+                    await getattr(store, operation)()
             assert store.session.stats.tool_calls == 5
-            await store.flush()
-            assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 5
+            assert store.session_id == session_id
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 5
 
     async def test_a_held_lock_times_out(self, session_path: Path) -> None:
         """A lock another holder keeps is waited for a bounded time, then LockTimeoutError."""
@@ -465,20 +450,6 @@ class TestResetAndNewSession:
             assert (await read_on_disk(session_path))["plugin"] == {"theme": "dark"}
             await store.new_session()
         assert (await read_on_disk(session_path))["plugin"] == {"theme": "dark"}
-
-    async def test_a_failed_reset_keeps_the_counts(
-        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """If the reset cannot be written, nothing was reset: the pending counts come back."""
-
-        async with AsyncSessionStore(session_path) as store:
-            await store.increment_tool_calls(3)
-            with monkeypatch.context() as patch:
-                replace_transaction(patch, failing_with("no space left on device"))
-                with pytest.raises(SessionStoreError, match="no space"):
-                    await store.reset_stats()
-            assert store.session.stats.tool_calls == 3
-        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 3
 
 
 class TestDelete:
