@@ -284,7 +284,7 @@ def reference_encoding(record: Record) -> bytes:
     return json.dumps(document, indent=2, ensure_ascii=False).encode()
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(records)
 def test_the_fast_encoder_writes_what_json_dumps_would(record: Record) -> None:
     """The hand-written encoder is byte for byte json.dumps(indent=2), and decodes back."""
