@@ -3,7 +3,8 @@
     python examples/mcp_client.py [--session PATH] [--calls N]
 
 The server counts every call in its session file; after the client has closed the server,
-this prints the persisted session as ``aiosessionstore show`` does.
+this prints the persisted session as ``aiosessionstore show`` does. The server's stderr shows
+the SDK's tracebacks for the calls that fail on purpose (a division by zero, a rate limit).
 """
 
 from __future__ import annotations
