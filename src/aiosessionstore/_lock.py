@@ -35,7 +35,7 @@ def held(path: Path, timeout: float) -> Iterator[None]:
     """Hold the lock file ``path`` exclusively; LockTimeoutError after ``timeout`` seconds."""
     if path.is_symlink():  # O_NOFOLLOW refuses it too; this says what to do about it
         raise SessionStoreError(f"lock file {path} is a symbolic link; remove it")
-    if fcntl is None:  # pragma: no cover - Windows
+    if fcntl is None:  # Windows
         with _filelock(path, timeout):
             yield
         return
@@ -69,7 +69,7 @@ def _acquire(fd: int, path: Path, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def _filelock(path: Path, timeout: float) -> Iterator[None]:  # pragma: no cover - Windows
+def _filelock(path: Path, timeout: float) -> Iterator[None]:
     import filelock
 
     lock = filelock.FileLock(path, timeout=timeout, mode=0o600, preserve_lock_file=True)
