@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aiosessionstore import AsyncSessionStore
+from aiosessionstore import AsyncSessionStore, CorruptSessionError, _file
 from aiosessionstore._cli import EXIT_CODES, main
 
 from .conftest import read_json
@@ -83,6 +83,15 @@ class TestShow:
         [aside] = session_path.parent.glob("session.json.corrupt-*")
         assert aside.read_text() == "{oops"
         assert str(aside) in capsys.readouterr().err
+
+    def test_the_corrupt_error_carries_the_quarantined_path(self, session_path: Path) -> None:
+        """CorruptSessionError.quarantined_to is where the bad file went."""
+        session_path.parent.mkdir()
+        session_path.write_text("[]")
+        with pytest.raises(CorruptSessionError) as caught:
+            _file.read(session_path, lock_timeout=1)
+        assert caught.value.quarantined_to is not None
+        assert caught.value.quarantined_to.read_text() == "[]"
 
     def test_a_newer_version(self, session_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """From a newer version: exit status 5, and the file is left as it is."""

@@ -52,9 +52,6 @@ class SessionStats:
             self.rate_limits + other.rate_limits,
         )
 
-    def __bool__(self) -> bool:
-        return any((self.tool_calls, self.prompt_calls, self.errors, self.rate_limits))
-
 
 @dataclass(frozen=True, slots=True)
 class ToolStats:
