@@ -44,10 +44,6 @@ _TOP_TOOLS = 10
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     """Run the command line; return the exit status."""
     arguments = _parser().parse_args(argv)
-    if not logging.getLogger("aiosessionstore").handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("aiosessionstore: %(message)s"))
-        logging.getLogger("aiosessionstore").addHandler(handler)
     try:
         path = resolve_path(arguments.path, arguments.app)
     except ValueError as exc:
@@ -190,7 +186,10 @@ def _when(moment: datetime, now: float) -> str:
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: the library's log lines go to stderr, like its messages."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("aiosessionstore: %(message)s"))
+    logging.getLogger("aiosessionstore").addHandler(handler)
     sys.exit(main())
 
 
