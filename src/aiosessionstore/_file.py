@@ -163,11 +163,10 @@ def _read_base(path: Path, change: Change) -> Record:
     except CorruptSessionError as exc:
         aside = _quarantine(path)
         logger.warning(
-            "session file %s is corrupt (%s); moved it to %s and wrote session %s in its place",
+            "session file %s is corrupt (%s); moved it to %s and wrote a valid one in its place",
             path,
             exc,
             aside,
-            known.session.session_id,
         )
         return known
 
