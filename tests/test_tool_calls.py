@@ -10,6 +10,7 @@ import anyio.lowlevel
 import pytest
 
 from aiosessionstore import AsyncSessionStore, SessionStats, ToolStats
+from aiosessionstore._session import add_tools
 
 from .conftest import read_json
 
@@ -119,7 +120,7 @@ class TestToolCall:
 
 class TestToolStatsOnDisk:
     async def test_merged_across_stores_like_the_counters(self, session_path: Path) -> None:
-        """Two stores' per-tool numbers add up; the longest call is kept."""
+        """Two stores' per-tool numbers add up on disk."""
         async with (
             AsyncSessionStore(session_path) as first,
             AsyncSessionStore(session_path) as second,
@@ -133,6 +134,12 @@ class TestToolStatsOnDisk:
         tools = await tools_on_disk(session_path)
         assert tools["search"]["calls"] == 2
         assert tools["fetch"]["calls"] == 1
+
+    async def test_merging_adds_times_and_keeps_the_longest_call(self) -> None:
+        """Totals add; the longest call is the longer of the two, not their sum."""
+        merged = add_tools({"search": ToolStats(1, 0, 0, 5.0, 5.0)},
+                           {"search": ToolStats(1, 1, 0, 3.0, 3.0)})  # fmt: skip
+        assert merged["search"] == ToolStats(2, 1, 0, 8.0, 5.0)
 
     async def test_reset_clears_them(self, session_path: Path) -> None:
         """reset_stats() zeroes the per-tool stats with the counters."""

@@ -9,7 +9,19 @@ from typing import NamedTuple
 from ._file import Change, Mode
 from ._session import Record, SessionStats, ToolStats, timestamp
 
-__all__ = ("ERRORS", "PROMPT_CALLS", "RATE_LIMITS", "TOOL_CALLS", "Pending", "Taken")
+__all__ = (
+    "CALLS",
+    "ERRORS",
+    "MAX_MS",
+    "PROMPT_CALLS",
+    "RATE_LIMITS",
+    "TOOL_CALLS",
+    "TOOL_ERRORS",
+    "TOOL_RATE_LIMITS",
+    "TOTAL_MS",
+    "Pending",
+    "Taken",
+)
 
 #: Indexes into Pending.counts, in the order of SessionStats' fields.
 TOOL_CALLS, PROMPT_CALLS, ERRORS, RATE_LIMITS = range(4)
