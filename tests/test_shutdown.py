@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +201,36 @@ class TestStuckDisk:
         finally:
             release.set()
         assert "took longer than 0.05 s" in caplog.text
+
+
+@pytest.mark.anyio
+class TestTheStoresOwnThread:
+    async def test_closing_does_not_queue_behind_the_applications_threads(
+        self, session_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A server whose blocking calls fill asyncio's default executor still saves on close:
+        the store's I/O has a thread of its own."""
+        loop = asyncio.get_running_loop()
+        busy = ThreadPoolExecutor(max_workers=1)
+        loop.set_default_executor(busy)
+        release = threading.Event()
+        blocked = loop.run_in_executor(None, release.wait, 30)
+        try:
+            with anyio.fail_after(10):
+                async with AsyncSessionStore(session_path, close_timeout=5) as store:
+                    await store.increment_tool_calls(3)
+                on_disk = await anyio.to_thread.run_sync(read_json, session_path)
+        finally:
+            release.set()
+            await blocked
+        assert on_disk["stats"]["toolCalls"] == 3
+        assert "took longer" not in caplog.text
+
+    async def test_ends_when_the_store_closes(self, session_path: Path) -> None:
+        before = set(threading.enumerate())
+        async with AsyncSessionStore(session_path) as store:
+            await store.flush()
+            ours = [t for t in set(threading.enumerate()) - before if t.name.startswith("aios")]
+            assert len(ours) == 1
+        ours[0].join(10)
+        assert not ours[0].is_alive()

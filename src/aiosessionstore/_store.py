@@ -97,6 +97,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         try:
             await self._load()
         except BaseException:
+            self._writer.close()
             self._closed.set()
             raise
         self._open = True
@@ -145,6 +146,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             logger.error("final flush of %s failed; not saved: %s", self.path, self._pending)
             raise
         finally:
+            self._writer.close()
             if self._signals is not None:
                 self._signals.restore()
             assert self._closed is not None

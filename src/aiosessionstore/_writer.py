@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -49,6 +50,9 @@ class Writer:
         self._lock_timeout = lock_timeout
         #: One transaction at a time, so that a flush never races this store's other I/O.
         self._io_lock = asyncio.Lock()
+        #: The store's own thread: the default executor may be full of the application's
+        #: blocking calls, and the closing flush must not queue behind them.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiosessionstore")
         self.record: Record | None = None
         #: Whether ``record``'s identity is on disk (or was, until deleted).
         self.saved = False
@@ -67,7 +71,7 @@ class Writer:
             if taken is None:
                 return
             run = _open_in_thread if opening else _commit_in_thread
-            transaction = run(self._path, taken.change, self._lock_timeout)
+            transaction = run(self._path, taken.change, self._lock_timeout, executor=self._executor)
             await self._settle(taken, transaction, self._adopt, deadline)
 
     async def delete(self) -> bool:
@@ -80,8 +84,12 @@ class Writer:
             def forget(_existed: bool) -> None:
                 self.record, self.saved = fresh, False
 
-            transaction = _remove_in_thread(self._path, self._lock_timeout)
+            transaction = _remove_in_thread(self._path, self._lock_timeout, executor=self._executor)
             return await self._settle(taken, transaction, forget)
+
+    def close(self) -> None:
+        """Let the thread end once idle; a transaction still running there runs to its end."""
+        self._executor.shutdown(wait=False)
 
     def commit_sync(self, timeout: float) -> None:
         """Merge without an event loop (at exit, or on a signal once the loop is gone)."""
