@@ -1,4 +1,4 @@
-"""Shutdown paths: signals, interpreter exit, fork and a stuck disk, with real processes."""
+"""Shutdown paths: signals, interpreter exit, fork, a stuck disk and a busy thread pool."""
 
 from __future__ import annotations
 
