@@ -29,6 +29,7 @@ def run_until_ready(mode: str, path: Path, *arguments: str) -> subprocess.Popen[
     """Start a worker and wait until it has counted and says it is ready."""
     worker = subprocess.Popen(
         [sys.executable, str(WORKER), mode, str(path), *arguments],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -36,6 +37,13 @@ def run_until_ready(mode: str, path: Path, *arguments: str) -> subprocess.Popen[
     assert worker.stdout is not None
     assert worker.stdout.readline() == "ready\n"
     return worker
+
+
+def wakeup_fd() -> int:
+    """The fd signals are written to, as ``signal.set_wakeup_fd`` only tells when replacing it."""
+    current = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(current)
+    return current
 
 
 def tool_calls_on_disk(path: Path) -> int:
@@ -54,6 +62,15 @@ class TestSignals:
         _, err = worker.communicate(timeout=30)
         assert worker.returncode == -signum, err
         assert tool_calls_on_disk(session_path) == 25
+
+    def test_a_signal_taken_by_another_thread_still_wakes_the_loop(
+        self, session_path: Path
+    ) -> None:
+        """The kernel may hand SIGTERM to any thread; the sleeping loop must still flush."""
+        worker = run_until_ready("signal-on-another-thread", session_path, "11")
+        _, err = worker.communicate("now\n", timeout=30)
+        assert worker.returncode == -signal.SIGTERM, err
+        assert tool_calls_on_disk(session_path) == 11
 
     def test_the_apps_own_handler_still_runs(self, session_path: Path) -> None:
         """A handler the app set before opening runs after the flush, and decides the exit."""
@@ -121,6 +138,27 @@ class TestSignals:
         async with AsyncSessionStore(session_path):
             assert signal.getsignal(signal.SIGTERM) != before[signal.SIGTERM]
         assert {s: signal.getsignal(s) for s in before} == before
+
+    @pytest.mark.anyio
+    async def test_closing_unsets_the_wakeup_fd_it_set(self, session_path: Path) -> None:
+        """The fd that makes any thread's signal wake the loop goes away with the store."""
+        assert wakeup_fd() == -1
+        async with AsyncSessionStore(session_path):
+            assert wakeup_fd() != -1
+        assert wakeup_fd() == -1
+
+    @pytest.mark.anyio
+    async def test_asyncios_own_wakeup_fd_is_left_in_place(self, session_path: Path) -> None:
+        """With ``loop.add_signal_handler`` in use, asyncio already wakes the loop on signals."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+        try:
+            asyncios = wakeup_fd()
+            async with AsyncSessionStore(session_path):
+                assert wakeup_fd() == asyncios
+            assert wakeup_fd() == asyncios
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
 
     @pytest.mark.anyio
     async def test_a_handler_the_app_sets_later_is_kept(self, session_path: Path) -> None:

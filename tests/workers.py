@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from aiosessionstore import AsyncSessionStore
 from aiosessionstore._session import decode
@@ -56,6 +57,32 @@ async def with_app_handler(path: str, total: str) -> None:
 
     signal.signal(signal.SIGTERM, app_handler)
     await wait_for_signal(path, total)
+
+
+def signal_on_another_thread(path: str, total: str) -> None:
+    """Count; then, on a line on stdin, take SIGTERM on a thread other than the loop's while
+    the loop sleeps in select(), as the kernel may deliver it to any thread of the process."""
+    import selectors
+    import threading
+
+    asleep = threading.Event()
+
+    class Announcing(selectors.DefaultSelector):
+        def select(self, timeout: float | None = None) -> list[Any]:
+            if timeout is None or timeout > 0:
+                asleep.set()
+            try:
+                return super().select(timeout)
+            finally:
+                asleep.clear()
+
+    def signalled() -> None:
+        sys.stdin.readline()
+        asleep.wait()
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    threading.Thread(target=signalled, daemon=True).start()
+    asyncio.SelectorEventLoop(Announcing()).run_until_complete(wait_for_signal(path, total))
 
 
 def never_closed(path: str, total: str) -> None:
@@ -156,6 +183,7 @@ MODES: dict[str, Callable[..., object]] = {
     "count": count,
     "wait-for-signal": wait_for_signal,
     "with-app-handler": with_app_handler,
+    "signal-on-another-thread": signal_on_another_thread,
     "never-closed": never_closed,
     "signal-after-loop-stopped": signal_after_loop_stopped,
     "fork-with-pending": fork_with_pending,

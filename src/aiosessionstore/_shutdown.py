@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import warnings
@@ -83,6 +85,13 @@ def _nothing() -> None:
     pass
 
 
+def _drain(reader: socket.socket) -> None:
+    """The signal numbers the wakeup fd wrote; waking the loop was their whole purpose."""
+    with contextlib.suppress(OSError):
+        while reader.recv(512):
+            pass
+
+
 class SignalChain:
     """Flush on SIGTERM and SIGHUP, then let the signal do what it would have done without us.
 
@@ -104,6 +113,7 @@ class SignalChain:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
 
     @staticmethod
     def available() -> bool:
@@ -115,12 +125,17 @@ class SignalChain:
         for signum in SIGNALS:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handler)
+        if sys.platform != "win32":
+            self._wake_loop_on_signals()
 
     def restore(self) -> None:
         """Put back the handlers we replaced, unless the app has since replaced ours."""
         for signum, previous in self._previous.items():
             if signal.getsignal(signum) == self._handler:
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if self._wakeup is not None and self._loop is not None:
+            self._loop.remove_reader(self._wakeup[0])
+        self._close_wakeup()
         self._loop = None
 
     def disarm(self) -> None:
@@ -128,6 +143,47 @@ class SignalChain:
         self._loop = None
         self._flushing = False
         self._flush_sync = _nothing
+        self._close_wakeup()
+
+    def _wake_loop_on_signals(self) -> None:
+        """Make a signal wake the event loop, whichever thread the kernel delivers it to.
+
+        Only the main thread runs Python signal handlers, and only between two bytecodes: a
+        signal taken by another thread (the store's own, a thread pool's) would otherwise wait
+        until the loop, asleep in select(), woke for some other reason. asyncio does the same
+        for ``loop.add_signal_handler``; if a wakeup fd is already set, the loop already wakes.
+        """
+        assert self._loop is not None
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        try:
+            previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except ValueError:  # not the main thread after all
+            previous = -2
+        if previous != -1:
+            if previous >= 0:
+                signal.set_wakeup_fd(previous)
+            reader.close()
+            writer.close()
+            return
+        self._wakeup = reader, writer
+        self._loop.add_reader(reader, _drain, reader)
+
+    def _close_wakeup(self) -> None:
+        if self._wakeup is None:
+            return
+        reader, writer = self._wakeup
+        try:
+            current = signal.set_wakeup_fd(-1)
+        except ValueError:
+            return  # not the main thread: keep the sockets open, or a signal would write into
+            # whatever file reuses the descriptor
+        if current != writer.fileno():
+            signal.set_wakeup_fd(current)  # not ours any more: someone else's to keep
+        self._wakeup = None
+        reader.close()
+        writer.close()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._flushing:
