@@ -157,13 +157,9 @@ class SignalChain:
         reader, writer = socket.socketpair()
         reader.setblocking(False)
         writer.setblocking(False)
-        try:
-            previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        except ValueError:  # not the main thread after all
-            previous = -2
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
         if previous != -1:
-            if previous >= 0:
-                signal.set_wakeup_fd(previous)
+            signal.set_wakeup_fd(previous)
             reader.close()
             writer.close()
             return
