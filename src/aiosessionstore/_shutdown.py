@@ -173,8 +173,9 @@ class SignalChain:
         try:
             current = signal.set_wakeup_fd(-1)
         except ValueError:
-            return  # not the main thread: keep the sockets open, or a signal would write into
-            # whatever file reuses the descriptor
+            # Not the main thread: keep the sockets open, or a signal would write into
+            # whatever file reuses the descriptor.
+            return
         if current != writer.fileno():
             signal.set_wakeup_fd(current)  # not ours any more: someone else's to keep
         self._wakeup = None
