@@ -218,18 +218,24 @@ def plain_locked_merge(path: Path) -> None:
             os.close(directory)
 
 
+async def flush_and_plain(store: AsyncSessionStore) -> tuple[float, float]:
+    """One flush of a pending count, then the same merge done plainly: their times."""
+    await store.increment_tool_calls()
+    start = time.perf_counter()
+    await store.flush()
+    flushed = time.perf_counter()
+    plain_locked_merge(store.path)
+    return flushed - start, time.perf_counter() - flushed
+
+
 async def flush_latency(sizes: Sizes, rows: list[Row], scratch: str) -> None:
     ours, plain, hops = [], [], []
     nothing = aiofiles.os.wrap(lambda: None)
     async with store_at(scratch) as store:
         for _ in range(sizes.flushes):
-            await store.increment_tool_calls()
-            start = time.perf_counter()
-            await store.flush()
-            ours.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            plain_locked_merge(store.path)
-            plain.append(time.perf_counter() - start)
+            flush_time, plain_time = await flush_and_plain(store)
+            ours.append(flush_time)
+            plain.append(plain_time)
             start = time.perf_counter()
             await nothing()
             hops.append(time.perf_counter() - start)
@@ -334,17 +340,10 @@ async def polled_prototype(seconds: float, count: int, scratch: str) -> tuple[fl
             overshoot, flushes = await ticking_while(
                 seconds, lambda stop: flushing_back_to_back(store, stop)
             )
-            ours, plain = [], []
-            for _ in range(count):
-                await store.increment_tool_calls()
-                start = time.perf_counter()
-                await store.flush()
-                ours.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                plain_locked_merge(store.path)
-                plain.append(time.perf_counter() - start)
+            times = [await flush_and_plain(store) for _ in range(count)]
     finally:
         _writer._commit_in_thread = original
+    ours, plain = zip(*times, strict=True)
     return overshoot, flushes, statistics.median(ours) / statistics.median(plain)
 
 
