@@ -29,7 +29,7 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 
-from aiosessionstore import AsyncSessionStore, _file, _writer
+from aiosessionstore import AsyncSessionStore, _writer
 from aiosessionstore._lock import held
 
 HERE = Path(__file__).parent
@@ -333,8 +333,8 @@ def polled(transaction: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
 
 async def polled_prototype(seconds: float, count: int, scratch: str) -> tuple[float, int, float]:
     """The ticker's p99 overshoot, the flushes made, and the flush median over plain sync."""
-    original = _writer._commit_in_thread
-    _writer._commit_in_thread = polled(_file.commit)
+    original = _writer._in_thread
+    _writer._in_thread = polled(_writer._fly)
     try:
         async with store_at(os.path.join(scratch, "polled")) as store:
             overshoot, flushes = await ticking_while(
@@ -342,7 +342,7 @@ async def polled_prototype(seconds: float, count: int, scratch: str) -> tuple[fl
             )
             times = [await flush_and_plain(store) for _ in range(count)]
     finally:
-        _writer._commit_in_thread = original
+        _writer._in_thread = original
     ours, plain = zip(*times, strict=True)
     return overshoot, flushes, statistics.median(ours) / statistics.median(plain)
 

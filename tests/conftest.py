@@ -1,15 +1,27 @@
-"""Shared fixtures: the asyncio backend, an injected clock, and a guard against blocking I/O."""
+"""Shared helpers: the asyncio backend, an injected clock, worker processes, reading the file,
+observing the store's transactions, and a guard against blocking I/O on the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+
+from aiosessionstore import SessionStoreError, _file
+
+#: Worker processes for the process, signal and crash tests: ``workers.py MODE PATH ...``.
+WORKER = Path(__file__).with_name("workers.py")
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals, fork and files")
 
 
 @pytest.fixture
@@ -46,6 +58,81 @@ def read_json(path: Path) -> dict[str, Any]:
     document = json.loads(path.read_text(encoding="utf-8"))
     assert isinstance(document, dict)
     return document
+
+
+async def read_on_disk(path: Path) -> dict[str, Any]:
+    """``read_json`` from a test running on the event loop, off its thread."""
+    return await anyio.to_thread.run_sync(read_json, path)
+
+
+def tool_calls_on_disk(path: Path) -> int:
+    count = read_json(path)["stats"]["toolCalls"]
+    assert isinstance(count, int)
+    return count
+
+
+def start_worker(mode: str, *arguments: object, **options: Any) -> subprocess.Popen[str]:
+    """Start ``workers.py MODE ARGUMENTS`` with pipes on all three streams."""
+    return subprocess.Popen(
+        [sys.executable, *options.pop("python_options", ()), str(WORKER), mode,
+         *map(str, arguments)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        **options,
+    )  # fmt: skip
+
+
+def wait_for_line(worker: subprocess.Popen[str], expected: str) -> None:
+    """Block until the worker prints ``expected`` on a line of its own: its readiness."""
+    assert worker.stdout is not None
+    line = worker.stdout.readline()
+    if line != expected + "\n":
+        worker.kill()
+        _, err = worker.communicate(timeout=30)
+        raise AssertionError(f"expected {expected!r} from the worker, got {line!r}: {err}")
+
+
+def replace_transaction(
+    monkeypatch: pytest.MonkeyPatch, make: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> None:
+    """Swap the store's file transaction for ``make(real_commit)``; it still runs on the
+    store's thread, so the stand-in can hold or fail a real write."""
+    monkeypatch.setattr(_file, "commit", make(_file.commit))
+
+
+def failing_with(message: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A stand-in transaction that always fails, as a full or read-only disk would."""
+
+    def make(commit: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            raise SessionStoreError(message)
+
+        return run
+
+    return make
+
+
+class Transactions:
+    """The store's file transactions, observed from its thread: counted, and made to fail
+    the first ``failures`` times, as a full disk would."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.calls = 0
+        self._failures = failures
+        self._wrote = threading.Event()  # set from the store's thread, so a threading.Event
+
+    def wrap(self, commit: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            self.calls += 1
+            if self.calls <= self._failures:
+                raise SessionStoreError("disk on fire")
+            result = commit(*args)
+            self._wrote.set()
+            return result
+
+        return run
+
+    async def wait_for_a_write(self) -> None:
+        assert await anyio.to_thread.run_sync(self._wrote.wait, 30), "no write landed in 30 s"
 
 
 def _blocking_guard(name: str, original: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,28 +6,12 @@ import json
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
-
-import pytest
 
 from aiosessionstore._session import decode
 
-from .conftest import read_json
-
-WORKER = Path(__file__).with_name("workers.py")
-
-posix_only = pytest.mark.skipif(sys.platform == "win32", reason="needs fork and SIGKILL")
-
-
-def start(mode: str, *arguments: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), mode, *map(str, arguments)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+from .conftest import posix_only, read_json
+from .conftest import start_worker as start
 
 
 def release(workers: list[subprocess.Popen[str]]) -> None:

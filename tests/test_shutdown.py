@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,27 +16,23 @@ from typing import Any
 import anyio
 import pytest
 
-from aiosessionstore import AsyncSessionStore
+from aiosessionstore import AsyncSessionStore, _lock
 
-from .conftest import read_json
-from .test_store import replace_transaction
-
-WORKER = Path(__file__).with_name("workers.py")
-
-posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and fork")
+from .conftest import (
+    WORKER,
+    posix_only,
+    read_json,
+    replace_transaction,
+    start_worker,
+    tool_calls_on_disk,
+    wait_for_line,
+)
 
 
 def run_until_ready(mode: str, path: Path, *arguments: str) -> subprocess.Popen[str]:
     """Start a worker and wait until it has counted and says it is ready."""
-    worker = subprocess.Popen(
-        [sys.executable, str(WORKER), mode, str(path), *arguments],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert worker.stdout is not None
-    assert worker.stdout.readline() == "ready\n"
+    worker = start_worker(mode, path, *arguments)
+    wait_for_line(worker, "ready")
     return worker
 
 
@@ -44,12 +41,6 @@ def wakeup_fd() -> int:
     current = signal.set_wakeup_fd(-1)
     signal.set_wakeup_fd(current)
     return current
-
-
-def tool_calls_on_disk(path: Path) -> int:
-    count = read_json(path)["stats"]["toolCalls"]
-    assert isinstance(count, int)
-    return count
 
 
 @posix_only
@@ -272,3 +263,63 @@ class TestTheStoresOwnThread:
             assert len(ours) == 1
         ours[0].join(10)
         assert not ours[0].is_alive()
+
+
+@contextlib.contextmanager
+def lock_held_by_the_test(session_path: Path) -> Iterator[None]:
+    """Hold the session's lock file from this process, as another writer would."""
+    with _lock.held(session_path.with_name(session_path.name + ".lock"), timeout=30):
+        yield
+
+
+def say_to(worker: subprocess.Popen[str], line: str) -> None:
+    assert worker.stdin is not None
+    worker.stdin.write(line + "\n")
+    worker.stdin.flush()
+
+
+@posix_only
+class TestExactlyOnce:
+    def test_cancelling_every_task_mid_flush_writes_each_count_once(
+        self, session_path: Path
+    ) -> None:
+        """A flush cancelled while its thread waits for the lock lands once, not again at close."""
+        worker = start_worker("cancel-everything-mid-flush", session_path)
+        wait_for_line(worker, "open")
+        with lock_held_by_the_test(session_path):
+            say_to(worker, "locked")
+            wait_for_line(worker, "cancelled")
+        say_to(worker, "released")
+        _, err = worker.communicate(timeout=60)
+        assert tool_calls_on_disk(session_path) == 3, err
+
+    def test_a_close_that_gave_up_writes_its_counts_once_when_the_write_lands(
+        self, session_path: Path
+    ) -> None:
+        """The closing flush's late write is the only one: the exit hook does not repeat it."""
+        worker = start_worker("close-gives-up", session_path, 0.2, "late-write")
+        wait_for_line(worker, "open")
+        with lock_held_by_the_test(session_path):
+            say_to(worker, "locked")
+            wait_for_line(worker, "closed")
+        say_to(worker, "released")
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        assert "took longer than 0.2 s" in err
+        assert tool_calls_on_disk(session_path) == 3, err
+
+
+@posix_only
+class TestExitBound:
+    def test_a_process_ends_on_time_while_its_write_is_stuck(self, session_path: Path) -> None:
+        """With the lock held elsewhere for good, exit takes 2 x close_timeout, not lock_timeout."""
+        worker = start_worker("close-gives-up", session_path, 0.2, "exit")
+        wait_for_line(worker, "open")
+        with lock_held_by_the_test(session_path):
+            say_to(worker, "locked")
+            wait_for_line(worker, "closed")
+            # lock_timeout is 600 s: ending well before it is the promise under test
+            _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        assert "gave up waiting" in err
+        assert tool_calls_on_disk(session_path) == 0

@@ -22,11 +22,15 @@ from aiosessionstore import (
     SessionStats,
     SessionStoreError,
     StoreClosedError,
-    _file,
-    _writer,
 )
 
-from .conftest import FakeClock, read_json
+from .conftest import (
+    FakeClock,
+    Transactions,
+    failing_with,
+    read_on_disk,
+    replace_transaction,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -36,54 +40,7 @@ async def write_text(path: Path, text: str) -> None:
         await file.write(text)
 
 
-async def read_on_disk(path: Path) -> dict[str, Any]:
-    return await anyio.to_thread.run_sync(read_json, path)
-
-
-def replace_transaction(
-    monkeypatch: pytest.MonkeyPatch, make: Callable[[Callable[..., Any]], Callable[..., Any]]
-) -> None:
-    """Swap the store's file transaction for ``make(real_commit)``, still run in a thread."""
-    monkeypatch.setattr(_writer, "_commit_in_thread", aiofiles.os.wrap(make(_file.commit)))
-
-
 COUNTERS = ("tool_calls", "prompt_calls", "errors", "rate_limits")
-
-
-def failing_with(message: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A stand-in transaction that always fails, as a full or read-only disk would."""
-
-    def make(commit: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any) -> Any:
-            raise SessionStoreError(message)
-
-        return run
-
-    return make
-
-
-class Transactions:
-    """The store's file transactions, observed from their worker thread: counted, and made
-    to fail the first ``failures`` times, as a full disk would."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.calls = 0
-        self._failures = failures
-        self._wrote = threading.Event()  # set from the worker thread, so a threading.Event
-
-    def wrap(self, commit: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any) -> Any:
-            self.calls += 1
-            if self.calls <= self._failures:
-                raise SessionStoreError("disk on fire")
-            result = commit(*args)
-            self._wrote.set()
-            return result
-
-        return run
-
-    async def wait_for_a_write(self) -> None:
-        assert await anyio.to_thread.run_sync(self._wrote.wait, 10), "no write landed in 10 s"
 
 
 class TestOpen:

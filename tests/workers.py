@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from aiosessionstore import AsyncSessionStore
+from aiosessionstore import AsyncSessionStore, _file
 from aiosessionstore._session import decode
 
 
@@ -179,6 +181,67 @@ def fork_while_locked(path: str) -> None:
         os.waitpid(child, 0)
 
 
+def probe_lock_waits() -> threading.Event:
+    """An event the store's thread sets each time it goes for the lock file."""
+    waiting = threading.Event()
+    real = vars(_file)["held"]
+
+    def probed(*arguments: Any) -> Any:
+        waiting.set()
+        return real(*arguments)
+
+    vars(_file)["held"] = probed
+    return waiting
+
+
+def wait_until_on_disk(path: str, tool_calls: int) -> None:
+    """Poll the file until it shows ``tool_calls``: an event another thread causes."""
+    while True:
+        with contextlib.suppress(FileNotFoundError, ValueError), open(path, "rb") as file:
+            if decode(file.read()).session.stats.tool_calls == tool_calls:
+                return
+        time.sleep(0.001)
+
+
+async def cancel_everything_mid_flush(path: str) -> None:
+    """Start a flush that waits for a lock the test holds, then cancel every task, as an
+    app's shutdown and asyncio.run's teardown do; the test then releases the lock."""
+    async with AsyncSessionStore(path, flush_interval=3600, lock_timeout=600) as store:
+        await store.increment_tool_calls(3)
+        waiting = probe_lock_waits()
+        say("open")
+        await asyncio.to_thread(sys.stdin.readline)  # the test holds the lock now
+        flush = asyncio.ensure_future(store.flush())
+        await asyncio.to_thread(waiting.wait)
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+        say("cancelled")
+        await asyncio.to_thread(sys.stdin.readline)  # the test released the lock
+        with contextlib.suppress(asyncio.CancelledError):
+            await flush
+
+
+def close_gives_up(path: str, close_timeout: str, then: str) -> None:
+    """Close while the test holds the lock, so that close gives up, and let the loop end.
+    Then either exit at once ("exit") or, once the test released the lock, wait for the
+    late write to land before exiting ("late-write")."""
+
+    async def count_and_close() -> None:
+        async with AsyncSessionStore(
+            path, flush_interval=3600, lock_timeout=600, close_timeout=float(close_timeout)
+        ) as store:
+            await store.increment_tool_calls(3)
+            say("open")
+            await asyncio.to_thread(sys.stdin.readline)  # the test holds the lock now
+
+    asyncio.run(count_and_close())
+    say("closed")
+    if then == "late-write":
+        sys.stdin.readline()  # the test released the lock
+        wait_until_on_disk(path, 3)
+
+
 MODES: dict[str, Callable[..., object]] = {
     "count": count,
     "wait-for-signal": wait_for_signal,
@@ -189,6 +252,8 @@ MODES: dict[str, Callable[..., object]] = {
     "fork-with-pending": fork_with_pending,
     "kill-mid-flush": kill_mid_flush,
     "fork-while-locked": fork_while_locked,
+    "cancel-everything-mid-flush": cancel_everything_mid_flush,
+    "close-gives-up": close_gives_up,
 }
 
 if __name__ == "__main__":

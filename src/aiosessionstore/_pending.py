@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
+from datetime import datetime
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -21,7 +24,10 @@ __all__ = (
     "TOTAL_MS",
     "Pending",
     "Taken",
+    "moment",
 )
+
+logger = logging.getLogger("aiosessionstore")
 
 #: Indexes into Pending.counts, in the order of SessionStats' fields.
 TOOL_CALLS, PROMPT_CALLS, ERRORS, RATE_LIMITS = range(4)
@@ -29,6 +35,26 @@ TOOL_CALLS, PROMPT_CALLS, ERRORS, RATE_LIMITS = range(4)
 CALLS, TOOL_ERRORS, TOOL_RATE_LIMITS, TOTAL_MS, MAX_MS = range(5)
 
 _NO_TOOLS: Mapping[str, ToolStats] = MappingProxyType({})
+
+#: 9999-12-31T23:59:59.999Z: the last moment that both ``datetime`` and the file can hold.
+_LATEST = 253_402_300_799.999
+
+
+def moment(reading: float, fallback: datetime) -> datetime:
+    """A clock reading as a timestamp, or ``fallback`` for one that no file can hold.
+
+    A clock that returns NaN, an infinity or a time past the year 9999 must not cost the
+    counts taken with it, so the bad reading is logged and replaced, never raised.
+    """
+    try:
+        if math.isfinite(reading) and 0 <= reading <= _LATEST:
+            return timestamp(reading)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    logger.warning(
+        "the clock returned %r, which is no time a session can hold; using %s", reading, fallback
+    )
+    return fallback
 
 
 class Taken(NamedTuple):
@@ -97,15 +123,20 @@ class Pending:
         None for a merge with nothing pending: such a flush writes nothing.
         """
         taken_at = self.active_at
-        if mode is Mode.MERGE and taken_at is None:
+        if mode is not Mode.MERGE:
+            reading = now
+        elif taken_at is None:
             return None
-        stats, tools = self.stats(), self.tool_stats()
-        self.clear()
-        if mode is Mode.MERGE:
-            assert taken_at is not None
-            change = Change(mode, stats, tools, timestamp(taken_at), known, saved)
         else:
-            change = Change(mode, SessionStats(), _NO_TOOLS, timestamp(now), known, saved)
+            reading = taken_at
+        # All that can fail comes before clear(): the counts stay here until they are taken.
+        when = moment(reading, known.session.last_active_at)
+        stats, tools = self.stats(), self.tool_stats()
+        if mode is Mode.MERGE:
+            change = Change(mode, stats, tools, when, known, saved)
+        else:
+            change = Change(mode, SessionStats(), _NO_TOOLS, when, known, saved)
+        self.clear()
         return Taken(change, stats, tools, taken_at)
 
     def give_back(self, taken: Taken) -> None:

@@ -9,7 +9,6 @@ import os
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +30,7 @@ from ._pending import (
     TOTAL_MS,
     Pending,
 )
-from ._session import Session, SessionStats, add_tools, timestamp
+from ._session import Session, SessionStats
 from ._shutdown import SignalChain
 from ._tools import Outcome, ToolCall
 from ._writer import Writer
@@ -177,11 +176,11 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     async def _bounded_flush(self) -> bool:
         """Flush within ``close_timeout``, cancellation or not; False if the time ran out."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout) as timer:
-            await self._writer.commit(Mode.MERGE, deadline=timer.deadline)
+            await self._writer.commit(Mode.MERGE)
         if timer.cancelled_caught:
             logger.error(
                 "flushing %s took longer than %s s; stopped waiting: the write goes on in the "
-                "background and its counts are lost if it does not land",
+                "background, and the exit hook waits for it once more",
                 self.path,
                 self._close_timeout,
             )
@@ -191,7 +190,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     def _flush_sync(self) -> None:
         """Flush without an event loop: at interpreter exit, or on a signal once it is gone."""
         if self._pid == os.getpid():  # in a forked child, the counts are the parent's
-            self._writer.commit_sync(min(self._lock_timeout, self._close_timeout))
+            self._writer.commit_sync(self._close_timeout)
 
     def _detach(self) -> None:
         """In a forked child: drop the parent's pending counts and refuse further use."""
@@ -208,17 +207,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     def session(self) -> Session:
         """The session as it stands, pending counts included (no I/O)."""
         self._check_open()
-        assert self._writer.record is not None
-        session = self._writer.record.session
-        active_at = self._pending.active_at
-        if active_at is None:
-            return session
-        return replace(
-            session,
-            last_active_at=max(session.last_active_at, timestamp(active_at)),
-            stats=session.stats + self._pending.stats(),
-            tools=add_tools(session.tools, self._pending.tool_stats()),
-        )
+        return self._writer.session()
 
     @property
     def session_id(self) -> str:
