@@ -177,6 +177,38 @@ class TestCounters:
             assert store.session.stats == SessionStats()
 
 
+BAD_READINGS = [float("nan"), float("inf"), -float("inf"), 1e20, -1.0]
+
+
+class TestBadClock:
+    @pytest.mark.parametrize("reading", BAD_READINGS)
+    async def test_a_bad_reading_costs_no_count(
+        self, session_path: Path, clock: FakeClock, reading: float
+    ) -> None:
+        """NaN, an infinity or a time past 9999 keeps lastActiveAt and writes every count."""
+        async with AsyncSessionStore(session_path, clock=clock) as store:
+            await store.increment_tool_calls(2)
+            clock.now = reading
+            await store.increment_errors(3)
+            await store.flush()
+            await store.increment_errors()
+            assert store.session.stats == SessionStats(tool_calls=2, errors=4)
+        on_disk = await read_on_disk(session_path)
+        assert on_disk["stats"]["errors"] == 4
+        assert on_disk["lastActiveAt"] == "2025-11-24T16:00:00.000Z"
+
+    @pytest.mark.parametrize("reading", BAD_READINGS)
+    async def test_a_bad_reading_at_open_is_logged_and_replaced(
+        self, session_path: Path, reading: float, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A store opened with a broken clock still opens, with the system's time."""
+        async with AsyncSessionStore(session_path, clock=lambda: reading) as store:
+            await store.increment_tool_calls()
+            assert store.session.created_at.year >= 2025
+        assert "the clock returned" in caplog.text
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 1
+
+
 class TestClosed:
     async def test_calls_after_close_raise(self, session_path: Path) -> None:
         """After the block, updates, writes and the session view raise StoreClosedError."""
