@@ -10,7 +10,7 @@ import anyio.lowlevel
 import pytest
 
 from aiosessionstore import AsyncSessionStore, SessionStats, ToolStats
-from aiosessionstore._session import add_tools
+from aiosessionstore._names import OTHER, merge_tools
 
 from .conftest import read_json
 
@@ -111,11 +111,117 @@ class TestToolCall:
             assert await echo("hi") == "hi"
             assert store.session.tools["echo"].calls == 11
 
-    async def test_a_tool_name_must_be_a_string(self, session_path: Path) -> None:
-        """An empty or non-string name is a mistake caught at once."""
+
+BAD_NAMES = [
+    "",
+    "x" * 129,
+    "x" * 1_000_000,
+    "x\ud800",
+    "\udfff",
+    "tab\there",
+    "new\nline",
+    "\x1b]0;title\x07",
+    "nul\x00",
+    "del\x7f",
+    "c1\x85",
+    "(other)",
+]
+
+
+class TestToolNames:
+    @pytest.mark.parametrize("name", BAD_NAMES)
+    async def test_a_bad_name_is_refused_at_the_call(self, session_path: Path, name: str) -> None:
+        """A name no file can keep safely is a ValueError where it is given."""
         async with AsyncSessionStore(session_path) as store:
             with pytest.raises(ValueError, match="tool name"):
-                store.tool_call("")
+                store.tool_call(name)
+
+    async def test_a_name_that_is_not_a_string_is_a_type_error(self, session_path: Path) -> None:
+        """Bytes are not a name: a TypeError at once."""
+        async with AsyncSessionStore(session_path) as store:
+            with pytest.raises(TypeError, match="tool name"):
+                store.tool_call(b"search")  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("name", BAD_NAMES)
+    async def test_a_refused_name_puts_no_other_count_at_risk(
+        self, session_path: Path, name: str
+    ) -> None:
+        """After a refused name, every flush and the close still write every count."""
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls(2)
+            with pytest.raises(ValueError, match="tool name"):
+                async with store.tool_call(name):
+                    pass
+            async with store.tool_call("search"):
+                pass
+            await store.flush()
+            await store.increment_errors()
+        document = await anyio.to_thread.run_sync(read_json, session_path)
+        assert document["stats"]["toolCalls"] == 3
+        assert document["stats"]["errors"] == 1
+        assert list(document["tools"]) == ["search"]
+
+    @pytest.mark.parametrize("name", ["search", "x" * 128, "naïve_工具", "a.b-c_d", "emoji🙂"])
+    async def test_good_names_are_kept_as_given(self, session_path: Path, name: str) -> None:
+        """Names up to 128 characters, in any script, are stored as they are."""
+        async with AsyncSessionStore(session_path) as store, store.tool_call(name):
+            pass
+        assert list(await tools_on_disk(session_path)) == [name]
+
+
+class TestToolNameCap:
+    async def test_names_past_the_cap_are_counted_under_other(self, session_path: Path) -> None:
+        """With max_tools=3, the fourth and later names share one entry; totals stay exact."""
+        async with AsyncSessionStore(session_path, max_tools=3) as store:
+            for number in range(10):
+                async with store.tool_call(f"tool{number}"):
+                    pass
+            assert set(store.session.tools) == {"tool0", "tool1", "tool2", OTHER}
+        tools = await tools_on_disk(session_path)
+        assert set(tools) == {"tool0", "tool1", "tool2", OTHER}
+        assert tools[OTHER]["calls"] == 7
+        assert sum(tool["calls"] for tool in tools.values()) == 10
+        document = await anyio.to_thread.run_sync(read_json, session_path)
+        assert document["stats"]["toolCalls"] == 10
+
+    async def test_the_cap_holds_across_stores_and_flushes(self, session_path: Path) -> None:
+        """Names merged from several stores and flushes never take the file past the cap."""
+        for first in range(0, 12, 4):
+            async with AsyncSessionStore(session_path, max_tools=5) as store:
+                for number in range(first, first + 4):
+                    async with store.tool_call(f"tool{number}"):
+                        pass
+                    await store.flush()
+        tools = await tools_on_disk(session_path)
+        assert len(tools) == 6
+        assert tools[OTHER]["calls"] == 7
+        assert sum(tool["calls"] for tool in tools.values()) == 12
+
+    async def test_a_name_already_kept_is_still_counted_as_itself(self, session_path: Path) -> None:
+        """At the cap, the names the file has keep their own entries."""
+        async with AsyncSessionStore(session_path, max_tools=2) as store:
+            for name in ("a", "b", "c", "a", "b"):
+                async with store.tool_call(name):
+                    pass
+        tools = await tools_on_disk(session_path)
+        assert (tools["a"]["calls"], tools["b"]["calls"], tools[OTHER]["calls"]) == (2, 2, 1)
+
+    async def test_the_default_cap_bounds_the_file(self, session_path: Path) -> None:
+        """20,000 distinct names leave 1,001 entries and a file well under a megabyte."""
+        async with AsyncSessionStore(session_path) as store:
+            for number in range(20_000):
+                async with store.tool_call(f"tool-{number:05d}"):
+                    pass
+            await store.flush()
+            assert len(store.session.tools) == 1001
+        assert len(await tools_on_disk(session_path)) == 1001
+        assert (await anyio.Path(session_path).stat()).st_size < 300_000
+
+    @pytest.mark.parametrize("cap", [0, -1, 10_001, True, 1.5])
+    def test_a_bad_cap_is_refused(self, session_path: Path, cap: object) -> None:
+        """max_tools is a whole number from 1 to 10,000."""
+        with pytest.raises((TypeError, ValueError), match="max_tools"):
+            AsyncSessionStore(session_path, max_tools=cap)  # type: ignore[arg-type]
 
 
 class TestToolStatsOnDisk:
@@ -137,8 +243,8 @@ class TestToolStatsOnDisk:
 
     async def test_merging_adds_times_and_keeps_the_longest_call(self) -> None:
         """Totals add; the longest call is the longer of the two, not their sum."""
-        merged = add_tools({"search": ToolStats(1, 0, 0, 5.0, 5.0)},
-                           {"search": ToolStats(1, 1, 0, 3.0, 3.0)})  # fmt: skip
+        merged = merge_tools({"search": ToolStats(1, 0, 0, 5.0, 5.0)},
+                             {"search": ToolStats(1, 1, 0, 3.0, 3.0)}, cap=10)  # fmt: skip
         assert merged["search"] == ToolStats(2, 1, 0, 8.0, 5.0)
 
     async def test_reset_clears_them(self, session_path: Path) -> None:

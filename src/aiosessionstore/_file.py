@@ -26,7 +26,8 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._lock import held
-from ._session import Record, Session, SessionStats, ToolStats, add_tools, decode, encode
+from ._names import DEFAULT_MAX_TOOLS, merge_tools
+from ._session import Record, Session, SessionStats, ToolStats, decode, encode
 
 __all__ = ("Change", "Mode", "commit", "open_session", "read", "remove")
 
@@ -60,6 +61,8 @@ class Change:
     #: Whether ``known`` was ever on disk: a saved session that has since disappeared was
     #: deleted on purpose, and its identity must not come back.
     known_was_saved: bool
+    #: How many distinct tool names the session may keep; further ones merge into one.
+    max_tools: int = DEFAULT_MAX_TOOLS
 
     def apply(self, base: Record) -> Record:
         """The record to write, given the one found on disk."""
@@ -69,7 +72,7 @@ class Change:
             return base.with_session(
                 last_active_at=active_at,
                 stats=session.stats + self.deltas,
-                tools=add_tools(session.tools, self.tool_deltas),
+                tools=merge_tools(session.tools, self.tool_deltas, self.max_tools),
             )
         if self.mode is Mode.RESET:
             return base.with_session(

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from ._file import Change, Mode
+from ._names import OTHER
 from ._session import Record, SessionStats, ToolStats, timestamp
 
 __all__ = (
@@ -69,9 +70,11 @@ class Taken(NamedTuple):
 class Pending:
     """Counts since the last write, and when the last one was made (None: nothing pending)."""
 
-    __slots__ = ("active_at", "counts", "tools")
+    __slots__ = ("active_at", "counts", "max_tools", "tools")
 
-    def __init__(self) -> None:
+    def __init__(self, max_tools: int) -> None:
+        #: How many distinct tool names to keep apart; the calls of further ones go to OTHER.
+        self.max_tools = max_tools
         #: A list of four ints is the cheapest thing to add to on the hot path.
         self.counts = [0, 0, 0, 0]
         #: Per tool: [calls, errors, rate limits, total ms, max ms].
@@ -92,10 +95,14 @@ class Pending:
         )
 
     def tool(self, name: str) -> list[float]:
-        """The pending list of one tool, made on first use."""
+        """The pending list of one tool, made on first use; past the cap, OTHER's."""
         tool = self.tools.get(name)
         if tool is None:
-            tool = self.tools[name] = [0, 0, 0, 0.0, 0.0]
+            if len(self.tools) - (OTHER in self.tools) >= self.max_tools:
+                name = OTHER
+                tool = self.tools.get(name)
+            if tool is None:
+                tool = self.tools[name] = [0, 0, 0, 0.0, 0.0]
         return tool
 
     def add(
@@ -133,9 +140,9 @@ class Pending:
         when = moment(reading, known.session.last_active_at)
         stats, tools = self.stats(), self.tool_stats()
         if mode is Mode.MERGE:
-            change = Change(mode, stats, tools, when, known, saved)
+            change = Change(mode, stats, tools, when, known, saved, self.max_tools)
         else:
-            change = Change(mode, SessionStats(), _NO_TOOLS, when, known, saved)
+            change = Change(mode, SessionStats(), _NO_TOOLS, when, known, saved, self.max_tools)
         self.clear()
         return Taken(change, stats, tools, taken_at)
 

@@ -18,6 +18,7 @@ from . import _shutdown
 from ._errors import StoreClosedError
 from ._file import Mode
 from ._location import resolve_path
+from ._names import DEFAULT_MAX_TOOLS, check_max_tools
 from ._pending import (
     CALLS,
     ERRORS,
@@ -61,6 +62,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         handle_signals: bool = True,
         close_timeout: float = 2.0,
         lock_timeout: float = 10.0,
+        max_tools: int = DEFAULT_MAX_TOOLS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path: Path = resolve_path(path, app_name)
@@ -79,7 +81,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._flusher: anyio.CancelScope | None = None  # the background flush, while open
         self._signals: SignalChain | None = None
         self._pid = os.getpid()  # a forked child must not flush its parent's counts
-        self._pending = Pending()
+        self._pending = Pending(check_max_tools(max_tools))
         self._writer = Writer(self.path, self._pending, self._lock, clock, self._lock_timeout)
 
     def __repr__(self) -> str:

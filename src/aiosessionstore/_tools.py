@@ -7,6 +7,8 @@ from contextlib import AsyncContextDecorator
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
+from ._names import check_name
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -31,10 +33,8 @@ class ToolCall(AsyncContextDecorator):
         name: str,
         rate_limit_errors: tuple[type[BaseException], ...],
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a tool name must be a non-empty str, not {name!r}")
         self._store = store
-        self._name = name
+        self._name = check_name(name)
         self._rate_limit_errors = rate_limit_errors
         self._started = 0.0
 

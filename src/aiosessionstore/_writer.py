@@ -24,8 +24,9 @@ import aiofiles.os
 
 from . import _file
 from ._file import Mode
+from ._names import merge_tools
 from ._pending import Pending, Taken, moment
-from ._session import Record, Session, add_tools, timestamp
+from ._session import Record, Session, timestamp
 from ._worker import WorkerThread
 
 __all__ = ("Writer",)
@@ -184,7 +185,7 @@ class Writer:
                 session,
                 last_active_at=max(last, moment(active_at, last)),
                 stats=session.stats + stats,
-                tools=add_tools(session.tools, tools),
+                tools=merge_tools(session.tools, tools, pending.max_tools),
             )
         return session
 
