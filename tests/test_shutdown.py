@@ -131,6 +131,50 @@ class TestSignals:
         assert {s: signal.getsignal(s) for s in before} == before
 
     @pytest.mark.anyio
+    @pytest.mark.parametrize("order", ["as-opened", "reversed"])
+    async def test_two_stores_closed_in_any_order_restore_the_handlers(
+        self, tmp_path: Path, order: str
+    ) -> None:
+        """However overlapping stores close, the handlers from before the first are back."""
+        before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+        async with (
+            AsyncSessionStore(tmp_path / "first.json") as first,
+            AsyncSessionStore(tmp_path / "second.json") as second,
+        ):
+            closing = [first, second] if order == "as-opened" else [second, first]
+            await closing[0].aclose()
+            assert signal.getsignal(signal.SIGTERM) != before[signal.SIGTERM]  # one still open
+            await closing[1].aclose()
+            assert {s: signal.getsignal(s) for s in before} == before
+            assert wakeup_fd() == -1
+
+    @pytest.mark.anyio
+    async def test_one_signal_flushes_every_open_store(self, tmp_path: Path) -> None:
+        """With two stores open, a signal writes both before the app's handler runs."""
+        before = signal.getsignal(signal.SIGHUP)
+        paths = [tmp_path / "first.json", tmp_path / "second.json"]
+        app_ran = threading.Event()
+        seen_on_disk: list[int] = []
+
+        def app_handler(signum: int, frame: object) -> None:
+            seen_on_disk.extend(tool_calls_on_disk(path) for path in paths)
+            app_ran.set()
+
+        signal.signal(signal.SIGHUP, app_handler)
+        try:
+            async with AsyncSessionStore(paths[0]) as first:
+                async with AsyncSessionStore(paths[1]) as second:
+                    await first.increment_tool_calls(4)
+                    await second.increment_tool_calls(5)
+                    signal.raise_signal(signal.SIGHUP)
+                    with anyio.fail_after(30):
+                        await anyio.to_thread.run_sync(app_ran.wait)
+            assert seen_on_disk == [4, 5]
+            assert signal.getsignal(signal.SIGHUP) == app_handler
+        finally:
+            signal.signal(signal.SIGHUP, before)
+
+    @pytest.mark.anyio
     async def test_closing_unsets_the_wakeup_fd_it_set(self, session_path: Path) -> None:
         """The fd that makes any thread's signal wake the loop goes away with the store."""
         assert wakeup_fd() == -1

@@ -1,7 +1,7 @@
 """How open stores outlive their process's end: SIGTERM and SIGHUP, interpreter exit, fork.
 
-The one piece of module state is the registry of open stores, which the exit and fork hooks
-need; everything else lives on the store or on its SignalChain.
+The module state is what is one per process: the registry of open stores, which the exit
+and fork hooks need, and the signal handlers, which all open stores share.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import threading
 import warnings
 from collections.abc import Awaitable, Callable
 from types import FrameType
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-__all__ = ("SignalChain", "register", "unregister")
+__all__ = ("SignalHub", "register", "signal_hub", "unregister")
 
 logger = logging.getLogger("aiosessionstore")
 
@@ -79,10 +79,7 @@ def _detach_in_child() -> None:
     for store in list(_open_stores.values()):
         store._detach()
     _open_stores.clear()
-
-
-def _nothing() -> None:
-    pass
+    signal_hub.forget_all()
 
 
 def _drain(reader: socket.socket) -> None:
@@ -92,60 +89,75 @@ def _drain(reader: socket.socket) -> None:
             pass
 
 
-class SignalChain:
-    """Flush on SIGTERM and SIGHUP, then let the signal do what it would have done without us.
+class _Entry(NamedTuple):
+    loop: asyncio.AbstractEventLoop
+    flush: Callable[[], Awaitable[object]]
+    flush_sync: Callable[[], None]
 
-    A Python signal handler runs between two bytecodes, possibly in the middle of our own flush
+
+class SignalHub:
+    """One handler per signal for every open store: flush them all, then let the signal do
+    what it would have done without us.
+
+    One handler, not one per store, so that stores may close in any order: the handlers
+    that were there before the first store opened are back once the last one closes.
+
+    A Python signal handler runs between two bytecodes, possibly in the middle of a flush
     while the file lock is held, so the handler never flushes itself: it wakes the event loop,
     the loop flushes, and then the previous handler runs, or, if there was none, the process
-    dies of the signal as it would have. Without a running loop it flushes synchronously.
+    dies of the signal as it would have. Stores whose loop is not running flush synchronously.
     """
 
-    def __init__(
-        self,
-        flush: Callable[[], Awaitable[object]],
-        flush_sync: Callable[[], None],
-    ) -> None:
-        self._flush = flush
-        self._flush_sync = flush_sync
-        self._handler = self._handle  # one bound method, so "is it still ours?" can be asked
+    def __init__(self) -> None:
+        self._entries: dict[int, _Entry] = {}  # id(store) -> its loop and flushes
         self._previous: dict[int, _Handler] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
-        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._wakeup: tuple[asyncio.AbstractEventLoop, socket.socket, socket.socket] | None = None
 
     @staticmethod
     def available() -> bool:
         """Handlers can only be set from the main thread, and only where the signals exist."""
         return bool(SIGNALS) and threading.current_thread() is threading.main_thread()
 
-    def install(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    def add(
+        self,
+        store: object,
+        flush: Callable[[], Awaitable[object]],
+        flush_sync: Callable[[], None],
+    ) -> None:
+        """Flush ``store`` on SIGTERM and SIGHUP from now on; call from its running loop."""
+        loop = asyncio.get_running_loop()
+        if not self._entries:
+            self._install(loop)
+        self._entries[id(store)] = _Entry(loop, flush, flush_sync)
+
+    def discard(self, store: object) -> None:
+        """Stop flushing ``store``; the last one out puts the previous handlers back."""
+        if self._entries.pop(id(store), None) is not None and not self._entries:
+            self._restore()
+
+    def forget_all(self) -> None:
+        """In a forked child: the stores and their loop are the parent's; only chain."""
+        self._entries.clear()
+        self._flushing = False
+        self._close_wakeup()
+
+    def _install(self, loop: asyncio.AbstractEventLoop) -> None:
         for signum in SIGNALS:
             self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._handler)
+            signal.signal(signum, self._handle)
         if sys.platform != "win32":
-            self._wake_loop_on_signals()
+            self._wake_loop_on_signals(loop)
 
-    def restore(self) -> None:
+    def _restore(self) -> None:
         """Put back the handlers we replaced, unless the app has since replaced ours."""
         for signum, previous in self._previous.items():
-            if signal.getsignal(signum) == self._handler:
+            if signal.getsignal(signum) == self._handle:
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        if self._wakeup is not None and self._loop is not None:
-            self._loop.remove_reader(self._wakeup[0])
-        self._close_wakeup()
-        self._loop = None
-
-    def disarm(self) -> None:
-        """Only chain from now on: in a forked child, the loop and the counts are the parent's."""
-        self._loop = None
-        self._flushing = False
-        self._flush_sync = _nothing
         self._close_wakeup()
 
-    def _wake_loop_on_signals(self) -> None:
+    def _wake_loop_on_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         """Make a signal wake the event loop, whichever thread the kernel delivers it to.
 
         Only the main thread runs Python signal handlers, and only between two bytecodes: a
@@ -153,7 +165,6 @@ class SignalChain:
         until the loop, asleep in select(), woke for some other reason. asyncio does the same
         for ``loop.add_signal_handler``; if a wakeup fd is already set, the loop already wakes.
         """
-        assert self._loop is not None
         reader, writer = socket.socketpair()
         reader.setblocking(False)
         writer.setblocking(False)
@@ -163,13 +174,13 @@ class SignalChain:
             reader.close()
             writer.close()
             return
-        self._wakeup = reader, writer
-        self._loop.add_reader(reader, _drain, reader)
+        self._wakeup = loop, reader, writer
+        loop.add_reader(reader, _drain, reader)
 
     def _close_wakeup(self) -> None:
         if self._wakeup is None:
             return
-        reader, writer = self._wakeup
+        loop, reader, writer = self._wakeup
         try:
             current = signal.set_wakeup_fd(-1)
         except ValueError:
@@ -178,6 +189,8 @@ class SignalChain:
             return
         if current != writer.fileno():
             signal.set_wakeup_fd(current)  # not ours any more: someone else's to keep
+        if not loop.is_closed():
+            loop.remove_reader(reader)
         self._wakeup = None
         reader.close()
         writer.close()
@@ -185,26 +198,33 @@ class SignalChain:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._flushing:
             return  # a flush for an earlier signal is under way; it chains when done
-        loop = self._loop
-        if loop is not None and loop.is_running():
-            self._flushing = True
-            loop.call_soon_threadsafe(self._start_flush, signum)
-            return
         self._flushing = True
-        try:
-            self._flush_sync()
-        finally:
-            self._flushing = False
+        entries = list(self._entries.values())
+        for entry in entries:
+            if not entry.loop.is_running():
+                entry.flush_sync()  # its loop is gone: nothing else will flush it
+        # Handlers run in the main thread, which runs at most one loop: the stores' own.
+        flushes = [entry.flush for entry in entries if entry.loop.is_running()]
+        if flushes:
+            loop = next(entry.loop for entry in entries if entry.loop.is_running())
+            loop.call_soon_threadsafe(self._start_flush, signum, flushes)
+            return
+        self._flushing = False
         self._chain(signum, frame)
 
-    def _start_flush(self, signum: int) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._flush_then_chain(signum))
+    def _start_flush(self, signum: int, flushes: list[Callable[[], Awaitable[object]]]) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._flush_then_chain(signum, flushes))
 
-    async def _flush_then_chain(self, signum: int) -> None:
+    async def _flush_then_chain(
+        self, signum: int, flushes: list[Callable[[], Awaitable[object]]]
+    ) -> None:
         try:
-            await self._flush()
-        except Exception as exc:
-            logger.error("flush on signal %s failed: %s", signal.Signals(signum).name, exc)
+            outcomes = await asyncio.gather(*(flush() for flush in flushes), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    name = signal.Signals(signum).name
+                    logger.error("flush on signal %s failed: %s", name, outcome)
         finally:
             self._flushing = False
         self._chain(signum, None)
@@ -218,3 +238,7 @@ class SignalChain:
             signal.signal(signum, signal.SIG_DFL)
             sys.stderr.flush()
             os.kill(os.getpid(), signum)
+
+
+#: The process's one set of handlers, shared by every store that handles signals.
+signal_hub = SignalHub()

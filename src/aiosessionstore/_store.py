@@ -32,7 +32,7 @@ from ._pending import (
     Pending,
 )
 from ._session import Session, SessionStats
-from ._shutdown import SignalChain
+from ._shutdown import signal_hub
 from ._tools import Outcome, ToolCall
 from ._writer import Writer
 
@@ -79,7 +79,6 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._open = False
         self._closed: anyio.Event | None = None  # set once closed; None until first opened
         self._flusher: anyio.CancelScope | None = None  # the background flush, while open
-        self._signals: SignalChain | None = None
         self._pid = os.getpid()  # a forked child must not flush its parent's counts
         self._pending = Pending(check_max_tools(max_tools))
         self._writer = Writer(self.path, self._pending, self._lock, clock, self._lock_timeout)
@@ -103,9 +102,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             raise
         self._open = True
         _shutdown.register(self)
-        if self._handle_signals and SignalChain.available():
-            self._signals = SignalChain(self._bounded_flush, self._flush_sync)
-            self._signals.install()
+        if self._handle_signals and signal_hub.available():
+            signal_hub.add(self, self._bounded_flush, self._flush_sync)
         # The body's exception is caught here and raised outside the task group, which
         # would otherwise wrap it in an ExceptionGroup the caller never asked for.
         body_error: BaseException | None = None
@@ -148,8 +146,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             raise
         finally:
             self._writer.close()
-            if self._signals is not None:
-                self._signals.restore()
+            signal_hub.discard(self)
             assert self._closed is not None
             self._closed.set()
 
@@ -198,8 +195,6 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         """In a forked child: drop the parent's pending counts and refuse further use."""
         self._open = False
         self._pending.clear()
-        if self._signals is not None:
-            self._signals.disarm()
         if self._closed is not None:
             self._closed.set()
 
