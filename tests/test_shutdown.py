@@ -162,13 +162,15 @@ class TestSignals:
 
         signal.signal(signal.SIGHUP, app_handler)
         try:
-            async with AsyncSessionStore(paths[0]) as first:
-                async with AsyncSessionStore(paths[1]) as second:
-                    await first.increment_tool_calls(4)
-                    await second.increment_tool_calls(5)
-                    signal.raise_signal(signal.SIGHUP)
-                    with anyio.fail_after(30):
-                        await anyio.to_thread.run_sync(app_ran.wait)
+            async with (
+                AsyncSessionStore(paths[0]) as first,
+                AsyncSessionStore(paths[1]) as second,
+            ):
+                await first.increment_tool_calls(4)
+                await second.increment_tool_calls(5)
+                signal.raise_signal(signal.SIGHUP)
+                with anyio.fail_after(30):
+                    await anyio.to_thread.run_sync(app_ran.wait)
             assert seen_on_disk == [4, 5]
             assert signal.getsignal(signal.SIGHUP) == app_handler
         finally:
