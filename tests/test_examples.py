@@ -10,6 +10,8 @@ import pytest
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
+pytestmark = pytest.mark.slow
+
 
 def test_basic_example_counts_and_persists(tmp_path: Path) -> None:
     """examples/basic.py counts 20 tool calls and 4 errors per run, and they persist."""

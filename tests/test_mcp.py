@@ -102,6 +102,7 @@ def stdio(session: Path, *extra: str) -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=[str(SERVERS), str(session), *extra])
 
 
+@pytest.mark.slow
 class TestOverStdio:
     async def test_counts_after_a_normal_client_exit(self, session_path: Path) -> None:
         """The client closes stdin; the server flushes on its way out."""

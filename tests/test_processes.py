@@ -8,6 +8,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from aiosessionstore._session import decode
 
 from .conftest import posix_only, read_json
@@ -38,6 +40,9 @@ def run_together(path: Path, processes: int, increments: int, every: int) -> lis
         assert err == ""
         ids.append(out.splitlines()[-1].removeprefix("session "))
     return ids
+
+
+pytestmark = pytest.mark.slow
 
 
 class TestManyProcesses:
@@ -84,7 +89,7 @@ class TestKilledMidWrite:
         out, err = finish(worker)
         assert worker.returncode == 0, err
         result = json.loads(out)
-        assert result["count"] > 1  # writes landed between kills: the test was not vacuous
+        assert result["count"] >= 1 + 200  # each writer flushed at least once before its kill
         leftovers = result["files"]
         temp_files = [name for name in leftovers if name.endswith(".tmp")]
         assert len(temp_files) <= 1  # the last victim's, at most: each writer cleans up

@@ -245,14 +245,32 @@ class TestClosed:
             assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 7
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 7
 
-    async def test_closing_twice_at_once_waits_for_the_first(self, session_path: Path) -> None:
-        """A second aclose() returns only once the final flush is on disk."""
-        async with AsyncSessionStore(session_path) as store:
+    async def test_closing_twice_at_once_waits_for_the_first(
+        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A second aclose() returns only once the first one's final flush is on disk."""
+        started, release = threading.Event(), threading.Event()
+
+        def held(commit: Callable[..., Any]) -> Callable[..., Any]:
+            def run(*args: Any) -> Any:
+                started.set()
+                release.wait(30)
+                return commit(*args)
+
+            return run
+
+        async with AsyncSessionStore(session_path, close_timeout=60) as store:
             await store.increment_tool_calls(3)
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(store.aclose)
-                tasks.start_soon(store.aclose)
+            replace_transaction(monkeypatch, held)
+            first = asyncio.ensure_future(store.aclose())
+            await anyio.to_thread.run_sync(started.wait)
+            second = asyncio.ensure_future(store.aclose())
+            await anyio.wait_all_tasks_blocked()
+            assert not second.done()  # it waits on the first close, whose write is held
+            release.set()
+            await second
             assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 3
+            await first
 
     async def test_an_error_in_the_block_still_flushes(self, session_path: Path) -> None:
         """The body's exception propagates as it is, after the final flush."""

@@ -120,18 +120,25 @@ async def fork_with_pending(path: str, total: str) -> None:
 
 
 def kill_mid_flush(path: str, rounds: str) -> None:
-    """Fork a writer that flushes back to back, SIGKILL it at a random moment, check the file.
+    """Fork a writer that flushes back to back, SIGKILL it at a random moment after its first
+    flush, check the file.
 
-    Prints the files left in the directory and the count on disk, which only grows if the
-    writers' flushes land between the kills.
+    Prints the files left in the directory and the count on disk. Each writer says when its
+    first flush has landed, so every round adds at least one count: the kills land among
+    writes, however slowly a writer starts.
     """
     asyncio.run(flush_forever(path, limit=1))  # import everything before forking
     for _ in range(int(rounds)):
+        ready, flushed = os.pipe()
         pid = os.fork()
         if pid == 0:
-            asyncio.run(flush_forever(path))
+            os.close(ready)
+            asyncio.run(flush_forever(path, flushed=flushed))
             os._exit(0)
-        time.sleep(random.uniform(0, 0.03))  # the moment of the kill, not synchronization
+        os.close(flushed)
+        assert os.read(ready, 1) == b"!"
+        os.close(ready)
+        time.sleep(random.uniform(0, 0.005))  # the moment of the kill, not synchronization
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         with open(path, "rb") as file:
@@ -139,11 +146,16 @@ def kill_mid_flush(path: str, rounds: str) -> None:
     say(json.dumps({"files": sorted(os.listdir(os.path.dirname(path))), "count": tool_calls}))
 
 
-async def flush_forever(path: str, limit: int = -1) -> None:
+async def flush_forever(path: str, limit: int = -1, flushed: int | None = None) -> None:
+    """Increment and flush ``limit`` times (or for ever); write "!" to ``flushed`` once."""
     async with AsyncSessionStore(path, flush_interval=3600, handle_signals=False) as store:
         while limit != 0:
             await store.increment_tool_calls()
             await store.flush()
+            if flushed is not None:
+                os.write(flushed, b"!")
+                os.close(flushed)
+                flushed = None
             limit -= 1
 
 
