@@ -290,6 +290,47 @@ class TestClosed:
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 4
 
 
+class TestHostLifecycles:
+    async def test_opened_in_one_task_and_closed_in_another(self, session_path: Path) -> None:
+        """open() and aclose() from two tasks, as aiohttp's on_startup and on_cleanup do."""
+        store = AsyncSessionStore(session_path)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(store.open)
+        await store.increment_tool_calls(2)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(store.aclose)
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 2
+
+    async def test_left_inside_a_cancel_scope_of_the_hosts(self, session_path: Path) -> None:
+        """A host may leave the block inside a cancel scope of its own, as FastMCP does."""
+        store = AsyncSessionStore(session_path)
+        await store.__aenter__()
+        await store.increment_tool_calls(3)
+        with anyio.CancelScope():
+            await store.__aexit__(None, None, None)
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 3
+
+    async def test_two_blocks_left_in_the_order_they_were_entered(self, tmp_path: Path) -> None:
+        """Stores entered by hand may be left in any order."""
+        first = AsyncSessionStore(tmp_path / "first.json")
+        second = AsyncSessionStore(tmp_path / "second.json")
+        await first.__aenter__()
+        await second.__aenter__()
+        await first.increment_tool_calls()
+        await second.increment_errors()
+        await first.__aexit__(None, None, None)
+        await second.__aexit__(None, None, None)
+        assert (await read_on_disk(tmp_path / "first.json"))["stats"]["toolCalls"] == 1
+        assert (await read_on_disk(tmp_path / "second.json"))["stats"]["errors"] == 1
+
+    async def test_closed_right_after_opening(self, session_path: Path) -> None:
+        """A close before the background flush ever ran leaves no task behind."""
+        store = await AsyncSessionStore(session_path).open()
+        await store.aclose()
+        names = [task.get_name() for task in asyncio.all_tasks()]
+        assert not [name for name in names if name.startswith("aiosessionstore")]
+
+
 class TestConfiguration:
     @pytest.mark.parametrize("interval", [0, -1, float("nan")])
     def test_flush_interval_must_be_positive(self, session_path: Path, interval: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -79,6 +80,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._open = False
         self._closed: anyio.Event | None = None  # set once closed; None until first opened
         self._flusher: anyio.CancelScope | None = None  # the background flush, while open
+        self._flusher_task: asyncio.Task[None] | None = None
         self._pid = os.getpid()  # a forked child must not flush its parent's counts
         self._pending = Pending(check_max_tools(max_tools))
         self._writer = Writer(self.path, self._pending, self._lock, clock, self._lock_timeout)
@@ -91,6 +93,21 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncGenerator[Self]:
+        await self.open()
+        try:
+            yield self
+        except BaseException:
+            with contextlib.suppress(Exception):  # logged; the body's exception matters more
+                await self.aclose()
+            raise
+        await self.aclose()
+
+    async def open(self) -> Self:
+        """Load or create the session, write it at once, and start the background flush.
+
+        ``async with store`` calls it; call it yourself where a host opens and closes in two
+        different tasks (aiohttp's ``on_startup`` and ``on_cleanup``), then ``aclose()``.
+        """
         if self._closed is not None:
             raise RuntimeError("an AsyncSessionStore can be opened only once; create a new one")
         self._closed = anyio.Event()
@@ -104,41 +121,25 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         _shutdown.register(self)
         if self._handle_signals and signal_hub.available():
             signal_hub.add(self, self._bounded_flush, self._flush_sync)
-        # The body's exception is caught here and raised outside the task group, which
-        # would otherwise wrap it in an ExceptionGroup the caller never asked for.
-        body_error: BaseException | None = None
         self._flusher = anyio.CancelScope()
-        try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._flush_periodically, self._flusher)
-                try:
-                    yield self
-                except BaseException as exc:
-                    body_error = exc
-                self._flusher.cancel()
-        finally:
-            try:
-                await self.aclose()
-            except Exception:
-                if body_error is None:
-                    raise  # else it is logged, and the body's exception matters more
-        if body_error is not None:
-            raise body_error
+        self._flusher_task = asyncio.get_running_loop().create_task(
+            self._run_flusher(self._flusher), name=f"aiosessionstore flusher for {self.path}"
+        )
+        return self
 
     async def aclose(self) -> None:
         """Stop the background flush and flush what is pending; safe to call more than once.
 
         The final flush is shielded from cancellation and bounded by ``close_timeout``, so a
-        stuck disk cannot hang shutdown.
+        stuck disk cannot hang shutdown. Any task may close the store, not only its opener.
         """
         if not self._open:
             if self._closed is not None:
                 await self._closed.wait()  # another task is closing: wait until it is done
             return
         self._open = False
-        if self._flusher is not None:
-            self._flusher.cancel()
         try:
+            await self._stop_flusher()
             if await self._bounded_flush():
                 _shutdown.unregister(self)  # else the exit hook makes one more attempt
         except Exception:
@@ -150,6 +151,23 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             assert self._closed is not None
             self._closed.set()
 
+    async def _run_flusher(self, scope: anyio.CancelScope) -> None:
+        """The background flush, in a task group of a task of its own.
+
+        Hosts enter and leave a lifespan in cancel scopes and tasks of their own (FastMCP
+        does), so no cancel scope of ours may stay open in the task that opened the store.
+        """
+        with scope:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._flush_periodically)
+
+    async def _stop_flusher(self) -> None:
+        if self._flusher is None or self._flusher_task is None:
+            return
+        self._flusher.cancel()  # before it started, too: it then ends at its first await
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait((self._flusher_task,))
+
     async def _load(self) -> None:
         """Load or create the session and write it at once, as the seed's getOrCreateSession."""
         now = self._clock()
@@ -158,19 +176,18 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._pid = os.getpid()
         await self._writer.commit(Mode.NEW if self._force_new else Mode.MERGE, opening=True)
 
-    async def _flush_periodically(self, scope: anyio.CancelScope) -> None:
-        with scope:
-            while True:
-                await anyio.sleep(self._flush_interval)
-                try:
-                    await self._writer.commit(Mode.MERGE)
-                except Exception as exc:
-                    logger.warning(
-                        "background flush of %s failed, will retry in %s s: %s",
-                        self.path,
-                        self._flush_interval,
-                        exc,
-                    )
+    async def _flush_periodically(self) -> None:
+        while True:
+            await anyio.sleep(self._flush_interval)
+            try:
+                await self._writer.commit(Mode.MERGE)
+            except Exception as exc:
+                logger.warning(
+                    "background flush of %s failed, will retry in %s s: %s",
+                    self.path,
+                    self._flush_interval,
+                    exc,
+                )
 
     async def _bounded_flush(self) -> bool:
         """Flush within ``close_timeout``, cancellation or not; False if the time ran out."""
