@@ -641,6 +641,98 @@ class TestCommands:
         assert "app_name" in capsys.readouterr().err
 
 
+COMMANDS = [["show"], ["show", "--json"], ["path"], ["reset"], ["new"], ["delete", "--yes"]]
+
+
+class TestOptions:
+    @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+    def test_path_before_the_command(
+        self,
+        session_file: Path,
+        user_home: Path,
+        command: list[str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`--path FILE COMMAND`, which --help shows, acts on FILE and on no other file."""
+        said = read_json(session_file)["sessionId"], str(session_file)
+        assert run("--path", str(session_file), *command) == 0
+        printed = "".join(capsys.readouterr())
+        assert any(part in printed for part in said)
+        assert not (user_home / ".octocode").exists()
+
+    @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+    def test_app_before_the_command(
+        self,
+        session_file: Path,
+        user_home: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        command: list[str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`--app NAME COMMAND` finds the file through $<NAME>_HOME, not octocode's."""
+        monkeypatch.setenv("MY_TOOL_HOME", str(session_file.parent))
+        said = read_json(session_file)["sessionId"], str(session_file)
+        assert run("--app", "my-tool", *command) == 0
+        printed = "".join(capsys.readouterr())
+        assert any(part in printed for part in said)
+        assert not (user_home / ".octocode").exists()
+
+    def test_the_issues_example(self, tmp_path: Path, user_home: Path) -> None:
+        """`aiosessionstore --path mine.json new` starts a session in mine.json."""
+        done = cli("--path", "mine.json", "new", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert read_json(tmp_path / "mine.json")["stats"]["toolCalls"] == 0
+        assert not (user_home / ".octocode").exists()
+
+    def test_the_same_value_twice(self, session_file: Path) -> None:
+        """Given before and after the command alike, the option names one file: no conflict."""
+        assert run("--path", str(session_file), "reset", "--path", str(session_file)) == 0
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["--path", "a.json", "new", "--path", "b.json"],
+            ["new", "--path", "a.json", "--path", "b.json"],
+            ["--path", "a.json", "--path", "b.json", "new"],
+            ["--app", "one", "new", "--app", "two"],
+            ["--path", "a.json", "--app", "one", "new"],
+            ["new", "--path", "a.json", "--app", "octocode"],
+            ["--app", "../x", "new"],
+            ["--app", "a/b", "new"],
+            ["new", "--path", ""],
+            ["new", "--path", "a/"],
+            ["new", "--pat", "a.json"],
+            ["--json", "show"],
+        ],
+        ids=" ".join,
+    )
+    def test_a_conflict_is_refused(
+        self,
+        tmp_path: Path,
+        user_home: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        argv: list[str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Two files named, a path-like app, no file or an abbreviation: exit 2, nothing made."""
+        monkeypatch.chdir(tmp_path)
+        before = listing(tmp_path), os.listdir(user_home)
+        assert run(*argv) == EXIT_CODES["usage"]
+        assert (listing(tmp_path), os.listdir(user_home)) == before
+        assert "error" in capsys.readouterr().err
+
+    def test_an_abbreviated_yes_does_not_delete(self, session_file: Path) -> None:
+        """`delete --y` is not taken for --yes: a new option could one day share the prefix."""
+        assert run("delete", "--y", "--path", str(session_file)) == EXIT_CODES["usage"]
+        assert session_file.exists()
+
+    def test_help_returns_rather_than_exits(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """main() returns argparse's statuses, so a caller in-process gets a number."""
+        assert run("--help") == 0
+        assert "exit statuses" in capsys.readouterr().out
+        assert run("show", "--no-such-option") == EXIT_CODES["usage"]
+
+
 class TestWhileServersRun:
     @pytest.mark.anyio
     async def test_reset_while_a_store_is_open_keeps_later_counts(self, session_path: Path) -> None:

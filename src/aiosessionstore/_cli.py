@@ -47,18 +47,19 @@ _LOCK_TIMEOUT = 10.0
 _TOP_TOOLS = 10
 _MAX_CELL = 64  # the longest tool name most model APIs accept
 _MAX_ANSWER = 64
+_SEPARATORS = tuple(sep for sep in (os.sep, os.altsep) if sep)
 #: Anything but printable ASCII and the line break: what JSON text may need to escape.
 _NOT_PLAIN = re.compile(r"[^\x20-\x7e\n]")
 
 
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     """Run the command line; return the exit status."""
-    arguments = _parser().parse_args(argv)
+    parser = _parser()
     try:
-        path = resolve_path(arguments.path, arguments.app)
-    except ValueError as exc:
-        _say(f"aiosessionstore: {exc}")
-        return EXIT_CODES["usage"]
+        arguments = parser.parse_args(argv)
+        path = _session_path(parser, arguments)
+    except SystemExit as exc:  # argparse has printed the help, or a usage error
+        return exc.code if isinstance(exc.code, int) else EXIT_CODES["usage"]
     try:
         command: Callable[[argparse.Namespace, Path, TextIO | None], int] = arguments.command
         return command(arguments, path, sys.stdin if stdin is None else stdin)
@@ -80,38 +81,83 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--path", help="the session file (default: from --app)")
-    common.add_argument(
-        "--app",
-        default="octocode",
-        help="app name: the file is $<APP>_HOME/session.json or ~/.<app>/session.json",
-    )
+    """--path and --app go before or after the command: each place has its own destination.
+
+    A subcommand's parser would otherwise overwrite the value given before the command with
+    its own default, and act on a file the user did not name. Abbreviations are refused: a
+    new option could one day take over the prefix that a script relies on.
+    """
     codes = ", ".join(f"{code} {name}" for name, code in EXIT_CODES.items())
     parser = argparse.ArgumentParser(
         prog="aiosessionstore",
         description="Inspect and manage a session file; safe while servers are using it.",
         epilog=f"exit statuses: {codes}",
-        parents=[common],
+        allow_abbrev=False,
     )
+    _add_location_options(parser, suffix="_before")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    show = commands.add_parser(
-        "show", parents=[common], help="summarize the session; reads only, changes nothing"
-    )
+    add = commands.add_parser
+    show = _add_command(add, "show", _show, "summarize the session; changes nothing")
     show.add_argument("--json", action="store_true", help="print the session file as stored")
-    show.set_defaults(command=_show)
-    path = commands.add_parser("path", parents=[common], help="print the session file's path")
-    path.set_defaults(command=_path)
-    commands.add_parser(
-        "reset", parents=[common], help="zero the counters and per-tool stats, keep the id"
-    ).set_defaults(command=_reset)
-    commands.add_parser("new", parents=[common], help="start a new session id").set_defaults(
-        command=_new
-    )
-    delete = commands.add_parser("delete", parents=[common], help="delete the session file")
+    _add_command(add, "path", _path, "print the session file's path")
+    _add_command(add, "reset", _reset, "zero the counters and per-tool stats, keep the id")
+    _add_command(add, "new", _new, "start a new session id")
+    delete = _add_command(add, "delete", _delete, "delete the session file")
     delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    delete.set_defaults(command=_delete)
     return parser
+
+
+def _add_command(
+    add_parser: Callable[..., argparse.ArgumentParser],
+    name: str,
+    function: Callable[[argparse.Namespace, Path, TextIO | None], int],
+    summary: str,
+) -> argparse.ArgumentParser:
+    command = add_parser(name, help=summary, description=summary, allow_abbrev=False)
+    _add_location_options(command, suffix="")
+    command.set_defaults(command=function)
+    return command
+
+
+def _add_location_options(parser: argparse.ArgumentParser, suffix: str) -> None:
+    parser.add_argument(
+        "--path",
+        action="append",
+        dest=f"path{suffix}",
+        metavar="FILE",
+        help="the session file (default: found from --app)",
+    )
+    parser.add_argument(
+        "--app",
+        action="append",
+        dest=f"app{suffix}",
+        metavar="NAME",
+        help="app name (default: octocode): the file is $<NAME>_HOME/session.json, "
+        "else ~/.<name>/session.json",
+    )
+
+
+def _session_path(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> Path:
+    """The one file the command line names; a second, different name is a usage error."""
+    path = _given_once(parser, "--path", arguments.path_before, arguments.path)
+    app = _given_once(parser, "--app", arguments.app_before, arguments.app)
+    if path is not None and app is not None:
+        parser.error("--path and --app both say where the session file is: give one")
+    if path is not None and (not path or path.endswith(_SEPARATORS)):
+        parser.error(f"--path {path!r} is not a file name: give the session file's path")
+    try:
+        return resolve_path(path, "octocode" if app is None else app)
+    except ValueError as exc:  # an app name that is a path
+        parser.error(str(exc))
+
+
+def _given_once(
+    parser: argparse.ArgumentParser, option: str, *places: list[str] | None
+) -> str | None:
+    values = list(dict.fromkeys(value for place in places for value in place or ()))
+    if len(values) > 1:
+        parser.error(f"{option} is given as {' and as '.join(map(repr, values))}: give one")
+    return values[0] if values else None
 
 
 def _show(arguments: argparse.Namespace, path: Path, stdin: TextIO | None) -> int:
