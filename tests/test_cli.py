@@ -721,6 +721,19 @@ class TestOptions:
         assert (listing(tmp_path), os.listdir(user_home)) == before
         assert "error" in capsys.readouterr().err
 
+    @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+    def test_a_lock_file_is_not_a_session_file(
+        self, session_file: Path, command: list[str]
+    ) -> None:
+        """`--path session.json.lock`, one tab too far: exit 2, and the lock file stays put.
+
+        Deleting it, or moving it aside as corrupt, would let two processes each hold the lock.
+        """
+        lock = session_file.with_name("session.json.lock")
+        before = listing(session_file.parent), lock.stat().st_ino
+        assert run(*command, "--path", str(lock)) == EXIT_CODES["usage"]
+        assert (listing(session_file.parent), lock.stat().st_ino) == before
+
     def test_an_abbreviated_yes_does_not_delete(self, session_file: Path) -> None:
         """`delete --y` is not taken for --yes: a new option could one day share the prefix."""
         assert run("delete", "--y", "--path", str(session_file)) == EXIT_CODES["usage"]

@@ -143,12 +143,19 @@ def _session_path(parser: argparse.ArgumentParser, arguments: argparse.Namespace
     app = _given_once(parser, "--app", arguments.app_before, arguments.app)
     if path is not None and app is not None:
         parser.error("--path and --app both say where the session file is: give one")
-    if path is not None and (not path or path.endswith(_SEPARATORS)):
-        parser.error(f"--path {path!r} is not a file name: give the session file's path")
+    if path is not None:
+        _check_path_option(parser, path)
     try:
         return resolve_path(path, "octocode" if app is None else app)
     except ValueError as exc:  # an app name that is a path
         parser.error(str(exc))
+
+
+def _check_path_option(parser: argparse.ArgumentParser, path: str) -> None:
+    if not path or path.endswith(_SEPARATORS):  # "" is the current directory
+        parser.error(f"--path {path!r} is not a file name: give the session file's path")
+    if path.endswith(".lock"):  # one tab too far; deleting it would let two processes lock
+        parser.error(f"--path {path!r} is a lock file: give the session file's path")
 
 
 def _given_once(
