@@ -22,6 +22,9 @@ from aiosessionstore._cli import EXIT_CODES, main
 
 from .conftest import read_json
 
+#: Shells, FIFOs, pseudo-terminals and /dev/null, which the stream and file-type tests use.
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX streams and files")
+
 
 def run(*argv: str, answer: str = "") -> int:
     return main(list(argv), stdin=io.StringIO(answer))
@@ -313,6 +316,7 @@ def not_a_file(kind: str, path: Path) -> Path:
     return path
 
 
+@posix_only
 class TestNotARegularFile:
     @pytest.mark.parametrize("kind", ["directory", "device"])
     @pytest.mark.parametrize(
@@ -450,7 +454,9 @@ class TestShowEscapes:
         assert visible(done.stderr.decode())
 
 
+@posix_only
 class TestOutputStreams:
+    @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
     def test_a_full_disk(self, session_file: Path) -> None:
         """stdout on /dev/full: exit status 1 and the reason, not a traceback at exit."""
         with open("/dev/full", "wb") as full:
@@ -492,6 +498,7 @@ class TestOutputStreams:
         assert str(session_file).encode() in done.stderr
 
 
+@posix_only
 class TestDeletePrompt:
     def test_the_prompt_goes_to_stderr(self, session_file: Path) -> None:
         """With stdout redirected, the question is still seen; "n" keeps the file."""
@@ -552,6 +559,7 @@ def read_until(stream: IO[bytes], marker: bytes) -> bytes:
     return said
 
 
+@posix_only
 class TestPathCommand:
     def test_it_creates_nothing(self, user_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """The default path is printed, and neither its directory nor a lock file appears."""
@@ -725,10 +733,7 @@ class TestOptions:
     def test_a_lock_file_is_not_a_session_file(
         self, session_file: Path, command: list[str]
     ) -> None:
-        """`--path session.json.lock`, one tab too far: exit 2, and the lock file stays put.
-
-        Deleting it, or moving it aside as corrupt, would let two processes each hold the lock.
-        """
+        """`--path session.json.lock`, one tab too far, is exit 2: the lock file must stay put."""
         lock = session_file.with_name("session.json.lock")
         before = listing(session_file.parent), lock.stat().st_ino
         assert run(*command, "--path", str(lock)) == EXIT_CODES["usage"]
