@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import selectors
+import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import anyio
 import pytest
@@ -16,9 +22,76 @@ from aiosessionstore._cli import EXIT_CODES, main
 
 from .conftest import read_json
 
+#: Shells, FIFOs, pseudo-terminals and /dev/null, which the stream and file-type tests use.
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX streams and files")
+
 
 def run(*argv: str, answer: str = "") -> int:
     return main(list(argv), stdin=io.StringIO(answer))
+
+
+def cli(*argv: str | bytes | Path, **options: Any) -> subprocess.CompletedProcess[bytes]:
+    """`python -m aiosessionstore ...` in a real process; stdin empty, output captured."""
+    command = [sys.executable, "-m", "aiosessionstore", *argv]
+    stdin = options.pop("stdin", subprocess.DEVNULL)
+    stdout = options.pop("stdout", subprocess.PIPE)
+    stderr = options.pop("stderr", subprocess.PIPE)
+    input_: bytes | None = options.pop("input", None)
+    return subprocess.run(
+        command, stdin=stdin, stdout=stdout, stderr=stderr, input=input_, timeout=60, **options
+    )
+
+
+def in_shell(redirection: str, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    """The command with a shell redirection, such as ``>&-``, which closes a stream."""
+    script = f'exec "$0" -m aiosessionstore "$@" {redirection}'
+    return subprocess.run(
+        ["sh", "-c", script, sys.executable, *argv], capture_output=True, timeout=60, check=False
+    )
+
+
+def write_session(
+    path: Path, session_id: str = "7a1c9e52-3f0b-4d7e-9a51-0c2f8d6b4e13", **extra: Any
+) -> Path:
+    """A valid session file written by hand, so that it may hold anything JSON can."""
+    tools = extra.pop("tools", {})
+    document = {
+        "version": 1,
+        "sessionId": session_id,
+        "createdAt": "2026-01-02T03:04:05.678Z",
+        "lastActiveAt": "2026-01-02T04:04:05.678Z",
+        "stats": {"toolCalls": 3, "promptCalls": 1, "errors": 0, "rateLimits": 0},
+        **({"tools": tools} if tools else {}),
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2))  # ASCII: even a lone surrogate is escaped
+    return path
+
+
+def tool(calls: int = 1) -> dict[str, Any]:
+    return {"calls": calls, "errors": 0, "rateLimits": 0, "totalMs": 1.5, "maxMs": 1.0}
+
+
+def listing(directory: Path) -> tuple[list[str], int]:
+    """The names in a directory and its mtime, which any entry made or removed changes."""
+    return sorted(os.listdir(directory)), directory.stat().st_mtime_ns
+
+
+def visible(text: str) -> bool:
+    """True if a terminal shows every character of ``text`` as itself, line breaks aside."""
+    return all(char.isprintable() for char in text.replace("\n", ""))
+
+
+@pytest.fixture(autouse=True)
+def user_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test, and every process it starts, has a home of its own and no $OCTOCODE_HOME."""
+    home = tmp_path / "user"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("OCTOCODE_HOME", raising=False)
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8")
+    return home
 
 
 @pytest.fixture
@@ -39,6 +112,47 @@ def session_file(session_path: Path) -> Path:
     return session_path
 
 
+class ReadOnlyDisk:
+    """A directory that the test fills, then makes read-only: a real remount where possible."""
+
+    def __init__(self, path: Path, mounted: bool) -> None:
+        self.path = path
+        self.mounted = mounted
+
+    def freeze(self) -> None:
+        if self.mounted:
+            mount("-o", "remount,ro", str(self.path))
+        else:
+            self.path.chmod(0o555)
+
+
+def mount(*arguments: str) -> None:
+    subprocess.run(["mount", *arguments], check=True, capture_output=True)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[ReadOnlyDisk]:
+    """A tmpfs remounted read-only as root; as another user, a directory without write bits."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    if sys.platform != "linux":
+        pytest.skip("read-only mounts are tested on Linux")
+    if os.geteuid() != 0:  # permissions bind everyone but root
+        yield ReadOnlyDisk(path, mounted=False)
+        path.chmod(0o755)
+        return
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    try:
+        mount("-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(path))
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc.stderr.strip()}")
+    try:
+        yield ReadOnlyDisk(path, mounted=True)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 class TestShow:
     def test_a_readable_summary(
         self, session_file: Path, capsys: pytest.CaptureFixture[str]
@@ -56,15 +170,17 @@ class TestShow:
     def test_json_is_the_file_as_stored(
         self, session_file: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """--json prints what is on disk, tools included."""
+        """--json prints what is on disk, byte for byte for a file the store wrote."""
         assert run("show", "--json", "--path", str(session_file)) == 0
-        assert json.loads(capsys.readouterr().out) == read_json(session_file)
+        assert capsys.readouterr().out == session_file.read_text() + "\n"
 
-    def test_show_changes_nothing(self, session_file: Path) -> None:
-        """Looking is not activity: the file is byte for byte the same."""
-        before = session_file.read_bytes()
-        run("show", "--path", str(session_file))
-        assert session_file.read_bytes() == before
+    def test_json_keeps_unknown_keys(
+        self, session_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Keys the TypeScript tool added are printed too, in the file's order."""
+        write_session(session_path, tools={"search": tool()}, theme={"dark": True}, n=[1, 2])
+        assert run("show", "--json", "--path", str(session_path)) == 0
+        assert json.loads(capsys.readouterr().out) == read_json(session_path)
 
     def test_a_missing_file(self, session_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """No file: exit status 3 and a message on stderr, nothing on stdout."""
@@ -72,17 +188,6 @@ class TestShow:
         captured = capsys.readouterr()
         assert captured.out == ""
         assert f"no session file at {session_path}" in captured.err
-
-    def test_a_corrupt_file_points_at_the_quarantined_copy(
-        self, session_path: Path, capsys: pytest.CaptureFixture[str]
-    ) -> None:
-        """Corrupt: moved aside, exit status 4, and the message says where it went."""
-        session_path.parent.mkdir()
-        session_path.write_text("{oops")
-        assert run("show", "--path", str(session_path)) == EXIT_CODES["corrupt"] == 4
-        [aside] = session_path.parent.glob("session.json.corrupt-*")
-        assert aside.read_text() == "{oops"
-        assert str(aside) in capsys.readouterr().err
 
     def test_the_corrupt_error_carries_the_quarantined_path(self, session_path: Path) -> None:
         """CorruptSessionError.quarantined_to is where the bad file went."""
@@ -100,6 +205,395 @@ class TestShow:
         assert run("show", "--path", str(session_file)) == EXIT_CODES["newer"] == 5
         assert "upgrade aiosessionstore" in capsys.readouterr().err
         assert read_json(session_file)["version"] == 9
+
+
+DEEP = "[" * 5000 + "]" * 5000
+CORRUPT = {
+    "not JSON": "{oops",
+    "empty": "",
+    "not an object": "[]",
+    "nested too deep": '{"version": 1, "x": ' + DEEP + "}",
+    "an integer too long to read": '{"version": 1' + "0" * 5000 + "}",
+    "a date before year 1 in UTC": json.dumps(
+        {
+            "version": 1,
+            "sessionId": "a",
+            "createdAt": "0001-01-01T00:00:00+01:00",
+            "lastActiveAt": "2026-01-01T00:00:00Z",
+            "stats": {"toolCalls": 0, "promptCalls": 0, "errors": 0, "rateLimits": 0},
+        }
+    ),
+    "NaN, which is not JSON": json.dumps(
+        {
+            "version": 1,
+            "sessionId": "a",
+            "createdAt": "2026-01-01T00:00:00Z",
+            "lastActiveAt": "2026-01-01T00:00:00Z",
+            "stats": {"toolCalls": 0, "promptCalls": 0, "errors": 0, "rateLimits": 0},
+            "x": float("nan"),
+        }
+    ),
+}
+
+
+class TestShowChangesNothing:
+    @pytest.mark.parametrize("flags", [[], ["--json"]], ids=["table", "json"])
+    def test_no_lock_file_and_no_cleanup(self, session_path: Path, flags: list[str]) -> None:
+        """No lock file appears and another writer's temp file stays: the directory is as it was."""
+        write_session(session_path)
+        (session_path.parent / "session.json.0123456789abcdef.tmp").write_text("{")
+        before = listing(session_path.parent), session_path.read_bytes()
+        assert run("show", *flags, "--path", str(session_path)) == 0
+        assert (listing(session_path.parent), session_path.read_bytes()) == before
+
+    def test_a_mistyped_path_creates_nothing(self, tmp_path: Path) -> None:
+        """A file in a directory that does not exist: exit status 3, and no directory appears."""
+        assert run("show", "--path", str(tmp_path / "typo" / "session.json")) == 3
+        assert not (tmp_path / "typo").exists()
+
+    def test_it_does_not_wait_for_the_lock(self, session_path: Path) -> None:
+        """Writers replace the file atomically, so show reads it while another process locks."""
+        write_session(session_path)
+        with subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(session_path) + ".lock"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        ) as holder:  # fmt: skip
+            try:
+                assert holder.stdout is not None
+                assert holder.stdout.readline() == b"held\n"
+                assert run("show", "--path", str(session_path)) == 0
+            finally:
+                holder.kill()
+
+    @pytest.mark.parametrize("flags", [[], ["--json"]], ids=["table", "json"])
+    def test_a_read_only_filesystem(
+        self, read_only_disk: ReadOnlyDisk, flags: list[str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """No write access is needed: show works where nothing can be written."""
+        path = write_session(read_only_disk.path / "session.json")
+        read_only_disk.freeze()
+        assert run("show", *flags, "--path", str(path)) == 0
+        assert "7a1c9e52-3f0b-4d7e-9a51-0c2f8d6b4e13" in capsys.readouterr().out
+
+    def test_a_corrupt_file_on_a_read_only_filesystem(self, read_only_disk: ReadOnlyDisk) -> None:
+        """Corrupt and read-only: still exit status 4, not a failure to write."""
+        path = read_only_disk.path / "session.json"
+        path.write_text("{oops")
+        read_only_disk.freeze()
+        assert run("show", "--path", str(path)) == EXIT_CODES["corrupt"]
+
+    @pytest.mark.parametrize("content", CORRUPT.values(), ids=CORRUPT.keys())
+    @pytest.mark.parametrize("flags", [[], ["--json"]], ids=["table", "json"])
+    def test_a_corrupt_file_is_left_in_place(
+        self,
+        session_path: Path,
+        content: str,
+        flags: list[str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Exit status 4, a message that says so, and the file where it was, unchanged."""
+        session_path.parent.mkdir()
+        session_path.write_text(content)
+        before = listing(session_path.parent)
+        assert run("show", *flags, "--path", str(session_path)) == EXIT_CODES["corrupt"] == 4
+        assert listing(session_path.parent) == before
+        assert session_path.read_text() == content
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert f"session file {session_path} is corrupt" in captured.err
+        assert "left in place" in captured.err
+
+
+def not_a_file(kind: str, path: Path) -> Path:
+    """Something at ``path`` that is no session file: a directory, a device, or a FIFO."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "device":
+        path.symlink_to(os.devnull)  # as root, the device itself could be moved or deleted
+    else:
+        os.mkfifo(path)
+    return path
+
+
+@posix_only
+class TestNotARegularFile:
+    @pytest.mark.parametrize("kind", ["directory", "device"])
+    @pytest.mark.parametrize(
+        "command",
+        [["show"], ["show", "--json"], ["reset"], ["new"], ["delete", "--yes"]],
+        ids=" ".join,
+    )
+    def test_it_is_refused_and_left_alone(
+        self, session_path: Path, kind: str, command: list[str]
+    ) -> None:
+        """Exit status 1: nothing moved aside, replaced or deleted, and no lock file beside it."""
+        not_a_file(kind, session_path)
+        before = listing(session_path.parent), os.lstat(session_path).st_mode
+        assert run(*command, "--path", str(session_path)) == EXIT_CODES["error"]
+        assert (listing(session_path.parent), os.lstat(session_path).st_mode) == before
+
+    def test_delete_leaves_a_fifo(self, session_path: Path) -> None:
+        """A FIFO is not deleted (its open would block, so only delete is tried)."""
+        not_a_file("fifo", session_path)
+        assert run("delete", "--yes", "--path", str(session_path)) == EXIT_CODES["error"]
+        assert session_path.is_fifo()
+
+
+HOSTILE = {
+    "\x1b]0;x\x07\nerrors 0": r"\x1b]0;x\x07\nerrors\x200",
+    "\x1b[2J\rcleared": r"\x1b[2J\rcleared",
+    "\u202egnp.exe": r"\u202egnp.exe",
+    "\u2066isolated\u2069": r"\u2066isolated\u2069",
+    "del\x7f": r"del\x7f",
+    "c1\x9b31m": r"c1\x9b31m",
+    "lone\ud800": r"lone\ud800",
+    "line\u2028sep": r"line\u2028sep",
+    "tag\U000e0041": r"tag\U000e0041",
+    "back\\slash": r"back\\slash",
+    "two words": r"two\x20words",
+    "café": "café",
+    "x" * 10_000: "x" * 61 + "...",
+}
+
+
+ASCII = {"PYTHONIOENCODING": "ascii"}
+
+
+def short_id(value: object) -> str:
+    return ascii(value)[:24]
+
+
+def reject(constant: str) -> None:
+    raise AssertionError(f"{constant} is not JSON")
+
+
+class TestShowEscapes:
+    @pytest.mark.parametrize(("name", "shown"), HOSTILE.items(), ids=short_id)
+    def test_a_tool_name_is_one_visible_cell(
+        self, session_path: Path, name: str, shown: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Each character visible, no row or column forged, and at most 64 characters long."""
+        write_session(session_path, tools={name: tool(7)})
+        assert run("show", "--path", str(session_path)) == 0
+        out = capsys.readouterr().out
+        assert visible(out)
+        lines = out.split("\n")
+        assert len(lines) == 12  # 8 lines of counts, a blank line, a header, a row, and ""
+        assert lines[10].split() == [shown, "7", "0", "0", "0.21", "1.00"]
+        assert sum(line.startswith("errors") for line in lines) == 1
+
+    @pytest.mark.parametrize(("session_id", "shown"), HOSTILE.items(), ids=short_id)
+    def test_the_session_id(
+        self, session_path: Path, session_id: str, shown: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The id is escaped and cut short as a tool name is."""
+        write_session(session_path, session_id=session_id)
+        assert run("show", "--path", str(session_path)) == 0
+        out = capsys.readouterr().out
+        assert visible(out)
+        assert out.split("\n")[0] == f"session      {shown}"
+
+    def test_the_path(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """The file's own name is escaped too: it may come from $OCTOCODE_HOME."""
+        path = write_session(tmp_path / "\x1b]0;x\x07" / "session.json")
+        assert run("show", "--path", str(path)) == 0
+        assert visible(capsys.readouterr().out)
+
+    def test_a_real_terminal_stream(self, session_path: Path) -> None:
+        """In a real process, the issue's example and friends reach stdout as plain text."""
+        names = list(HOSTILE)[:10]
+        write_session(session_path, tools={name: tool() for name in names})
+        done = cli("show", "--path", session_path)
+        assert done.returncode == 0, done.stderr
+        out = done.stdout.decode()
+        assert visible(out)
+        assert len(out.split("\n")) == 8 + 2 + len(names) + 1
+
+    def test_json_is_strict_and_visible(self, session_path: Path) -> None:
+        """--json escapes what a terminal would act on; the JSON still means the same."""
+        write_session(
+            session_path,
+            session_id="\x1b[2J\u202e",
+            tools={name: tool() for name in HOSTILE},
+            note="\x1b]0;x\x07\x9b\x7f",
+            nested={"lone\udc80": ["\u2028", "\U000e0041"]},
+        )
+        done = cli("show", "--json", "--path", session_path)
+        assert done.returncode == 0, done.stderr
+        out = done.stdout.decode()
+        assert visible(out)
+        assert json.loads(out, parse_constant=reject) == read_json(session_path)
+
+    @pytest.mark.parametrize("flags", [[], ["--json"]], ids=["table", "json"])
+    def test_an_ascii_stdout(self, session_path: Path, flags: list[str]) -> None:
+        """A stdout that cannot encode a name gets escapes, not a UnicodeEncodeError."""
+        write_session(session_path, tools={"café": tool()})
+        done = cli("show", *flags, "--path", session_path, env=os.environ | ASCII)
+        assert done.returncode == 0, done.stderr
+        out = done.stdout.decode("ascii")
+        if flags:
+            assert json.loads(out) == read_json(session_path)
+        else:
+            assert "caf\\xe9" in out
+
+    def test_a_message_from_the_file(self, session_path: Path) -> None:
+        """An error that quotes the file is escaped on stderr as well."""
+        write_session(session_path, tools={"\x1b]0;pwned\x07": []})
+        done = cli("show", "--path", session_path)
+        assert done.returncode == EXIT_CODES["corrupt"]
+        assert visible(done.stderr.decode())
+        assert b"\\x1b]0;pwned\\x07" in done.stderr
+
+    def test_a_warning_from_the_file(self, session_path: Path) -> None:
+        """The library's warning that it moved such a file aside is escaped too."""
+        write_session(session_path, tools={"\x1b]0;pwned\x07": []})
+        done = cli("new", "--path", session_path)
+        assert done.returncode == 0, done.stderr
+        assert b"corrupt" in done.stderr
+        assert visible(done.stderr.decode())
+
+
+@posix_only
+class TestOutputStreams:
+    @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+    def test_a_full_disk(self, session_file: Path) -> None:
+        """stdout on /dev/full: exit status 1 and the reason, not a traceback at exit."""
+        with open("/dev/full", "wb") as full:
+            done = cli("show", "--path", session_file, stdout=full)
+        assert done.returncode == EXIT_CODES["error"]
+        assert b"No space left on device" in done.stderr
+        assert b"Traceback" not in done.stderr
+        assert b"Exception ignored" not in done.stderr
+
+    def test_a_reader_that_went_away(self, session_file: Path) -> None:
+        """A closed pipe (`| head` after its line): exit status 1 and nothing on stderr."""
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            done = cli("show", "--path", session_file, stdout=writer)
+        finally:
+            os.close(writer)
+        assert (done.returncode, done.stderr) == (EXIT_CODES["error"], b"")
+
+    def test_a_closed_stdout(self, session_file: Path) -> None:
+        """`show >&-` shows nothing, so it fails and says why."""
+        done = in_shell(">&-", "show", "--path", str(session_file))
+        assert done.returncode == EXIT_CODES["error"]
+        assert b"standard output is closed" in done.stderr
+
+    def test_a_closed_stderr(self, session_path: Path) -> None:
+        """With stderr closed, a message is lost rather than printed among the output."""
+        done = in_shell("2>&-", "show", "--path", str(session_path))
+        assert (done.returncode, done.stdout) == (EXIT_CODES["missing"], b"")
+
+    @pytest.mark.parametrize("command", [["reset"], ["new"], ["delete", "--yes"]], ids=" ".join)
+    def test_what_a_change_says_goes_to_stderr(
+        self, session_file: Path, command: list[str]
+    ) -> None:
+        """stdout carries only what show and path print; a change is reported on stderr."""
+        done = cli(*command, "--path", session_file)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == b""
+        assert str(session_file).encode() in done.stderr
+
+
+@posix_only
+class TestDeletePrompt:
+    def test_the_prompt_goes_to_stderr(self, session_file: Path) -> None:
+        """With stdout redirected, the question is still seen; "n" keeps the file."""
+        done = cli("delete", "--path", session_file, stdin=None, input=b"n\n")
+        assert done.returncode == EXIT_CODES["error"]
+        assert done.stdout == b""
+        assert f"delete {session_file}? [y/N] ".encode() in done.stderr
+        assert b"not deleted" in done.stderr
+        assert session_file.exists()
+
+    def test_yes_through_a_pipe(self, session_file: Path) -> None:
+        """An answer piped in is read like a typed one."""
+        done = cli("delete", "--path", session_file, stdin=None, input=b"yes\n")
+        assert done.returncode == 0, done.stderr
+        assert not session_file.exists()
+
+    def test_a_closed_stdin(self, session_file: Path) -> None:
+        """`<&-`: no answer is no, without a traceback."""
+        done = in_shell("<&-", "delete", "--path", str(session_file))
+        assert done.returncode == EXIT_CODES["error"]
+        assert b"not deleted" in done.stderr
+        assert b"Traceback" not in done.stderr
+        assert session_file.exists()
+
+    def test_ctrl_c_at_the_prompt(self, session_file: Path) -> None:
+        """Interrupted while asking: exit status 1, the file kept, no traceback."""
+        with subprocess.Popen(
+            [sys.executable, "-m", "aiosessionstore", "delete", "--path", str(session_file)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        ) as process:  # fmt: skip
+            assert process.stderr is not None
+            read_until(process.stderr, b"[y/N] ")  # the prompt is on screen: it waits for us
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=60)
+        assert process.returncode == EXIT_CODES["error"]
+        assert b"Traceback" not in err
+        assert session_file.exists()
+
+    def test_the_prompt_escapes_the_path(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """What is about to be deleted cannot be disguised by control characters."""
+        path = write_session(tmp_path / "a\rsafe.json")
+        assert run("delete", "--path", str(path), answer="n\n") == EXIT_CODES["error"]
+        assert "delete " + str(tmp_path / "a\\rsafe.json") + "? [y/N] " in capsys.readouterr().err
+
+
+def read_until(stream: IO[bytes], marker: bytes) -> bytes:
+    """Read a pipe up to ``marker``; the time limit only keeps a broken build from hanging."""
+    said = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while not said.endswith(marker):
+            assert selector.select(timeout=60), said
+            chunk = os.read(stream.fileno(), 4096)
+            assert chunk, said
+            said += chunk
+    return said
+
+
+@posix_only
+class TestPathCommand:
+    def test_it_creates_nothing(self, user_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """The default path is printed, and neither its directory nor a lock file appears."""
+        assert run("path") == 0
+        assert capsys.readouterr().out == f"{user_home / '.octocode' / 'session.json'}\n"
+        assert os.listdir(user_home) == []
+
+    def test_a_pipe_gets_the_bytes(self, tmp_path: Path) -> None:
+        """For `$(aiosessionstore path)`: the path's own bytes, even those no codec can show."""
+        path = os.fsencode(tmp_path) + b"/\xff\x1b.json"
+        done = cli("path", "--path", path)
+        assert (done.returncode, done.stdout) == (0, path + b"\n")
+
+    def test_a_terminal_gets_escapes(self, tmp_path: Path) -> None:
+        """On a terminal, as ls does, control characters are shown as escapes."""
+        primary, secondary = os.openpty()
+        try:
+            done = cli("path", "--path", tmp_path / "\x1b]0;x\x07.json", stdout=secondary)
+        finally:
+            os.close(secondary)
+        shown = b""
+        while chunk := read_terminal(primary):
+            shown += chunk
+        os.close(primary)
+        assert done.returncode == 0, done.stderr
+        assert shown == os.fsencode(tmp_path) + b"/\\x1b]0;x\\x07.json\r\n"
+
+
+def read_terminal(fd: int) -> bytes:
+    """What the terminal holds; Linux says EIO once the other side is closed and read."""
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return b""
 
 
 class TestCommands:
@@ -121,9 +615,9 @@ class TestCommands:
         assert "tools" not in document
 
     def test_reset_without_a_file_creates_nothing(self, session_path: Path) -> None:
-        """There is nothing to reset: exit status 3, and no file appears."""
+        """There is nothing to reset: exit status 3, and no file, lock or directory appears."""
         assert run("reset", "--path", str(session_path)) == 3
-        assert not session_path.exists()
+        assert not session_path.parent.exists()
 
     def test_new_starts_a_new_id(self, session_file: Path) -> None:
         """new replaces the id and zeroes everything."""
@@ -144,10 +638,117 @@ class TestCommands:
         assert run("delete", "--yes", "--path", str(session_file)) == 3
         assert (session_file.parent / "session.json.lock").exists()
 
+    def test_delete_in_a_missing_directory_creates_nothing(self, tmp_path: Path) -> None:
+        """A mistyped directory: exit status 3, and it is not created."""
+        assert run("delete", "--yes", "--path", str(tmp_path / "typo" / "session.json")) == 3
+        assert not (tmp_path / "typo").exists()
+
     def test_a_bad_app_name_is_a_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
         """An app name that is not a plain directory name: exit status 2."""
         assert run("path", "--app", "../x") == 2
         assert "app_name" in capsys.readouterr().err
+
+
+COMMANDS = [["show"], ["show", "--json"], ["path"], ["reset"], ["new"], ["delete", "--yes"]]
+
+
+class TestOptions:
+    @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+    def test_path_before_the_command(
+        self,
+        session_file: Path,
+        user_home: Path,
+        command: list[str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`--path FILE COMMAND`, which --help shows, acts on FILE and on no other file."""
+        said = read_json(session_file)["sessionId"], str(session_file)
+        assert run("--path", str(session_file), *command) == 0
+        printed = "".join(capsys.readouterr())
+        assert any(part in printed for part in said)
+        assert not (user_home / ".octocode").exists()
+
+    @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+    def test_app_before_the_command(
+        self,
+        session_file: Path,
+        user_home: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        command: list[str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`--app NAME COMMAND` finds the file through $<NAME>_HOME, not octocode's."""
+        monkeypatch.setenv("MY_TOOL_HOME", str(session_file.parent))
+        said = read_json(session_file)["sessionId"], str(session_file)
+        assert run("--app", "my-tool", *command) == 0
+        printed = "".join(capsys.readouterr())
+        assert any(part in printed for part in said)
+        assert not (user_home / ".octocode").exists()
+
+    def test_the_issues_example(self, tmp_path: Path, user_home: Path) -> None:
+        """`aiosessionstore --path mine.json new` starts a session in mine.json."""
+        done = cli("--path", "mine.json", "new", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert read_json(tmp_path / "mine.json")["stats"]["toolCalls"] == 0
+        assert not (user_home / ".octocode").exists()
+
+    def test_the_same_value_twice(self, session_file: Path) -> None:
+        """Given before and after the command alike, the option names one file: no conflict."""
+        assert run("--path", str(session_file), "reset", "--path", str(session_file)) == 0
+
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["--path", "a.json", "new", "--path", "b.json"],
+            ["new", "--path", "a.json", "--path", "b.json"],
+            ["--path", "a.json", "--path", "b.json", "new"],
+            ["--app", "one", "new", "--app", "two"],
+            ["--path", "a.json", "--app", "one", "new"],
+            ["new", "--path", "a.json", "--app", "octocode"],
+            ["--app", "../x", "new"],
+            ["--app", "a/b", "new"],
+            ["new", "--path", ""],
+            ["new", "--path", "a/"],
+            ["new", "--pat", "a.json"],
+            ["--json", "show"],
+        ],
+        ids=" ".join,
+    )
+    def test_a_conflict_is_refused(
+        self,
+        tmp_path: Path,
+        user_home: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        argv: list[str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Two files named, a path-like app, no file or an abbreviation: exit 2, nothing made."""
+        monkeypatch.chdir(tmp_path)
+        before = listing(tmp_path), os.listdir(user_home)
+        assert run(*argv) == EXIT_CODES["usage"]
+        assert (listing(tmp_path), os.listdir(user_home)) == before
+        assert "error" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+    def test_a_lock_file_is_not_a_session_file(
+        self, session_file: Path, command: list[str]
+    ) -> None:
+        """`--path session.json.lock`, one tab too far, is exit 2: the lock file must stay put."""
+        lock = session_file.with_name("session.json.lock")
+        before = listing(session_file.parent), lock.stat().st_ino
+        assert run(*command, "--path", str(lock)) == EXIT_CODES["usage"]
+        assert (listing(session_file.parent), lock.stat().st_ino) == before
+
+    def test_an_abbreviated_yes_does_not_delete(self, session_file: Path) -> None:
+        """`delete --y` is not taken for --yes: a new option could one day share the prefix."""
+        assert run("delete", "--y", "--path", str(session_file)) == EXIT_CODES["usage"]
+        assert session_file.exists()
+
+    def test_help_returns_rather_than_exits(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """main() returns argparse's statuses, so a caller in-process gets a number."""
+        assert run("--help") == 0
+        assert "exit statuses" in capsys.readouterr().out
+        assert run("show", "--no-such-option") == EXIT_CODES["usage"]
 
 
 class TestWhileServersRun:
@@ -170,3 +771,12 @@ def test_the_console_script_and_module_run(session_file: Path) -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert "tool calls" in done.stdout
+
+
+HOLD_LOCK = """
+import sys, filelock
+lock = filelock.FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+sys.stdin.read()
+"""
