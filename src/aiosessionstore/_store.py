@@ -165,8 +165,11 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         if self._flusher is None or self._flusher_task is None:
             return
         self._flusher.cancel()  # before it started, too: it then ends at its first await
+        task = self._flusher_task
         with anyio.CancelScope(shield=True):
-            await asyncio.wait((self._flusher_task,))
+            await asyncio.wait((task,))
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("the background flush of %s died: %r", self.path, task.exception())
 
     async def _load(self) -> None:
         """Load or create the session and write it at once, as the seed's getOrCreateSession."""
