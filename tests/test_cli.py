@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any
 
@@ -780,3 +781,10 @@ lock.acquire()
 print("held", flush=True)
 sys.stdin.read()
 """
+
+
+class TestVersion:
+    def test_version_prints_the_packages_version(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """``--version`` names the installed package's version, as its metadata has it."""
+        assert run("--version") == 0
+        assert capsys.readouterr().out == f"aiosessionstore {version('aiosessionstore')}\n"

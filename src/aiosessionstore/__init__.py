@@ -14,6 +14,7 @@ from ._mcp import SessionState, session_lifespan, session_store
 from ._session import Session, SessionStats, ToolStats
 from ._store import AsyncSessionStore
 from ._tools import ToolCall
+from ._version import __version__ as __version__
 
 __all__ = (
     "AsyncSessionStore",
@@ -31,5 +32,3 @@ __all__ = (
     "session_lifespan",
     "session_store",
 )
-
-__version__ = "0.1.0"

@@ -31,6 +31,7 @@ from ._errors import (
 from ._file import Change, Mode
 from ._location import resolve_path
 from ._session import Record, Session, SessionStats, format_timestamp, timestamp
+from ._version import __version__
 
 __all__ = ("EXIT_CODES", "main")
 
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"exit statuses: {codes}",
         allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_location_options(parser, suffix="_before")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     add = commands.add_parser
