@@ -21,6 +21,8 @@ from aiosessionstore import (
     ToolStats,
     UnsupportedVersionError,
 )
+from aiosessionstore._cli import EXIT_CODES, main
+from aiosessionstore._errors import CorruptSessionError
 from aiosessionstore._session import Record, decode, encode, format_timestamp, parse_timestamp
 
 from .conftest import read_json
@@ -37,6 +39,58 @@ SEED_FILE = """{
     "rateLimits": 1
   }
 }"""
+
+
+def raw_document(**fields: str) -> bytes:
+    """The seed file with some fields replaced by raw JSON text, which json.dumps cannot write."""
+    members = {
+        "version": "1",
+        "sessionId": '"6f1c2a4e-9d3b-4c1a-8e2f-0a1b2c3d4e5f"',
+        "createdAt": '"2026-11-20T08:00:00.000Z"',
+        "lastActiveAt": '"2026-11-25T15:06:07.123Z"',
+        "stats": '{"toolCalls": 42, "promptCalls": 7, "errors": 3, "rateLimits": 1}',
+    } | fields
+    return ("{" + ", ".join(f'"{key}": {value}' for key, value in members.items()) + "}").encode()
+
+
+def raw_tool(**fields: str) -> str:
+    """A tools object holding one tool, "t", with some fields replaced by raw JSON text."""
+    members = {"calls": "1", "errors": "0", "rateLimits": "0", "totalMs": "1.5", "maxMs": "1.5"}
+    members |= fields
+    return '{"t": {' + ", ".join(f'"{key}": {value}' for key, value in members.items()) + "}}"
+
+
+def nested(depth: int) -> str:
+    """A JSON value nested ``depth`` arrays deep."""
+    return "[" * depth + "]" * depth
+
+
+#: Valid JSON (every one of them) that is no valid session: decode must call each corrupt.
+HOSTILE = {
+    "counter of 5,000 digits": raw_document(
+        stats='{"toolCalls": ' + "9" * 5000 + ', "promptCalls": 0, "errors": 0, "rateLimits": 0}'
+    ),
+    "version of 5,000 digits": raw_document(version="9" * 5000),
+    "extra nested 200,000 deep": raw_document(x=nested(200_000)),
+    "extra nested 1,000 deep": raw_document(x=nested(1_000)),
+    "extra nested 65 deep": raw_document(x=nested(64)),
+    "extra object nested 1,000 deep": raw_document(x='{"a": ' * 1000 + "1" + "}" * 1000),
+    "createdAt before year 1 in UTC": raw_document(createdAt='"0001-01-01T00:00:00+01:00"'),
+    "lastActiveAt after year 9999 in UTC": raw_document(
+        lastActiveAt='"9999-12-31T23:30:00.000-01:00"'
+    ),
+    "sessionId a lone surrogate": raw_document(sessionId='"\\ud800"'),
+    "sessionId ending in a lone surrogate": raw_document(sessionId='"abc\\udfff"'),
+    # Invalid UTF-8 that json.loads(bytes) lets through: it decodes with "surrogatepass".
+    "sessionId with a UTF-8-encoded surrogate": raw_document(sessionId='"a?"').replace(
+        b"?", b"\xed\xa0\x80"
+    ),
+    "extra key with a UTF-8-encoded surrogate": raw_document(**{"?": "1"}).replace(
+        b"?", b"\xed\xa0\x80"
+    ),
+    "totalMs of 400 digits": raw_document(tools=raw_tool(totalMs="9" * 400)),
+    "maxMs of 5,000 digits": raw_document(tools=raw_tool(maxMs="9" * 5000)),
+}
 
 
 def valid_document() -> dict[str, Any]:
@@ -105,16 +159,12 @@ class TestCodec:
     )  # fmt: skip
     def test_bad_fields_are_named(self, change: dict[str, Any], complaint: str) -> None:
         """Each kind of damage gets a message that says what is wrong."""
-        from aiosessionstore._errors import CorruptSessionError
-
         with pytest.raises(CorruptSessionError, match=complaint):
             decode(json.dumps(valid_document() | change).encode())
 
     @pytest.mark.parametrize("data", [b"", b"{", b"[]", b"\xff\xfe", b"null"])
     def test_non_objects_are_corrupt(self, data: bytes) -> None:
         """Empty, truncated, non-UTF-8 or non-object files are corrupt, not crashes."""
-        from aiosessionstore._errors import CorruptSessionError
-
         with pytest.raises(CorruptSessionError):
             decode(data)
 
@@ -122,6 +172,20 @@ class TestCodec:
         """A file from the future is not ours to judge or rewrite."""
         with pytest.raises(UnsupportedVersionError, match="upgrade aiosessionstore"):
             decode(json.dumps(valid_document() | {"version": 2}).encode())
+
+
+class TestHostileFiles:
+    @pytest.mark.parametrize("data", HOSTILE.values(), ids=HOSTILE.keys())
+    def test_decode_calls_it_corrupt(self, data: bytes) -> None:
+        """No ValueError, RecursionError, OverflowError or UnicodeError: CorruptSessionError."""
+        with pytest.raises(CorruptSessionError):
+            decode(data)
+
+    def test_a_lone_surrogate_in_an_unknown_key_is_adopted_and_written(self) -> None:
+        """JSON.stringify writes a lone surrogate as an escape; it round-trips, and encodes."""
+        record = decode(raw_document(**{"\\ud800": '"\\udfff"'}))
+        assert dict(record.extra) == {"\ud800": "\udfff"}
+        assert decode(encode(record)) == record
 
 
 async def write_bytes(path: Path, data: bytes) -> None:
@@ -175,6 +239,61 @@ class TestBadFilesAtOpen:
                 pass
         assert await anyio.Path(session_path).read_bytes() == content
         assert [p async for p in anyio.Path(session_path.parent).glob("*corrupt*")] == []
+
+
+@pytest.mark.anyio
+class TestHostileFilesAtOpen:
+    @pytest.mark.parametrize("data", HOSTILE.values(), ids=HOSTILE.keys())
+    async def test_the_store_moves_it_aside_and_starts_afresh(
+        self, session_path: Path, data: bytes
+    ) -> None:
+        """Every hostile file is quarantined, byte for byte, and a valid one takes its place."""
+        await write_bytes(session_path, data)
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls()
+        [aside] = [p async for p in anyio.Path(session_path.parent).glob("session.json.corrupt-*")]
+        assert await aside.read_bytes() == data
+        on_disk = decode(await anyio.Path(session_path).read_bytes())
+        assert on_disk.session.session_id == store.session_id
+        assert on_disk.session.stats == SessionStats(tool_calls=1)
+
+    async def test_a_lone_surrogate_in_a_tool_name_is_flushed(self, session_path: Path) -> None:
+        """A tool name that is no valid Unicode (surrogateescape's, say) is saved and reloaded."""
+        name = "read \udcff"
+        async with AsyncSessionStore(session_path) as store, store.tool_call(name):
+            pass
+        async with AsyncSessionStore(session_path) as store:
+            assert store.session.tools[name].calls == 1
+
+
+class TestHostileFilesInTheCommandLine:
+    @pytest.fixture(autouse=True)
+    def no_home_session(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Should --path ever be ignored, the command must not touch the user's own session."""
+        monkeypatch.setenv("OCTOCODE_HOME", str(tmp_path / "home"))
+
+    @pytest.mark.parametrize("data", HOSTILE.values(), ids=HOSTILE.keys())
+    def test_new_replaces_it(
+        self, tmp_path: Path, data: bytes, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`aiosessionstore new` over a hostile file moves it aside and starts a session."""
+        path = tmp_path / "session.json"
+        path.write_bytes(data)
+        assert main(["new", "--path", str(path)]) == EXIT_CODES["ok"]
+        assert decode(path.read_bytes()).session.session_id in capsys.readouterr().out
+        [aside] = tmp_path.glob("session.json.corrupt-*")
+        assert aside.read_bytes() == data
+
+    @pytest.mark.parametrize("data", HOSTILE.values(), ids=HOSTILE.keys())
+    def test_show_reports_it_corrupt(
+        self, tmp_path: Path, data: bytes, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`aiosessionstore show` exits with the corrupt status and says where the file went."""
+        path = tmp_path / "session.json"
+        path.write_bytes(data)
+        assert main(["show", "--path", str(path)]) == EXIT_CODES["corrupt"]
+        assert "corrupt" in capsys.readouterr().err
+        assert not path.exists()
 
 
 NODE = shutil.which("node")

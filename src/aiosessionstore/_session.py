@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -33,6 +35,10 @@ CURRENT_VERSION = 1
 _STAT_KEYS = ("toolCalls", "promptCalls", "errors", "rateLimits")
 _TOOL_KEYS = ("calls", "errors", "rateLimits", "totalMs", "maxMs")
 _KNOWN_KEYS = frozenset({"version", "sessionId", "createdAt", "lastActiveAt", "stats", "tools"})
+#: Deepest nesting kept: json.dumps(indent=2) recurses in Python, so a deeper value adopted at
+#: open would raise RecursionError at every flush after it.
+_MAX_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +140,10 @@ def parse_timestamp(text: str) -> datetime:
     moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     if moment.tzinfo is None:
         raise ValueError(f"timestamp {text!r} has no time zone")
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is a moment before year 1
+        raise ValueError(f"timestamp {text!r} is outside years 1 to 9999 in UTC") from None
 
 
 def encode(record: Record) -> bytes:
@@ -165,7 +174,16 @@ def encode(record: Record) -> bytes:
         nested = json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n  ")
         parts.append(f",\n  {_string(key)}: {nested}")
     parts.append("\n}")
-    return "".join(parts).encode()
+    text = "".join(parts)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot hold
+        return _SURROGATE.sub(_escape, text).encode()
+
+
+def _escape(match: re.Match[str]) -> str:
+    """A lone surrogate as JSON.stringify writes it: an escape, in a string it can only be in."""
+    return f"\\u{ord(match[0]):04x}"
 
 
 def _string(text: str) -> str:
@@ -183,10 +201,7 @@ def _encode_tool(tool: ToolStats) -> str:
 
 def decode(data: bytes) -> Record:
     """Parse and validate a session file; CorruptSessionError says what is wrong with it."""
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptSessionError(f"not valid JSON ({exc})") from None
+    document = _parse(data)
     if not isinstance(document, dict):
         raise CorruptSessionError("not a JSON object")
     version = _field(document, "version", int)
@@ -200,6 +215,8 @@ def decode(data: bytes) -> Record:
     session_id = _field(document, "sessionId", str)
     if not session_id:
         raise CorruptSessionError("sessionId is empty")
+    if _SURROGATE.search(session_id):  # it goes into logs and headers, which need UTF-8
+        raise CorruptSessionError(f"sessionId is not valid Unicode: {session_id!r}")
     session = Session(
         version=CURRENT_VERSION,
         session_id=session_id,
@@ -209,7 +226,36 @@ def decode(data: bytes) -> Record:
         tools=_decode_tools(document["tools"]) if "tools" in document else MappingProxyType({}),
     )
     extra = {key: value for key, value in document.items() if key not in _KNOWN_KEYS}
+    for key, value in extra.items():
+        _check_depth(key, value, 2)
     return Record(session, MappingProxyType(extra))
+
+
+def _parse(data: bytes) -> Any:
+    """The JSON document in UTF-8 bytes (RFC 8259), any error of the parser made corrupt."""
+    if data.startswith(codecs.BOM_UTF8):  # RFC 8259 lets a parser ignore it; we write none
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        # Decoded here: json.loads(bytes) lets UTF-8-encoded surrogates through.
+        return json.loads(data.decode())
+    except UnicodeDecodeError as exc:
+        raise CorruptSessionError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise CorruptSessionError("not valid JSON (nested too deep to parse)") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
+        raise CorruptSessionError(f"not valid JSON ({exc})") from None
+
+
+def _check_depth(key: str, value: Any, depth: int) -> None:
+    """Refuse an unknown value nested deeper than _MAX_DEPTH levels, counting the document."""
+    if depth > _MAX_DEPTH:
+        raise CorruptSessionError(f"{key!r} is nested more than {_MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_depth(key, item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_depth(key, item, depth + 1)
 
 
 def _decode_stats(stats: dict[str, Any]) -> SessionStats:
@@ -226,15 +272,23 @@ def _decode_tools(tools: object) -> Mapping[str, ToolStats]:
     decoded = {}
     for name, tool in tools.items():
         if not isinstance(tool, dict):
-            raise CorruptSessionError(f"tools.{name} should be an object, not {tool!r}")
+            raise CorruptSessionError(f"tools[{name!r}] should be an object, not {tool!r}")
         calls, errors, rate_limits = (_field(tool, key, int) for key in _TOOL_KEYS[:3])
-        total_ms, max_ms = (_field(tool, key, float) for key in _TOOL_KEYS[3:])
+        total_ms, max_ms = (_float(_field(tool, key, float)) for key in _TOOL_KEYS[3:])
         if min(calls, errors, rate_limits, total_ms, max_ms) < 0 or not all(
             math.isfinite(ms) for ms in (total_ms, max_ms)
         ):
-            raise CorruptSessionError(f"tools.{name} has a negative count or a bad time")
-        decoded[name] = ToolStats(calls, errors, rate_limits, float(total_ms), float(max_ms))
+            raise CorruptSessionError(f"tools[{name!r}] has a negative count or a bad time")
+        decoded[name] = ToolStats(calls, errors, rate_limits, total_ms, max_ms)
     return MappingProxyType(decoded)
+
+
+def _float(number: float) -> float:
+    """A JSON number as a float; one too large for a double (JavaScript's Infinity) is inf."""
+    try:
+        return float(number)
+    except OverflowError:  # an integer of 400 digits
+        return math.inf
 
 
 def _timestamp_field(document: dict[str, Any], key: str) -> datetime:
