@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
+import re
 import shutil
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -91,6 +95,62 @@ HOSTILE = {
     "totalMs of 400 digits": raw_document(tools=raw_tool(totalMs="9" * 400)),
     "maxMs of 5,000 digits": raw_document(tools=raw_tool(maxMs="9" * 5000)),
 }
+
+
+MAX_SAFE_INTEGER = 2**53 - 1  # Number.MAX_SAFE_INTEGER
+
+
+def raw_stats(tool_calls: str = "0", more: str = "") -> str:
+    """A stats object with toolCalls replaced by raw JSON text, and raw members appended."""
+    return f'{{"toolCalls": {tool_calls}, "promptCalls": 0, "errors": 0, "rateLimits": 0{more}}}'
+
+
+#: What JSON.parse rejects, or reads as something else than we would keep: corrupt, each.
+NOT_STRICT = {
+    "NaN in an unknown key": raw_document(x="NaN"),
+    "Infinity nested in an unknown key": raw_document(x='{"a": [Infinity]}'),
+    "-Infinity in an unknown key inside stats": raw_document(
+        stats=raw_stats(more=', "x": -Infinity')
+    ),
+    "NaN as totalMs": raw_document(tools=raw_tool(totalMs="NaN")),
+    "1e400 in an unknown key": raw_document(x="1e400"),
+    "-1e400 nested in an unknown key": raw_document(x="[[-1e400]]"),
+    "an integer of 400 digits in an unknown key": raw_document(x="9" * 400),
+    "toolCalls above MAX_SAFE_INTEGER": raw_document(stats=raw_stats(str(2**53))),
+    "a tool's calls above MAX_SAFE_INTEGER": raw_document(tools=raw_tool(calls=str(2**53))),
+    "version above MAX_SAFE_INTEGER": raw_document(version=str(2**53)),
+    "UTF-16": SEED_FILE.encode("utf-16"),
+    "UTF-32": SEED_FILE.encode("utf-32"),
+}
+
+#: Edge cases that are a valid session: adopted, and written back as strict JSON.
+ADOPTED = {
+    "MAX_SAFE_INTEGER counters": raw_document(
+        stats=raw_stats(str(MAX_SAFE_INTEGER)), tools=raw_tool(calls=str(MAX_SAFE_INTEGER))
+    ),
+    "a lone surrogate as a tool name": raw_document(tools=raw_tool().replace('"t"', '"\\udfff"')),
+    "lone surrogates in an unknown key and value": raw_document(
+        **{"\\ud800x": '["\\udfff", {"\\udbff": "\\ud800\\ud800"}]'}
+    ),
+    "a surrogate pair as two escapes": raw_document(x='"\\ud83d\\ude00"'),
+    "a UTF-8 byte order mark": codecs.BOM_UTF8 + SEED_FILE.encode(),
+    "an integer of 300 digits in an unknown key": raw_document(x="9" * 300),
+    "the largest double as times": raw_document(
+        tools=raw_tool(totalMs="1.7976931348623157e308", maxMs="1e308")
+    ),
+    "an unknown value 64 levels deep, counting the document": raw_document(x=nested(63)),
+    "-0 as a counter": raw_document(stats=raw_stats("-0")),
+}
+
+
+def strict_json(data: bytes) -> Any:
+    """The file as JSON.parse reads it: UTF-8 with no BOM, and no NaN or Infinity."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    assert not data.startswith(codecs.BOM_UTF8)
+    return json.loads(data.decode("utf-8"), parse_constant=refuse)
 
 
 def valid_document() -> dict[str, Any]:
@@ -188,6 +248,59 @@ class TestHostileFiles:
         assert decode(encode(record)) == record
 
 
+class TestStrictOutput:
+    @pytest.mark.parametrize("data", NOT_STRICT.values(), ids=NOT_STRICT.keys())
+    def test_what_json_parse_would_refuse_or_change_is_corrupt(self, data: bytes) -> None:
+        """NaN, Infinity, numbers past a double's range or a safe integer's, and non-UTF-8."""
+        with pytest.raises(CorruptSessionError):
+            decode(data)
+
+    @pytest.mark.parametrize("data", ADOPTED.values(), ids=ADOPTED.keys())
+    def test_what_is_adopted_is_written_as_strict_json(self, data: bytes) -> None:
+        """Strict JSON in valid UTF-8, which decodes back to the same record."""
+        record = decode(data)
+        written = encode(record)
+        strict_json(written)
+        assert decode(written) == record
+
+    def test_a_duplicate_key_keeps_its_last_value(self) -> None:
+        """As JSON.parse does: the last of two members with one name wins."""
+        data = raw_document(x="1", stats=raw_stats("5")).replace(b'"x": 1', b'"x": 1, "x": 2')
+        record = decode(data.replace(b'"stats"', b'"stats": 7, "stats"'))
+        assert (record.extra["x"], record.session.stats.tool_calls) == (2, 5)
+
+
+class TestSurrogates:
+    def test_a_pair_given_as_two_code_points_reads_back_as_one_character(self) -> None:
+        """JSON, as a JS string, holds UTF-16: the pair is the character, and comes back so."""
+        session = Session.new(datetime(2026, 1, 1, tzinfo=timezone.utc))
+        record = Record(replace(session, tools={"\ud83d\ude00": ToolStats(1)}))
+        assert b'"\\ud83d\\ude00"' in encode(record)
+        assert list(decode(encode(record)).session.tools) == ["\U0001f600"]
+
+
+class TestEncoderLimits:
+    def test_counters_saturate_at_max_safe_integer(self) -> None:
+        """JavaScript cannot hold a larger count exactly, and decode would call it corrupt."""
+        session = Session.new(datetime(2026, 1, 1, tzinfo=timezone.utc))
+        huge = 2**60
+        record = Record(
+            replace(session, stats=SessionStats(huge, 1, huge, 2), tools={"t": ToolStats(huge)})
+        )
+        document = strict_json(encode(record))
+        assert list(document["stats"].values()) == [MAX_SAFE_INTEGER, 1, MAX_SAFE_INTEGER, 2]
+        assert document["tools"]["t"]["calls"] == MAX_SAFE_INTEGER
+        assert decode(encode(record)).session.stats.tool_calls == MAX_SAFE_INTEGER
+
+    def test_times_saturate_at_the_largest_double(self) -> None:
+        """A sum of times that overflowed to inf is written as a number, not Infinity."""
+        session = Session.new(datetime(2026, 1, 1, tzinfo=timezone.utc))
+        record = Record(replace(session, tools={"t": ToolStats(1, 0, 0, math.inf, math.inf)}))
+        document = strict_json(encode(record))
+        assert document["tools"]["t"]["totalMs"] == document["tools"]["t"]["maxMs"] > 1e308
+        decode(encode(record))
+
+
 async def write_bytes(path: Path, data: bytes) -> None:
     await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
     async with aiofiles.open(path, "wb") as file:
@@ -266,6 +379,29 @@ class TestHostileFilesAtOpen:
             assert store.session.tools[name].calls == 1
 
 
+@pytest.mark.anyio
+class TestStrictOutputOfTheStore:
+    @pytest.mark.parametrize("data", NOT_STRICT.values(), ids=NOT_STRICT.keys())
+    async def test_a_file_json_parse_would_refuse_is_moved_aside(
+        self, session_path: Path, data: bytes
+    ) -> None:
+        """The store quarantines it and writes a strict one in its place."""
+        await write_bytes(session_path, data)
+        async with AsyncSessionStore(session_path):
+            pass
+        [aside] = [p async for p in anyio.Path(session_path.parent).glob("session.json.corrupt-*")]
+        assert await aside.read_bytes() == data
+        strict_json(await anyio.Path(session_path).read_bytes())
+
+    async def test_a_count_past_max_safe_integer_is_saved_as_it(self, session_path: Path) -> None:
+        """Counting past 2**53 - 1 saturates on disk; the file is not ours to call corrupt."""
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_errors(2**60)
+        async with AsyncSessionStore(session_path) as store:
+            assert store.session.stats.errors == MAX_SAFE_INTEGER
+        assert [p async for p in anyio.Path(session_path.parent).glob("*corrupt*")] == []
+
+
 class TestHostileFilesInTheCommandLine:
     @pytest.fixture(autouse=True)
     def no_home_session(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -317,9 +453,30 @@ fs.writeFileSync(process.argv[1], JSON.stringify(s, null, 2), {mode: 0o600});
 """
 
 
+# JSON.stringify(JSON.parse(file), null, 2) compared with the file: the seed's own writer.
+SEED_REWRITE = """
+const fs = require('fs');
+const text = fs.readFileSync(process.argv[1], 'utf8');
+const again = JSON.stringify(JSON.parse(text), null, 2);
+process.stdout.write(again === text ? 'same' : again);
+"""
+
+
 @pytest.mark.skipif(NODE is None, reason="Node.js is not installed")
 @pytest.mark.anyio
 class TestWithNode:
+    async def test_json_stringify_writes_what_we_write(self, session_path: Path) -> None:
+        """Lone surrogates, the largest counts, odd keys: the same bytes JSON.stringify writes."""
+        record = decode(raw_document(
+            stats=raw_stats(str(MAX_SAFE_INTEGER)),
+            tools=raw_tool(calls=str(2**53 - 1)).replace('"t"', '"\\udfff\\u0000\\u2028"'),
+            **{"\\ud800": '{"a\\udbff": ["\\ud83d\\ude00", 1.5, -0.25, null, true]}'},
+        ))  # fmt: skip
+        await write_bytes(session_path, encode(record))
+        assert NODE is not None
+        done = await anyio.run_process([NODE, "-e", SEED_REWRITE, str(session_path)])
+        assert done.stdout == b"same"
+
     async def test_the_seed_reads_our_file(self, session_path: Path) -> None:
         """Node, validating as the seed does, accepts what we write."""
         async with AsyncSessionStore(session_path) as store:
@@ -347,15 +504,21 @@ def test_record_round_trip_keeps_extras() -> None:
     assert isinstance(changed, Record)
 
 
+#: Any str, lone surrogates included, as surrogateescape makes them; but no high surrogate
+#: before a low one, which JSON (as a JS string) cannot tell from the character they encode.
+texts = st.text(st.characters(codec=None, exclude_categories=())).filter(
+    lambda text: not re.search("[\ud800-\udbff][\udc00-\udfff]", text)
+)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
+    st.none() | st.booleans() | st.integers(-(2**1000), 2**1000)
+    | st.floats(allow_nan=False, allow_infinity=False) | texts,
     lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    | st.dictionaries(texts.filter(lambda key: len(key) <= 5), children, max_size=3),
     max_leaves=8,
 )  # fmt: skip
 times = st.floats(0, 1e9, allow_nan=False, allow_infinity=False)
-tool_stats = st.builds(ToolStats, st.integers(0), st.integers(0), st.integers(0), times, times)
+counts = st.integers(0, MAX_SAFE_INTEGER)  # larger counts saturate: TestEncoderLimits
+tool_stats = st.builds(ToolStats, counts, counts, counts, times, times)
 moments = st.datetimes(timezones=st.just(timezone.utc)).map(
     lambda moment: moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 )
@@ -367,11 +530,11 @@ records = st.builds(
         st.text(min_size=1),
         moments,
         moments,
-        st.builds(SessionStats, st.integers(0), st.integers(0), st.integers(0), st.integers(0)),
-        st.dictionaries(st.text(), tool_stats, max_size=4),
+        st.builds(SessionStats, counts, counts, counts, counts),
+        st.dictionaries(texts, tool_stats, max_size=4),
     ),
     st.dictionaries(
-        st.text().filter(
+        texts.filter(
             lambda key: (
                 key not in {"version", "sessionId", "createdAt", "lastActiveAt", "stats", "tools"}
             )
@@ -383,7 +546,7 @@ records = st.builds(
 
 
 def reference_encoding(record: Record) -> bytes:
-    """What JSON.stringify(document, null, 2) writes, by way of json.dumps(indent=2)."""
+    """What JSON.stringify(document, null, 2) writes: json.dumps(indent=2), surrogates escaped."""
     session, stats = record.session, record.session.stats
     document: dict[str, Any] = {
         "version": session.version,
@@ -400,7 +563,8 @@ def reference_encoding(record: Record) -> bytes:
             for name, tool in session.tools.items()
         }  # fmt: skip
     document.update(record.extra)
-    return json.dumps(document, indent=2, ensure_ascii=False).encode()
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    return re.sub("[\ud800-\udfff]", lambda lone: f"\\u{ord(lone[0]):04x}", text).encode()
 
 
 @settings(max_examples=300, deadline=None)

@@ -6,17 +6,20 @@ import codecs
 import json
 import math
 import re
+import reprlib
+import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 from ._errors import CorruptSessionError, UnsupportedVersionError
 
 __all__ = (
     "CURRENT_VERSION",
+    "MAX_COUNT",
     "Record",
     "Session",
     "SessionStats",
@@ -30,6 +33,9 @@ __all__ = (
 )
 
 CURRENT_VERSION = 1
+#: Number.MAX_SAFE_INTEGER: JavaScript reads every number as a double, which holds no larger
+#: integer exactly. A count in a file must not exceed it; encode writes no more than it.
+MAX_COUNT = 2**53 - 1
 
 #: JSON key of each counter, in field order of SessionStats.
 _STAT_KEYS = ("toolCalls", "promptCalls", "errors", "rateLimits")
@@ -38,7 +44,11 @@ _KNOWN_KEYS = frozenset({"version", "sessionId", "createdAt", "lastActiveAt", "s
 #: Deepest nesting kept: json.dumps(indent=2) recurses in Python, so a deeper value adopted at
 #: open would raise RecursionError at every flush after it.
 _MAX_DEPTH = 64
+_MAX_MS = sys.float_info.max
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: Made once: json.dumps makes a new encoder for every call that is not all defaults.
+_STRING = json.JSONEncoder(ensure_ascii=False).encode
+_VALUE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=2).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,28 +161,33 @@ def encode(record: Record) -> bytes:
 
     Written out by hand because ``json.dumps`` with ``indent`` falls back to its pure-Python
     encoder; this is the same text (a test holds it to that) in a third of the time, spent
-    in a worker thread that holds the GIL while it runs.
+    in a worker thread that holds the GIL while it runs. What it writes is strict JSON in
+    UTF-8 that decode() accepts: a count above MAX_COUNT is written as MAX_COUNT, a time past
+    the largest double as that double, and a lone surrogate as JSON.stringify's escape.
     """
     session = record.session
     stats = session.stats
+    tool_calls, prompt_calls, errors, rate_limits = map(
+        _count, (stats.tool_calls, stats.prompt_calls, stats.errors, stats.rate_limits)
+    )
     text = (
         f'{{\n  "version": {session.version},\n'
-        f'  "sessionId": {_string(session.session_id)},\n'
+        f'  "sessionId": {_STRING(session.session_id)},\n'
         f'  "createdAt": "{format_timestamp(session.created_at)}",\n'
         f'  "lastActiveAt": "{format_timestamp(session.last_active_at)}",\n'
-        f'  "stats": {{\n    "toolCalls": {stats.tool_calls},\n'
-        f'    "promptCalls": {stats.prompt_calls},\n    "errors": {stats.errors},\n'
-        f'    "rateLimits": {stats.rate_limits}\n  }}'
+        f'  "stats": {{\n    "toolCalls": {tool_calls},\n'
+        f'    "promptCalls": {prompt_calls},\n    "errors": {errors},\n'
+        f'    "rateLimits": {rate_limits}\n  }}'
     )
     parts = [text]
     if session.tools:  # absent, not empty, so a session without tools is the seed's own
         tools = ",\n".join(
-            f"    {_string(name)}: {_encode_tool(tool)}" for name, tool in session.tools.items()
+            f"    {_STRING(name)}: {_encode_tool(tool)}" for name, tool in session.tools.items()
         )
         parts.append(f',\n  "tools": {{\n{tools}\n  }}')
     for key, value in record.extra.items():
-        nested = json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n  ")
-        parts.append(f",\n  {_string(key)}: {nested}")
+        nested = _VALUE(value).replace("\n", "\n  ")
+        parts.append(f",\n  {_STRING(key)}: {nested}")
     parts.append("\n}")
     text = "".join(parts)
     try:
@@ -186,25 +201,47 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\u{ord(match[0]):04x}"
 
 
-def _string(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+def _count(count: int) -> int:
+    """The count clamped to what decode accepts: 0 to MAX_COUNT."""
+    return count if 0 <= count <= MAX_COUNT else max(0, min(count, MAX_COUNT))
+
+
+def _milliseconds(ms: float) -> float:
+    """The time clamped to what decode accepts: 0 to the largest double, and NaN as 0."""
+    return ms if 0.0 <= ms <= _MAX_MS else min(ms, _MAX_MS) if ms > 0.0 else 0.0
 
 
 def _encode_tool(tool: ToolStats) -> str:
+    calls, errors, rate_limits = tool.calls, tool.errors, tool.rate_limits
     total_ms, max_ms = round(tool.total_ms, 3), round(tool.max_ms, 3)  # µs are plenty
+    # One test on the path every flush takes; the rare value out of range is clamped after.
+    if not (
+        0 <= calls <= MAX_COUNT
+        and 0 <= errors <= MAX_COUNT
+        and 0 <= rate_limits <= MAX_COUNT
+        and 0.0 <= total_ms <= _MAX_MS
+        and 0.0 <= max_ms <= _MAX_MS
+    ):
+        calls, errors, rate_limits = _count(calls), _count(errors), _count(rate_limits)
+        total_ms, max_ms = _milliseconds(total_ms), _milliseconds(max_ms)
     return (
-        f'{{\n      "calls": {tool.calls},\n      "errors": {tool.errors},\n'
-        f'      "rateLimits": {tool.rate_limits},\n      "totalMs": {total_ms!r},\n'
+        f'{{\n      "calls": {calls},\n      "errors": {errors},\n'
+        f'      "rateLimits": {rate_limits},\n      "totalMs": {total_ms!r},\n'
         f'      "maxMs": {max_ms!r}\n    }}'
     )
 
 
 def decode(data: bytes) -> Record:
-    """Parse and validate a session file; CorruptSessionError says what is wrong with it."""
+    """Parse and validate a session file; CorruptSessionError says what is wrong with it.
+
+    It accepts what the TypeScript tool can read back as the same session: strict JSON
+    (RFC 8259) in UTF-8, counts that are safe integers, finite times, and unknown values that
+    are no deeper than 64 levels and hold no number that JavaScript would read as Infinity.
+    """
     document = _parse(data)
-    if not isinstance(document, dict):
+    if type(document) is not dict:
         raise CorruptSessionError("not a JSON object")
-    version = _field(document, "version", int)
+    version = _safe_integer(document, "version")
     if version > CURRENT_VERSION:
         raise UnsupportedVersionError(
             f"session format version {version} is newer than version {CURRENT_VERSION}, "
@@ -212,23 +249,26 @@ def decode(data: bytes) -> Record:
         )
     if version < 1:
         raise CorruptSessionError(f"version {version} is not a valid version")
-    session_id = _field(document, "sessionId", str)
+    session_id = _string(document, "sessionId")
     if not session_id:
         raise CorruptSessionError("sessionId is empty")
     if _SURROGATE.search(session_id):  # it goes into logs and headers, which need UTF-8
-        raise CorruptSessionError(f"sessionId is not valid Unicode: {session_id!r}")
+        raise CorruptSessionError(f"sessionId is not valid Unicode: {_shown(session_id)}")
     session = Session(
         version=CURRENT_VERSION,
         session_id=session_id,
-        created_at=_timestamp_field(document, "createdAt"),
-        last_active_at=_timestamp_field(document, "lastActiveAt"),
-        stats=_decode_stats(_field(document, "stats", dict)),
-        tools=_decode_tools(document["tools"]) if "tools" in document else MappingProxyType({}),
+        created_at=_timestamp(document, "createdAt"),
+        last_active_at=_timestamp(document, "lastActiveAt"),
+        stats=_decode_stats(_object(document, "stats")),
+        tools=_decode_tools(_object(document, "tools")) if "tools" in document else _NO_TOOLS,
     )
     extra = {key: value for key, value in document.items() if key not in _KNOWN_KEYS}
     for key, value in extra.items():
-        _check_depth(key, value, 2)
+        _check_unknown(key, value, 2)
     return Record(session, MappingProxyType(extra))
+
+
+_NO_TOOLS: Mapping[str, ToolStats] = MappingProxyType({})
 
 
 def _parse(data: bytes) -> Any:
@@ -237,7 +277,7 @@ def _parse(data: bytes) -> Any:
         data = data[len(codecs.BOM_UTF8) :]
     try:
         # Decoded here: json.loads(bytes) lets UTF-8-encoded surrogates through.
-        return json.loads(data.decode())
+        return json.loads(data.decode(), parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
         raise CorruptSessionError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except RecursionError:
@@ -246,41 +286,110 @@ def _parse(data: bytes) -> Any:
         raise CorruptSessionError(f"not valid JSON ({exc})") from None
 
 
-def _check_depth(key: str, value: Any, depth: int) -> None:
-    """Refuse an unknown value nested deeper than _MAX_DEPTH levels, counting the document."""
-    if depth > _MAX_DEPTH:
-        raise CorruptSessionError(f"{key!r} is nested more than {_MAX_DEPTH} levels deep")
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_depth(key, item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_depth(key, item, depth + 1)
+def _refuse_constant(name: str) -> NoReturn:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON.parse refuses them."""
+    raise CorruptSessionError(f"not valid JSON ({name} is not a JSON value)")
+
+
+def _check_unknown(key: str, value: Any, depth: int) -> None:
+    """Refuse what encode could not write back as it was: deep nesting, or an infinite number.
+
+    ``depth`` counts the document as level 1. An integer too large for a double is one that
+    JavaScript reads as Infinity, as a float literal such as 1e400 is read as inf here.
+    """
+    kind = type(value)
+    if kind is float:
+        if not math.isfinite(value):
+            raise CorruptSessionError(f"{_shown(key)} holds a number too large for JavaScript")
+    elif kind is int:
+        if _float(value) == math.inf:
+            raise CorruptSessionError(f"{_shown(key)} holds a number too large for JavaScript")
+    elif kind is dict or kind is list:
+        if depth > _MAX_DEPTH:
+            raise CorruptSessionError(f"{_shown(key)} is nested over {_MAX_DEPTH} levels deep")
+        for item in value.values() if kind is dict else value:
+            _check_unknown(key, item, depth + 1)
 
 
 def _decode_stats(stats: dict[str, Any]) -> SessionStats:
-    counts = [_field(stats, key, int) for key in _STAT_KEYS]
-    for key, count in zip(_STAT_KEYS, counts, strict=True):
-        if count < 0:
-            raise CorruptSessionError(f"stats.{key} is negative ({count})")
-    return SessionStats(*counts)
+    return SessionStats(*(_safe_integer(stats, key, "stats.") for key in _STAT_KEYS))
 
 
-def _decode_tools(tools: object) -> Mapping[str, ToolStats]:
-    if not isinstance(tools, dict):
-        raise CorruptSessionError(f"tools should be an object, not {tools!r}")
+def _decode_tools(tools: dict[str, Any]) -> Mapping[str, ToolStats]:
     decoded = {}
     for name, tool in tools.items():
-        if not isinstance(tool, dict):
-            raise CorruptSessionError(f"tools[{name!r}] should be an object, not {tool!r}")
-        calls, errors, rate_limits = (_field(tool, key, int) for key in _TOOL_KEYS[:3])
-        total_ms, max_ms = (_float(_field(tool, key, float)) for key in _TOOL_KEYS[3:])
-        if min(calls, errors, rate_limits, total_ms, max_ms) < 0 or not all(
-            math.isfinite(ms) for ms in (total_ms, max_ms)
-        ):
-            raise CorruptSessionError(f"tools[{name!r}] has a negative count or a bad time")
-        decoded[name] = ToolStats(calls, errors, rate_limits, total_ms, max_ms)
+        try:
+            decoded[name] = _decode_tool(tool)
+        except CorruptSessionError as exc:  # named here, so the path every flush takes is lean
+            raise CorruptSessionError(f"tools[{_shown(name)}]{exc}") from None
     return MappingProxyType(decoded)
+
+
+def _decode_tool(tool: object) -> ToolStats:
+    if type(tool) is not dict:
+        raise CorruptSessionError(f" should be an object, not {_shown(tool)}")
+    return ToolStats(
+        _safe_integer(tool, "calls", "."),
+        _safe_integer(tool, "errors", "."),
+        _safe_integer(tool, "rateLimits", "."),
+        _time(tool, "totalMs", "."),
+        _time(tool, "maxMs", "."),
+    )
+
+
+def _safe_integer(members: dict[str, Any], key: str, where: str = "") -> int:
+    """A count or version: an integer from 0 to MAX_COUNT, which JavaScript holds exactly."""
+    value = members.get(key)
+    if type(value) is int and 0 <= value <= MAX_COUNT:  # type(): true is no count
+        return value
+    if type(value) is not int:
+        raise _refused(members, key, where, "an integer")
+    raise CorruptSessionError(
+        f"{where}{key} is negative ({_shown(value)})"
+        if value < 0
+        else f"{where}{key} is above Number.MAX_SAFE_INTEGER (2**53 - 1)"
+    )
+
+
+def _time(members: dict[str, Any], key: str, where: str) -> float:
+    """A time in milliseconds: a finite number, not negative."""
+    value = members.get(key)
+    if type(value) is float and 0.0 <= value <= _MAX_MS:  # also false for inf and NaN
+        return value
+    if type(value) is int and value >= 0 and _float(value) < math.inf:
+        return float(value)
+    if type(value) in (int, float):
+        raise CorruptSessionError(f"{where}{key} is negative or too large ({_shown(value)})")
+    raise _refused(members, key, where, "a number")
+
+
+def _string(members: dict[str, Any], key: str) -> str:
+    value = members.get(key)
+    if type(value) is not str:
+        raise _refused(members, key, "", "a string")
+    return value
+
+
+def _object(members: dict[str, Any], key: str) -> dict[str, Any]:
+    value = members.get(key)
+    if type(value) is not dict:
+        raise _refused(members, key, "", "an object")
+    return value
+
+
+def _refused(members: dict[str, Any], key: str, where: str, kind: str) -> CorruptSessionError:
+    """The error for a member that is missing or not of the ``kind`` it should be."""
+    if key not in members:
+        return CorruptSessionError(f"{where}{key} is missing")
+    return CorruptSessionError(f"{where}{key} should be {kind}, not {_shown(members[key])}")
+
+
+def _timestamp(members: dict[str, Any], key: str) -> datetime:
+    text = _string(members, key)
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise CorruptSessionError(f"{key} is not an ISO 8601 timestamp: {_shown(text)}") from None
 
 
 def _float(number: float) -> float:
@@ -291,28 +400,6 @@ def _float(number: float) -> float:
         return math.inf
 
 
-def _timestamp_field(document: dict[str, Any], key: str) -> datetime:
-    text = _field(document, key, str)
-    try:
-        return parse_timestamp(text)
-    except ValueError:
-        raise CorruptSessionError(f"{key} is not an ISO 8601 timestamp: {text!r}") from None
-
-
-def _field(document: dict[str, Any], key: str, kind: type[Any]) -> Any:
-    if key not in document:
-        raise CorruptSessionError(f"{key} is missing")
-    value = document[key]
-    accepted = (int, float) if kind is float else kind  # a JSON number: 12 or 12.5
-    # bool is an int to Python but not to JSON: true is no counter.
-    if not isinstance(value, accepted) or isinstance(value, bool):
-        raise CorruptSessionError(f"{key} should be {_JSON_TYPES[kind]}, not {value!r}")
-    return value
-
-
-_JSON_TYPES: dict[type[Any], str] = {
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    dict: "an object",
-}
+def _shown(value: object) -> str:
+    """A value for a message: short, and with any lone surrogate escaped, as repr does."""
+    return reprlib.repr(value)
