@@ -175,6 +175,58 @@ class TestTimestamps:
         with pytest.raises(ValueError, match="time zone"):
             parse_timestamp("2026-11-25T15:06:07")
 
+    @pytest.mark.parametrize(
+        ("text", "iso_string"),
+        [
+            ("2026-11-20T08:00:00.000Z", "2026-11-20T08:00:00.000Z"),
+            ("2026-11-20T08:00Z", "2026-11-20T08:00:00.000Z"),
+            ("2026-11-20T08:00:00Z", "2026-11-20T08:00:00.000Z"),
+            ("2026-11-20T08:00:00.5-05:30", "2026-11-20T13:30:00.500Z"),
+            ("2026-11-20T08:00:00.1239999Z", "2026-11-20T08:00:00.123Z"),
+            ("0001-01-01T00:59:00.000+00:59", "0001-01-01T00:00:00.000Z"),
+            ("9999-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z"),
+        ],
+    )
+    def test_javascripts_own_format_is_read_as_date_reads_it(
+        self, text: str, iso_string: str
+    ) -> None:
+        """ECMAScript's Date Time String Format: the instant, to the millisecond, Date finds."""
+        assert format_timestamp(parse_timestamp(text)) == iso_string
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "2026-11-20 08:00:00Z",  # RFC 3339 and V8 allow these three; ECMAScript does not
+            "2026-11-20t08:00:00z",
+            "2026-11-20T08:00:00+0100",
+            "20261120T080000Z",  # Python 3.11's fromisoformat allows these five; Date does not
+            "2026-W47-5T08:00Z",
+            "2026-11-20T08Z",
+            "2026-11-20T08:00:00,5Z",
+            "2026-11-20T08:00:00+01:00:30",
+            "2026-11-20T08:00:00.Z",
+            "2026-11-20T24:00:00Z",
+            "2026-11-20T08:00:60Z",
+            "2026-02-30T08:00:00Z",
+            "2026-11-20T08:00:00+24:00",
+            "0000-06-01T00:00:00Z",
+            "+002026-11-20T08:00:00Z",
+            "\u0662\u0660\u0662\u0666-11-20T08:00:00Z",  # Arabic-Indic digits
+            "2026-11-20",
+            "2026-11-20T08:00:00Z\n",
+        ],
+    )
+    def test_other_forms_are_refused(self, text: str) -> None:
+        """Not JavaScript's format, or a date it does not hold: refused on every Python alike."""
+        with pytest.raises(ValueError, match="time zone"):
+            parse_timestamp(text)
+
+    @pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00.000-01:00"])
+    def test_an_offset_past_years_1_to_9999_is_refused(self, text: str) -> None:
+        """A moment before year 1 or after 9999 in UTC, which a datetime cannot hold."""
+        with pytest.raises(ValueError, match="years 1 to 9999"):
+            parse_timestamp(text)
+
 
 class TestCodec:
     def test_reads_what_the_seed_writes(self) -> None:
@@ -462,9 +514,42 @@ process.stdout.write(again === text ? 'same' : again);
 """
 
 
+# Each timestamp of a JSON list read by Date, written back by toISOString (null: Invalid Date).
+DATE_READ = """
+const texts = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+process.stdout.write(JSON.stringify(texts.map(text => {
+  const moment = new Date(text);
+  return isNaN(moment) ? null : moment.toISOString();
+})));
+"""
+
+
+def edge_timestamps() -> list[str]:
+    """Timestamps at the edges of the format: years, leap days, fractions, zones."""
+    dates = ["0001-01-01", "0001-03-01", "1970-01-01", "2024-02-29", "2025-02-29", "9999-12-31"]
+    times = ["00:00", "23:59", "12:34:56", "23:59:59.9", "00:00:00.000", "12:00:00.1234567"]
+    zones = ["Z", "+00:00", "-00:59", "+00:59", "+23:59", "-23:59", "+05:30", "+24:00"]
+    return [f"{date}T{time}{zone}" for date in dates for time in times for zone in zones]
+
+
 @pytest.mark.skipif(NODE is None, reason="Node.js is not installed")
 @pytest.mark.anyio
 class TestWithNode:
+    async def test_every_timestamp_we_read_is_the_instant_date_reads(self) -> None:
+        """At the edges of the format, what parse_timestamp accepts Date reads as the same."""
+        texts = edge_timestamps()
+        assert NODE is not None
+        done = await anyio.run_process([NODE, "-e", DATE_READ], input=json.dumps(texts).encode())
+        accepted = 0
+        for text, seen in zip(texts, json.loads(done.stdout), strict=True):
+            try:
+                ours = format_timestamp(parse_timestamp(text))
+            except ValueError:
+                continue
+            accepted += 1
+            assert ours == seen, text
+        assert accepted > len(texts) // 2
+
     async def test_json_stringify_writes_what_we_write(self, session_path: Path) -> None:
         """Lone surrogates, the largest counts, odd keys: the same bytes JSON.stringify writes."""
         record = decode(raw_document(
