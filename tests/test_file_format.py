@@ -322,6 +322,49 @@ class TestStrictOutput:
         assert (record.extra["x"], record.session.stats.tool_calls) == (2, 5)
 
 
+#: A file of a newer writer that added keys inside stats and inside a tool's entry.
+WITH_NESTED_KEYS = raw_document(
+    stats=raw_stats("5", ', "resourceCalls": 9, "by": {"day": [1, 2]}'),
+    tools=raw_tool(minMs='0.25, "tags": ["io"]'),
+    plugin='{"theme": "dark"}',
+)
+
+
+class TestUnknownKeysInside:
+    def test_keys_inside_stats_and_a_tool_are_kept(self) -> None:
+        """Like top-level ones, they are written back as found, after the keys we know."""
+        document = strict_json(encode(decode(WITH_NESTED_KEYS)))
+        assert document["stats"] == {
+            "toolCalls": 5, "promptCalls": 0, "errors": 0, "rateLimits": 0,
+            "resourceCalls": 9, "by": {"day": [1, 2]},
+        }  # fmt: skip
+        assert document["tools"]["t"] == {
+            "calls": 1, "errors": 0, "rateLimits": 0, "totalMs": 1.5, "maxMs": 1.5,
+            "minMs": 0.25, "tags": ["io"],
+        }  # fmt: skip
+        assert list(document) == [*valid_document(), "tools", "plugin"]
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            raw_document(stats=raw_stats(more=', "x": 1e400')),
+            raw_document(tools=raw_tool(x="[" + "9" * 400 + "]")),
+            raw_document(stats=raw_stats(more=f', "x": {nested(63)}')),
+            raw_document(tools=raw_tool(x=nested(62))),
+        ],
+        ids=["1e400 in stats", "400 digits in a tool", "65 deep in stats", "65 deep in a tool"],
+    )
+    def test_they_are_held_to_the_rules_of_top_level_ones(self, data: bytes) -> None:
+        """No number JavaScript reads as Infinity, no nesting past 64 levels of the document."""
+        with pytest.raises(CorruptSessionError):
+            decode(data)
+
+    def test_64_levels_deep_in_a_tool_are_kept(self) -> None:
+        """The document, tools, the tool and 61 arrays: 64 levels."""
+        record = decode(raw_document(tools=raw_tool(x=nested(61).replace("[]", "[1]"))))
+        assert decode(encode(record)) == record
+
+
 class TestSurrogates:
     def test_a_pair_given_as_two_code_points_reads_back_as_one_character(self) -> None:
         """JSON, as a JS string, holds UTF-16: the pair is the character, and comes back so."""
@@ -452,6 +495,42 @@ class TestStrictOutputOfTheStore:
         async with AsyncSessionStore(session_path) as store:
             assert store.session.stats.errors == MAX_SAFE_INTEGER
         assert [p async for p in anyio.Path(session_path.parent).glob("*corrupt*")] == []
+
+
+@pytest.mark.anyio
+class TestUnknownKeysInsideThroughTheStore:
+    async def test_a_merge_keeps_them(self, session_path: Path) -> None:
+        """Counting into stats and into the tool (5 + 1 + 1) leaves the keys we do not know."""
+        await write_bytes(session_path, WITH_NESTED_KEYS)
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls()
+            async with store.tool_call("t"):
+                pass
+        document = strict_json(await anyio.Path(session_path).read_bytes())
+        assert (document["stats"]["toolCalls"], document["stats"]["resourceCalls"]) == (7, 9)
+        assert (document["tools"]["t"]["calls"], document["tools"]["t"]["tags"]) == (2, ["io"])
+
+    async def test_a_reset_keeps_those_in_stats_and_drops_the_tools(
+        self, session_path: Path
+    ) -> None:
+        """A reset zeroes the counts it knows; a tool's keys go with the tool."""
+        await write_bytes(session_path, WITH_NESTED_KEYS)
+        async with AsyncSessionStore(session_path) as store:
+            await store.reset_stats()
+            async with store.tool_call("t"):
+                pass
+        document = strict_json(await anyio.Path(session_path).read_bytes())
+        assert document["stats"]["resourceCalls"] == 9
+        assert "tags" not in document["tools"]["t"]
+
+    async def test_a_new_session_drops_them(self, session_path: Path) -> None:
+        """A new session starts with fresh stats; only top-level keys carry over."""
+        await write_bytes(session_path, WITH_NESTED_KEYS)
+        async with AsyncSessionStore(session_path) as store:
+            await store.new_session()
+        document = strict_json(await anyio.Path(session_path).read_bytes())
+        assert list(document["stats"]) == ["toolCalls", "promptCalls", "errors", "rateLimits"]
+        assert document["plugin"] == {"theme": "dark"}
 
 
 class TestHostileFilesInTheCommandLine:
@@ -607,27 +686,34 @@ tool_stats = st.builds(ToolStats, counts, counts, counts, times, times)
 moments = st.datetimes(timezones=st.just(timezone.utc)).map(
     lambda moment: moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 )
-records = st.builds(
-    Record,
-    st.builds(
-        Session,
-        st.just(1),
-        st.text(min_size=1),
-        moments,
-        moments,
-        st.builds(SessionStats, counts, counts, counts, counts),
-        st.dictionaries(texts, tool_stats, max_size=4),
-    ),
-    st.dictionaries(
-        texts.filter(
-            lambda key: (
-                key not in {"version", "sessionId", "createdAt", "lastActiveAt", "stats", "tools"}
-            )
-        ),
-        json_values,
-        max_size=3,
-    ),
-)
+
+
+def unknown_members(known: set[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """Members of an object whose keys are none of the ``known`` ones."""
+    return st.dictionaries(texts.filter(lambda key: key not in known), json_values, max_size=3)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> Record:
+    """A record as decode could make it, unknown keys at every level included."""
+    tools = draw(st.dictionaries(texts, tool_stats, max_size=4))
+    session = Session(
+        1,
+        draw(st.text(min_size=1)),
+        draw(moments),
+        draw(moments),
+        draw(st.builds(SessionStats, counts, counts, counts, counts)),
+        tools,
+    )
+    tool_keys = {"calls", "errors", "rateLimits", "totalMs", "maxMs"}
+    tools_extra = {name: extra for name in tools if (extra := draw(unknown_members(tool_keys)))}
+    return Record(
+        session,
+        draw(unknown_members({"version", "sessionId", "createdAt", "lastActiveAt", "stats",
+                              "tools"})),
+        draw(unknown_members({"toolCalls", "promptCalls", "errors", "rateLimits"})),
+        tools_extra,
+    )  # fmt: skip
 
 
 def reference_encoding(record: Record) -> bytes:
@@ -641,10 +727,12 @@ def reference_encoding(record: Record) -> bytes:
         "stats": {"toolCalls": stats.tool_calls, "promptCalls": stats.prompt_calls,
                   "errors": stats.errors, "rateLimits": stats.rate_limits},
     }  # fmt: skip
+    document["stats"].update(record.stats_extra)
     if session.tools:
         document["tools"] = {
             name: {"calls": tool.calls, "errors": tool.errors, "rateLimits": tool.rate_limits,
-                   "totalMs": round(tool.total_ms, 3), "maxMs": round(tool.max_ms, 3)}
+                   "totalMs": round(tool.total_ms, 3), "maxMs": round(tool.max_ms, 3),
+                   **record.tools_extra.get(name, {})}
             for name, tool in session.tools.items()
         }  # fmt: skip
     document.update(record.extra)
@@ -653,11 +741,15 @@ def reference_encoding(record: Record) -> bytes:
 
 
 @settings(max_examples=300, deadline=None)
-@given(records)
+@given(records())
 def test_the_fast_encoder_writes_what_json_dumps_would(record: Record) -> None:
     """The hand-written encoder is byte for byte json.dumps(indent=2), and decodes back."""
     assert encode(record) == reference_encoding(record)
     decoded = decode(encode(record))
     assert decoded.session.stats == record.session.stats
     assert decoded.session.session_id == record.session.session_id
-    assert dict(decoded.extra) == record.extra
+    assert (decoded.extra, decoded.stats_extra, decoded.tools_extra) == (
+        record.extra,
+        record.stats_extra,
+        record.tools_extra,
+    )

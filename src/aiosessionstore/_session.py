@@ -9,7 +9,7 @@ import re
 import reprlib
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
@@ -53,6 +53,8 @@ _TIMESTAMP = re.compile(
     "(?:Z|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))"
 )
 _TIMESTAMP_FORM = "YYYY-MM-DDTHH:mm:ss.sss with a time zone, Z or ±HH:mm"
+#: Indents of JSON.stringify(…, null, 2) at the top level, in stats, and in a tool's entry.
+_AT_TOP, _IN_STATS, _IN_TOOL = " " * 2, " " * 4, " " * 6
 #: Made once: json.dumps makes a new encoder for every call that is not all defaults.
 _STRING = json.JSONEncoder(ensure_ascii=False).encode
 _VALUE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=2).encode
@@ -128,13 +130,29 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A session as stored: the session plus the top-level keys we do not know, kept as found."""
+    """A session as stored: the session plus the keys we do not know, kept as found.
+
+    Those inside stats stay through a reset, which zeroes the counts we know; those of a tool
+    go with the tool. A new session is a new record, and keeps only the top-level ones.
+    """
 
     session: Session
+    #: Top-level keys.
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: Keys inside "stats".
+    stats_extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: Keys inside a tool's entry in "tools", by tool name.
+    tools_extra: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def with_session(self, **changes: Any) -> Record:
-        return Record(replace(self.session, **changes), self.extra)
+        session = replace(self.session, **changes)
+        tools_extra = self.tools_extra
+        if tools_extra and "tools" in changes:
+            kept = {name: extra for name, extra in tools_extra.items() if name in session.tools}
+            tools_extra = MappingProxyType(kept)
+        return replace(self, session=session, tools_extra=tools_extra)
 
 
 def timestamp(seconds: float) -> datetime:
@@ -197,18 +215,18 @@ def encode(record: Record) -> bytes:
         f'  "lastActiveAt": "{format_timestamp(session.last_active_at)}",\n'
         f'  "stats": {{\n    "toolCalls": {tool_calls},\n'
         f'    "promptCalls": {prompt_calls},\n    "errors": {errors},\n'
-        f'    "rateLimits": {rate_limits}\n  }}'
+        f'    "rateLimits": {rate_limits}{_members(record.stats_extra, _IN_STATS)}\n  }}'
     )
     parts = [text]
     if session.tools:  # absent, not empty, so a session without tools is the seed's own
+        more = record.tools_extra
         tools = ",\n".join(
-            f"    {_STRING(name)}: {_encode_tool(tool)}" for name, tool in session.tools.items()
+            f"    {_STRING(name)}: "
+            f"{_encode_tool(tool, _members(more[name], _IN_TOOL) if name in more else '')}"
+            for name, tool in session.tools.items()
         )
         parts.append(f',\n  "tools": {{\n{tools}\n  }}')
-    for key, value in record.extra.items():
-        nested = _VALUE(value).replace("\n", "\n  ")
-        parts.append(f",\n  {_STRING(key)}: {nested}")
-    parts.append("\n}")
+    parts += [_members(record.extra, _AT_TOP), "\n}"]
     text = "".join(parts)
     try:
         return text.encode()
@@ -221,6 +239,15 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\u{ord(match[0]):04x}"
 
 
+def _members(members: Mapping[str, Any], indent: str) -> str:
+    """Members of an object after the ones we know: a comma, then each on a line of its own."""
+    lines = []
+    for key, value in members.items():
+        nested = _VALUE(value).replace("\n", "\n" + indent)
+        lines.append(f",\n{indent}{_STRING(key)}: {nested}")
+    return "".join(lines)
+
+
 def _count(count: int) -> int:
     """The count clamped to what decode accepts: 0 to MAX_COUNT."""
     return count if 0 <= count <= MAX_COUNT else max(0, min(count, MAX_COUNT))
@@ -231,7 +258,7 @@ def _milliseconds(ms: float) -> float:
     return ms if 0.0 <= ms <= _MAX_MS else min(ms, _MAX_MS) if ms > 0.0 else 0.0
 
 
-def _encode_tool(tool: ToolStats) -> str:
+def _encode_tool(tool: ToolStats, more: str) -> str:
     calls, errors, rate_limits = tool.calls, tool.errors, tool.rate_limits
     total_ms, max_ms = round(tool.total_ms, 3), round(tool.max_ms, 3)  # µs are plenty
     # One test on the path every flush takes; the rare value out of range is clamped after.
@@ -247,7 +274,7 @@ def _encode_tool(tool: ToolStats) -> str:
     return (
         f'{{\n      "calls": {calls},\n      "errors": {errors},\n'
         f'      "rateLimits": {rate_limits},\n      "totalMs": {total_ms!r},\n'
-        f'      "maxMs": {max_ms!r}\n    }}'
+        f'      "maxMs": {max_ms!r}{more}\n    }}'
     )
 
 
@@ -274,21 +301,35 @@ def decode(data: bytes) -> Record:
         raise CorruptSessionError("sessionId is empty")
     if _SURROGATE.search(session_id):  # it goes into logs and headers, which need UTF-8
         raise CorruptSessionError(f"sessionId is not valid Unicode: {_shown(session_id)}")
+    stats = _object(document, "stats")
+    tools, tools_extra = (
+        _decode_tools(_object(document, "tools")) if "tools" in document else (_NONE, _NONE)
+    )
     session = Session(
         version=CURRENT_VERSION,
         session_id=session_id,
         created_at=_timestamp(document, "createdAt"),
         last_active_at=_timestamp(document, "lastActiveAt"),
-        stats=_decode_stats(_object(document, "stats")),
-        tools=_decode_tools(_object(document, "tools")) if "tools" in document else _NO_TOOLS,
+        stats=SessionStats(*(_safe_integer(stats, key, "stats.") for key in _STAT_KEYS)),
+        tools=tools,
     )
-    extra = {key: value for key, value in document.items() if key not in _KNOWN_KEYS}
-    for key, value in extra.items():
-        _check_unknown(key, value, 2)
-    return Record(session, MappingProxyType(extra))
+    return Record(
+        session,
+        _unknown(document, _KNOWN_KEYS, 2),
+        _unknown(stats, _STAT_KEYS, 3) if len(stats) > len(_STAT_KEYS) else _NONE,
+        tools_extra,
+    )
 
 
-_NO_TOOLS: Mapping[str, ToolStats] = MappingProxyType({})
+_NONE: Mapping[str, Any] = MappingProxyType({})
+
+
+def _unknown(members: dict[str, Any], known: Collection[str], depth: int) -> Mapping[str, Any]:
+    """The members whose keys are not ``known``, checked; ``depth`` is their level."""
+    unknown = {key: value for key, value in members.items() if key not in known}
+    for key, value in unknown.items():
+        _check_unknown(key, value, depth)
+    return MappingProxyType(unknown)
 
 
 def _parse(data: bytes) -> Any:
@@ -331,18 +372,19 @@ def _check_unknown(key: str, value: Any, depth: int) -> None:
             _check_unknown(key, item, depth + 1)
 
 
-def _decode_stats(stats: dict[str, Any]) -> SessionStats:
-    return SessionStats(*(_safe_integer(stats, key, "stats.") for key in _STAT_KEYS))
-
-
-def _decode_tools(tools: dict[str, Any]) -> Mapping[str, ToolStats]:
-    decoded = {}
+def _decode_tools(
+    tools: dict[str, Any],
+) -> tuple[Mapping[str, ToolStats], Mapping[str, Mapping[str, Any]]]:
+    """Each tool's stats, and the keys we do not know in the entries that have some."""
+    decoded, extra = {}, {}
     for name, tool in tools.items():
         try:
             decoded[name] = _decode_tool(tool)
+            if len(tool) > len(_TOOL_KEYS):  # all of ours are there: something else is too
+                extra[name] = _unknown(tool, _TOOL_KEYS, 4)
         except CorruptSessionError as exc:  # named here, so the path every flush takes is lean
             raise CorruptSessionError(f"tools[{_shown(name)}]{exc}") from None
-    return MappingProxyType(decoded)
+    return MappingProxyType(decoded), MappingProxyType(extra)
 
 
 def _decode_tool(tool: object) -> ToolStats:
