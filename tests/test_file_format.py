@@ -257,7 +257,8 @@ class TestCodec:
             ({"version": 0}, "not a valid version"),
             ({"sessionId": ""}, "sessionId is empty"),
             ({"sessionId": 7}, "sessionId should be a string"),
-            ({"createdAt": "yesterday"}, "createdAt is not an ISO 8601"),
+            ({"createdAt": "yesterday"}, "createdAt: timestamp 'yesterday' is not a valid"),
+            ({"createdAt": "0001-01-01T00:00+01:00"}, "createdAt: .* outside years 1 to 9999"),
             ({"lastActiveAt": None}, "lastActiveAt should be a string"),
             ({"stats": []}, "stats should be an object"),
             ({"stats": {"toolCalls": 1, "promptCalls": 0, "errors": 0}}, "rateLimits is missing"),
@@ -292,6 +293,23 @@ class TestHostileFiles:
         """No ValueError, RecursionError, OverflowError or UnicodeError: CorruptSessionError."""
         with pytest.raises(CorruptSessionError):
             decode(data)
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            raw_document(tools=raw_tool(calls="-1").replace('"t"', '"\\udcff"')),
+            raw_document(sessionId='"\\ud800"'),
+            raw_document(**{"\\udfff": "1e400"}),
+            raw_document(createdAt='"\\ud800"'),
+        ],
+        ids=["tool name", "sessionId", "unknown key", "timestamp"],
+    )
+    def test_what_it_says_is_valid_unicode(self, data: bytes) -> None:
+        """The message names a lone surrogate by its escape: logs and stderr must encode it."""
+        with pytest.raises(CorruptSessionError) as caught:
+            decode(data)
+        assert "\\ud" in str(caught.value)
+        str(caught.value).encode()
 
     def test_a_lone_surrogate_in_an_unknown_key_is_adopted_and_written(self) -> None:
         """JSON.stringify writes a lone surrogate as an escape; it round-trips, and encodes."""
@@ -550,6 +568,19 @@ class TestHostileFilesInTheCommandLine:
         assert decode(path.read_bytes()).session.session_id in capsys.readouterr().out
         [aside] = tmp_path.glob("session.json.corrupt-*")
         assert aside.read_bytes() == data
+
+    @pytest.mark.xfail(
+        reason="_cli.summary prints an adopted tool name as it is; a lone surrogate in it "
+        "cannot be encoded to stdout (the CLI's to fix, with errors='backslashreplace')",
+        raises=UnicodeEncodeError,
+    )
+    def test_show_prints_a_tool_name_with_a_lone_surrogate(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A name the store adopts, and writes, the summary prints to strict UTF-8 stdout."""
+        path = tmp_path / "session.json"
+        path.write_bytes(raw_document(tools=raw_tool().replace('"t"', '"\\udcff"')))
+        assert main(["show", "--path", str(path)]) == EXIT_CODES["ok"]
 
     @pytest.mark.parametrize("data", HOSTILE.values(), ids=HOSTILE.keys())
     def test_show_reports_it_corrupt(

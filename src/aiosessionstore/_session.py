@@ -178,20 +178,20 @@ def parse_timestamp(text: str) -> datetime:
     """
     match = _TIMESTAMP.fullmatch(text)
     if match is None:
-        raise ValueError(f"timestamp {text!r} is not a valid {_TIMESTAMP_FORM}")
+        raise ValueError(f"timestamp {_shown(text)} is not a valid {_TIMESTAMP_FORM}")
     year, month, day, hour, minute, second = (int(match[group] or 0) for group in range(1, 7))
     milliseconds = int((match[7] or "").ljust(3, "0")[:3])  # as Date: three digits, no rounding
     try:
         moment = datetime(year, month, day, hour, minute, second, milliseconds * 1000, timezone.utc)
     except ValueError:  # February 30th, year 0, second 60, hour 24
-        raise ValueError(f"timestamp {text!r} is not a valid {_TIMESTAMP_FORM}") from None
+        raise ValueError(f"timestamp {_shown(text)} is not a valid {_TIMESTAMP_FORM}") from None
     if not match[8]:
         return moment
     offset = timedelta(hours=int(match[9]), minutes=int(match[10]))
     try:
         return moment - offset if match[8] == "+" else moment + offset
     except OverflowError:  # 0001-01-01T00:00+01:00 is a moment before year 1
-        raise ValueError(f"timestamp {text!r} is outside years 1 to 9999 in UTC") from None
+        raise ValueError(f"timestamp {_shown(text)} is outside years 1 to 9999 in UTC") from None
 
 
 def encode(record: Record) -> bytes:
@@ -450,8 +450,8 @@ def _timestamp(members: dict[str, Any], key: str) -> datetime:
     text = _string(members, key)
     try:
         return parse_timestamp(text)
-    except ValueError:
-        raise CorruptSessionError(f"{key} is not an ISO 8601 timestamp: {_shown(text)}") from None
+    except ValueError as exc:
+        raise CorruptSessionError(f"{key}: {exc}") from None
 
 
 def _float(number: float) -> float:
