@@ -1,25 +1,121 @@
-"""Hypothesis, stateful: whatever happens to a store, the disk holds what a simple model says.
+"""Hypothesis: invariants of the session file's codec and of a store's life.
 
-The model knows two things: the counts on disk, and the counts pending in the store. A flush or
-a clean close moves pending to disk; reset and new_session zero both; a crash (the process gone
-before it could flush) loses the pending counts and nothing else.
+The codec: whatever valid JSON a file holds, decode adopts it, to be written back as strict JSON
+that decodes to the same record, or calls it corrupt; it never raises anything else.
+
+The store, stateful: the disk holds what a simple model says. The model knows two things: the
+counts on disk, and the counts pending in the store. A flush or a clean close moves pending to
+disk; reset and new_session zero both; a crash (the process gone before it could flush) loses
+the pending counts and nothing else.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from aiosessionstore import AsyncSessionStore, SessionStats
+from aiosessionstore._errors import CorruptSessionError, UnsupportedVersionError
+from aiosessionstore._session import decode, encode
 
 from .conftest import read_json
+
+#: JSON text that is valid but odd: what JSON.parse refuses, numbers at and past the limits
+#: of a double and a safe integer, lone surrogates, deep nesting, timestamps at the edges.
+ODD_VALUES = (
+    *("NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1e308", "-0", "0.0", "5.0", "1e2"),
+    *(str(2**53 - 1), str(2**53), "9" * 300, "9" * 400, "9" * 5000, "-1", "2", "1.5"),
+    *('"\\ud800"', '"a\\udfff"', '"\\ud83d\\ude00"', '"\\u0000"', '""', '"x"'),
+    *("null", "true", "[]", "{}", "[" * 63 + "]" * 63, "[" * 64 + "]" * 64, "[" * 3000),
+    *('"2026-11-20T08:00:00.000Z"', '"0001-01-01T00:00:00+01:00"', '"2026-11-20T08:00Z"'),
+    *('"9999-12-31T23:59:59.999-00:01"', '"2026-11-20 08:00:00Z"', '"2026-W47-5T08:00Z"'),
+)
+ODD_KEYS = ("x", "\\ud800", "\\udfff\\ud800", "\\ud83d\\ude00", "", "__proto__", "stats")
+
+#: A valid session whose leaves are JSON text, so that any leaf can be made odd.
+TEMPLATE: dict[str, Any] = {
+    "version": "1",
+    "sessionId": '"6f1c2a4e-9d3b-4c1a-8e2f-0a1b2c3d4e5f"',
+    "createdAt": '"2026-11-20T08:00:00.000Z"',
+    "lastActiveAt": '"2026-11-25T15:06:07.123Z"',
+    "stats": {"toolCalls": "42", "promptCalls": "7", "errors": "3", "rateLimits": "1"},
+    "tools": {
+        "t": {"calls": "2", "errors": "0", "rateLimits": "0", "totalMs": "3.5", "maxMs": "2"}
+    },
+}
+
+
+def render(value: dict[str, Any] | str) -> str:
+    """JSON text of a template: objects rendered, leaves as they are."""
+    if isinstance(value, str):
+        return value
+    return "{" + ", ".join(f'"{key}": {render(item)}' for key, item in value.items()) + "}"
+
+
+def member_paths(value: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every member of the template, objects included, as a path of keys."""
+    paths = []
+    for key, item in value.items():
+        paths.append((*prefix, key))
+        if isinstance(item, dict):
+            paths += member_paths(item, (*prefix, key))
+    return paths
+
+
+def replaced(template: dict[str, Any] | str, path: tuple[str, ...], text: str) -> dict[str, Any]:
+    """The template with the member at ``path`` (made if missing) set to ``text``."""
+    copy = dict(template) if isinstance(template, dict) else {}  # a leaf made an object again
+    head, *rest = path
+    copy[head] = replaced(copy.get(head, {}), tuple(rest), text) if rest else text
+    return copy
+
+
+MEMBER_PATHS = member_paths(TEMPLATE)
+OBJECT_PATHS = [(), ("stats",), ("tools",), ("tools", "t")]
+
+
+@st.composite
+def odd_documents(draw: st.DrawFn) -> bytes:
+    """The template with a few members made odd, or new odd members added."""
+    document = TEMPLATE
+    for _ in range(draw(st.integers(1, 3))):
+        if draw(st.booleans()):
+            path = draw(st.sampled_from(MEMBER_PATHS))
+        else:
+            path = (*draw(st.sampled_from(OBJECT_PATHS)), draw(st.sampled_from(ODD_KEYS)))
+        document = replaced(document, path, draw(st.sampled_from(ODD_VALUES)))
+    return render(document).encode()
+
+
+class TestCodec:
+    @settings(max_examples=500, deadline=None)
+    @given(odd_documents())
+    def test_adopted_faithfully_or_corrupt(self, data: bytes) -> None:
+        """Adopted and written as strict, UTF-8 JSON that decodes the same, or corrupt."""
+        try:
+            record = decode(data)
+        except (CorruptSessionError, UnsupportedVersionError):
+            return
+        written = encode(record)
+
+        def refuse(constant: str) -> None:
+            raise ValueError(f"{constant} is not JSON")
+
+        document = json.loads(written.decode("utf-8"), parse_constant=refuse)
+        counts = [document["stats"][key] for key in ("toolCalls", "promptCalls", "errors")]
+        assert all(0 <= count <= 2**53 - 1 for count in counts)
+        assert decode(written) == record
+        assert encode(decode(written)) == written
+
 
 COUNTERS = ("tool_calls", "prompt_calls", "errors", "rate_limits")
 JSON_KEYS = ("toolCalls", "promptCalls", "errors", "rateLimits")

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
+import re
+import reprlib
+import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 from ._errors import CorruptSessionError, UnsupportedVersionError
 
 __all__ = (
     "CURRENT_VERSION",
+    "MAX_COUNT",
     "Record",
     "Session",
     "SessionStats",
@@ -28,11 +33,31 @@ __all__ = (
 )
 
 CURRENT_VERSION = 1
+#: Number.MAX_SAFE_INTEGER: JavaScript reads every number as a double, which holds no larger
+#: integer exactly. A count in a file must not exceed it; encode writes no more than it.
+MAX_COUNT = 2**53 - 1
 
 #: JSON key of each counter, in field order of SessionStats.
 _STAT_KEYS = ("toolCalls", "promptCalls", "errors", "rateLimits")
 _TOOL_KEYS = ("calls", "errors", "rateLimits", "totalMs", "maxMs")
 _KNOWN_KEYS = frozenset({"version", "sessionId", "createdAt", "lastActiveAt", "stats", "tools"})
+#: Deepest nesting kept: json.dumps(indent=2) recurses in Python, so a deeper value adopted at
+#: open would raise RecursionError at every flush after it.
+_MAX_DEPTH = 64
+_MAX_MS = sys.float_info.max
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: ECMAScript's Date Time String Format (ECMA-262, "Date Time String Format") with a time and
+#: a zone: what toISOString writes, and the one form every JavaScript engine reads alike.
+_TIMESTAMP = re.compile(
+    "([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.]([0-9]+))?)?"
+    "(?:Z|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))"
+)
+_TIMESTAMP_FORM = "YYYY-MM-DDTHH:mm:ss.sss with a time zone, Z or ±HH:mm"
+#: Indents of JSON.stringify(…, null, 2) at the top level, in stats, and in a tool's entry.
+_AT_TOP, _IN_STATS, _IN_TOOL = " " * 2, " " * 4, " " * 6
+#: Made once: json.dumps makes a new encoder for every call that is not all defaults.
+_STRING = json.JSONEncoder(ensure_ascii=False).encode
+_VALUE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=2).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +130,29 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A session as stored: the session plus the top-level keys we do not know, kept as found."""
+    """A session as stored: the session plus the keys we do not know, kept as found.
+
+    Those inside stats stay through a reset, which zeroes the counts we know; those of a tool
+    go with the tool. A new session is a new record, and keeps only the top-level ones.
+    """
 
     session: Session
+    #: Top-level keys.
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: Keys inside "stats".
+    stats_extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: Keys inside a tool's entry in "tools", by tool name.
+    tools_extra: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def with_session(self, **changes: Any) -> Record:
-        return Record(replace(self.session, **changes), self.extra)
+        session = replace(self.session, **changes)
+        tools_extra = self.tools_extra
+        if tools_extra and "tools" in changes:
+            kept = {name: extra for name, extra in tools_extra.items() if name in session.tools}
+            tools_extra = MappingProxyType(kept)
+        return replace(self, session=session, tools_extra=tools_extra)
 
 
 def timestamp(seconds: float) -> datetime:
@@ -130,11 +171,27 @@ def format_timestamp(moment: datetime) -> str:
 
 
 def parse_timestamp(text: str) -> datetime:
-    """Read an ISO 8601 timestamp that names its offset (``Z`` or ``+hh:mm``); UTC result."""
-    moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    if moment.tzinfo is None:
-        raise ValueError(f"timestamp {text!r} has no time zone")
-    return moment.astimezone(timezone.utc)
+    """Read ``YYYY-MM-DDTHH:mm[:ss[.sss]]`` and ``Z`` or ``±HH:mm``; UTC, to the millisecond.
+
+    JavaScript's own format, read as ``Date`` reads it. ``fromisoformat`` is no judge: it
+    reads more (week dates, ``08:00:00,5``) on each Python release, and Date reads none of it.
+    """
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:
+        raise ValueError(f"timestamp {_shown(text)} is not a valid {_TIMESTAMP_FORM}")
+    year, month, day, hour, minute, second = (int(match[group] or 0) for group in range(1, 7))
+    milliseconds = int((match[7] or "").ljust(3, "0")[:3])  # as Date: three digits, no rounding
+    try:
+        moment = datetime(year, month, day, hour, minute, second, milliseconds * 1000, timezone.utc)
+    except ValueError:  # February 30th, year 0, second 60, hour 24
+        raise ValueError(f"timestamp {_shown(text)} is not a valid {_TIMESTAMP_FORM}") from None
+    if not match[8]:
+        return moment
+    offset = timedelta(hours=int(match[9]), minutes=int(match[10]))
+    try:
+        return moment - offset if match[8] == "+" else moment + offset
+    except OverflowError:  # 0001-01-01T00:00+01:00 is a moment before year 1
+        raise ValueError(f"timestamp {_shown(text)} is outside years 1 to 9999 in UTC") from None
 
 
 def encode(record: Record) -> bytes:
@@ -142,54 +199,96 @@ def encode(record: Record) -> bytes:
 
     Written out by hand because ``json.dumps`` with ``indent`` falls back to its pure-Python
     encoder; this is the same text (a test holds it to that) in a third of the time, spent
-    in a worker thread that holds the GIL while it runs.
+    in a worker thread that holds the GIL while it runs. What it writes is strict JSON in
+    UTF-8 that decode() accepts: a count above MAX_COUNT is written as MAX_COUNT, a time past
+    the largest double as that double, and a lone surrogate as JSON.stringify's escape.
     """
     session = record.session
     stats = session.stats
+    tool_calls, prompt_calls, errors, rate_limits = map(
+        _count, (stats.tool_calls, stats.prompt_calls, stats.errors, stats.rate_limits)
+    )
     text = (
         f'{{\n  "version": {session.version},\n'
-        f'  "sessionId": {_string(session.session_id)},\n'
+        f'  "sessionId": {_STRING(session.session_id)},\n'
         f'  "createdAt": "{format_timestamp(session.created_at)}",\n'
         f'  "lastActiveAt": "{format_timestamp(session.last_active_at)}",\n'
-        f'  "stats": {{\n    "toolCalls": {stats.tool_calls},\n'
-        f'    "promptCalls": {stats.prompt_calls},\n    "errors": {stats.errors},\n'
-        f'    "rateLimits": {stats.rate_limits}\n  }}'
+        f'  "stats": {{\n    "toolCalls": {tool_calls},\n'
+        f'    "promptCalls": {prompt_calls},\n    "errors": {errors},\n'
+        f'    "rateLimits": {rate_limits}{_members(record.stats_extra, _IN_STATS)}\n  }}'
     )
     parts = [text]
     if session.tools:  # absent, not empty, so a session without tools is the seed's own
+        more = record.tools_extra
         tools = ",\n".join(
-            f"    {_string(name)}: {_encode_tool(tool)}" for name, tool in session.tools.items()
+            f"    {_STRING(name)}: "
+            f"{_encode_tool(tool, _members(more[name], _IN_TOOL) if name in more else '')}"
+            for name, tool in session.tools.items()
         )
         parts.append(f',\n  "tools": {{\n{tools}\n  }}')
-    for key, value in record.extra.items():
-        nested = json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n  ")
-        parts.append(f",\n  {_string(key)}: {nested}")
-    parts.append("\n}")
-    return "".join(parts).encode()
+    parts += [_members(record.extra, _AT_TOP), "\n}"]
+    text = "".join(parts)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot hold
+        return _SURROGATE.sub(_escape, text).encode()
 
 
-def _string(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+def _escape(match: re.Match[str]) -> str:
+    """A lone surrogate as JSON.stringify writes it: an escape, in a string it can only be in."""
+    return f"\\u{ord(match[0]):04x}"
 
 
-def _encode_tool(tool: ToolStats) -> str:
+def _members(members: Mapping[str, Any], indent: str) -> str:
+    """Members of an object after the ones we know: a comma, then each on a line of its own."""
+    lines = []
+    for key, value in members.items():
+        nested = _VALUE(value).replace("\n", "\n" + indent)
+        lines.append(f",\n{indent}{_STRING(key)}: {nested}")
+    return "".join(lines)
+
+
+def _count(count: int) -> int:
+    """The count clamped to what decode accepts: 0 to MAX_COUNT."""
+    return count if 0 <= count <= MAX_COUNT else max(0, min(count, MAX_COUNT))
+
+
+def _milliseconds(ms: float) -> float:
+    """The time clamped to what decode accepts: 0 to the largest double, and NaN as 0."""
+    return ms if 0.0 <= ms <= _MAX_MS else min(ms, _MAX_MS) if ms > 0.0 else 0.0
+
+
+def _encode_tool(tool: ToolStats, more: str) -> str:
+    calls, errors, rate_limits = tool.calls, tool.errors, tool.rate_limits
     total_ms, max_ms = round(tool.total_ms, 3), round(tool.max_ms, 3)  # µs are plenty
+    # One test on the path every flush takes; the rare value out of range is clamped after.
+    if not (
+        0 <= calls <= MAX_COUNT
+        and 0 <= errors <= MAX_COUNT
+        and 0 <= rate_limits <= MAX_COUNT
+        and 0.0 <= total_ms <= _MAX_MS
+        and 0.0 <= max_ms <= _MAX_MS
+    ):
+        calls, errors, rate_limits = _count(calls), _count(errors), _count(rate_limits)
+        total_ms, max_ms = _milliseconds(total_ms), _milliseconds(max_ms)
     return (
-        f'{{\n      "calls": {tool.calls},\n      "errors": {tool.errors},\n'
-        f'      "rateLimits": {tool.rate_limits},\n      "totalMs": {total_ms!r},\n'
-        f'      "maxMs": {max_ms!r}\n    }}'
+        f'{{\n      "calls": {calls},\n      "errors": {errors},\n'
+        f'      "rateLimits": {rate_limits},\n      "totalMs": {total_ms!r},\n'
+        f'      "maxMs": {max_ms!r}{more}\n    }}'
     )
 
 
 def decode(data: bytes) -> Record:
-    """Parse and validate a session file; CorruptSessionError says what is wrong with it."""
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptSessionError(f"not valid JSON ({exc})") from None
-    if not isinstance(document, dict):
+    """Parse and validate a session file; CorruptSessionError says what is wrong with it.
+
+    It accepts what the TypeScript tool can read back as the same session: strict JSON
+    (RFC 8259) in UTF-8, counts that are safe integers, finite times, and unknown values that
+    are no deeper than 64 levels and hold no number that JavaScript would read as Infinity.
+    """
+    document = _parse(data)
+    if type(document) is not dict:
         raise CorruptSessionError("not a JSON object")
-    version = _field(document, "version", int)
+    version = _safe_integer(document, "version")
     if version > CURRENT_VERSION:
         raise UnsupportedVersionError(
             f"session format version {version} is newer than version {CURRENT_VERSION}, "
@@ -197,68 +296,172 @@ def decode(data: bytes) -> Record:
         )
     if version < 1:
         raise CorruptSessionError(f"version {version} is not a valid version")
-    session_id = _field(document, "sessionId", str)
+    session_id = _string(document, "sessionId")
     if not session_id:
         raise CorruptSessionError("sessionId is empty")
+    if _SURROGATE.search(session_id):  # it goes into logs and headers, which need UTF-8
+        raise CorruptSessionError(f"sessionId is not valid Unicode: {_shown(session_id)}")
+    stats = _object(document, "stats")
+    tools, tools_extra = (
+        _decode_tools(_object(document, "tools")) if "tools" in document else (_NONE, _NONE)
+    )
     session = Session(
         version=CURRENT_VERSION,
         session_id=session_id,
-        created_at=_timestamp_field(document, "createdAt"),
-        last_active_at=_timestamp_field(document, "lastActiveAt"),
-        stats=_decode_stats(_field(document, "stats", dict)),
-        tools=_decode_tools(document["tools"]) if "tools" in document else MappingProxyType({}),
+        created_at=_timestamp(document, "createdAt"),
+        last_active_at=_timestamp(document, "lastActiveAt"),
+        stats=SessionStats(*(_safe_integer(stats, key, "stats.") for key in _STAT_KEYS)),
+        tools=tools,
     )
-    extra = {key: value for key, value in document.items() if key not in _KNOWN_KEYS}
-    return Record(session, MappingProxyType(extra))
+    return Record(
+        session,
+        _unknown(document, _KNOWN_KEYS, 2),
+        _unknown(stats, _STAT_KEYS, 3) if len(stats) > len(_STAT_KEYS) else _NONE,
+        tools_extra,
+    )
 
 
-def _decode_stats(stats: dict[str, Any]) -> SessionStats:
-    counts = [_field(stats, key, int) for key in _STAT_KEYS]
-    for key, count in zip(_STAT_KEYS, counts, strict=True):
-        if count < 0:
-            raise CorruptSessionError(f"stats.{key} is negative ({count})")
-    return SessionStats(*counts)
+_NONE: Mapping[str, Any] = MappingProxyType({})
 
 
-def _decode_tools(tools: object) -> Mapping[str, ToolStats]:
-    if not isinstance(tools, dict):
-        raise CorruptSessionError(f"tools should be an object, not {tools!r}")
-    decoded = {}
-    for name, tool in tools.items():
-        if not isinstance(tool, dict):
-            raise CorruptSessionError(f"tools.{name} should be an object, not {tool!r}")
-        calls, errors, rate_limits = (_field(tool, key, int) for key in _TOOL_KEYS[:3])
-        total_ms, max_ms = (_field(tool, key, float) for key in _TOOL_KEYS[3:])
-        if min(calls, errors, rate_limits, total_ms, max_ms) < 0 or not all(
-            math.isfinite(ms) for ms in (total_ms, max_ms)
-        ):
-            raise CorruptSessionError(f"tools.{name} has a negative count or a bad time")
-        decoded[name] = ToolStats(calls, errors, rate_limits, float(total_ms), float(max_ms))
-    return MappingProxyType(decoded)
+def _unknown(members: dict[str, Any], known: Collection[str], depth: int) -> Mapping[str, Any]:
+    """The members whose keys are not ``known``, checked; ``depth`` is their level."""
+    unknown = {key: value for key, value in members.items() if key not in known}
+    for key, value in unknown.items():
+        _check_unknown(key, value, depth)
+    return MappingProxyType(unknown)
 
 
-def _timestamp_field(document: dict[str, Any], key: str) -> datetime:
-    text = _field(document, key, str)
+def _parse(data: bytes) -> Any:
+    """The JSON document in UTF-8 bytes (RFC 8259), any error of the parser made corrupt."""
+    if data.startswith(codecs.BOM_UTF8):  # RFC 8259 lets a parser ignore it; we write none
+        data = data[len(codecs.BOM_UTF8) :]
     try:
-        return parse_timestamp(text)
-    except ValueError:
-        raise CorruptSessionError(f"{key} is not an ISO 8601 timestamp: {text!r}") from None
+        # Decoded here: json.loads(bytes) lets UTF-8-encoded surrogates through.
+        return json.loads(data.decode(), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise CorruptSessionError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise CorruptSessionError("not valid JSON (nested too deep to parse)") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
+        raise CorruptSessionError(f"not valid JSON ({exc})") from None
 
 
-def _field(document: dict[str, Any], key: str, kind: type[Any]) -> Any:
-    if key not in document:
-        raise CorruptSessionError(f"{key} is missing")
-    value = document[key]
-    accepted = (int, float) if kind is float else kind  # a JSON number: 12 or 12.5
-    # bool is an int to Python but not to JSON: true is no counter.
-    if not isinstance(value, accepted) or isinstance(value, bool):
-        raise CorruptSessionError(f"{key} should be {_JSON_TYPES[kind]}, not {value!r}")
+def _refuse_constant(name: str) -> NoReturn:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON.parse refuses them."""
+    raise CorruptSessionError(f"not valid JSON ({name} is not a JSON value)")
+
+
+def _check_unknown(key: str, value: Any, depth: int) -> None:
+    """Refuse what encode could not write back as it was: deep nesting, or an infinite number.
+
+    ``depth`` counts the document as level 1. An integer too large for a double is one that
+    JavaScript reads as Infinity, as a float literal such as 1e400 is read as inf here.
+    """
+    kind = type(value)
+    if kind is float:
+        if not math.isfinite(value):
+            raise CorruptSessionError(f"{_shown(key)} holds a number too large for JavaScript")
+    elif kind is int:
+        if _float(value) == math.inf:
+            raise CorruptSessionError(f"{_shown(key)} holds a number too large for JavaScript")
+    elif kind is dict or kind is list:
+        if depth > _MAX_DEPTH:
+            raise CorruptSessionError(f"{_shown(key)} is nested over {_MAX_DEPTH} levels deep")
+        for item in value.values() if kind is dict else value:
+            _check_unknown(key, item, depth + 1)
+
+
+def _decode_tools(
+    tools: dict[str, Any],
+) -> tuple[Mapping[str, ToolStats], Mapping[str, Mapping[str, Any]]]:
+    """Each tool's stats, and the keys we do not know in the entries that have some."""
+    decoded, extra = {}, {}
+    for name, tool in tools.items():
+        try:
+            decoded[name] = _decode_tool(tool)
+            if len(tool) > len(_TOOL_KEYS):  # all of ours are there: something else is too
+                extra[name] = _unknown(tool, _TOOL_KEYS, 4)
+        except CorruptSessionError as exc:  # named here, so the path every flush takes is lean
+            raise CorruptSessionError(f"tools[{_shown(name)}]{exc}") from None
+    return MappingProxyType(decoded), MappingProxyType(extra)
+
+
+def _decode_tool(tool: object) -> ToolStats:
+    if type(tool) is not dict:
+        raise CorruptSessionError(f" should be an object, not {_shown(tool)}")
+    return ToolStats(
+        _safe_integer(tool, "calls", "."),
+        _safe_integer(tool, "errors", "."),
+        _safe_integer(tool, "rateLimits", "."),
+        _time(tool, "totalMs", "."),
+        _time(tool, "maxMs", "."),
+    )
+
+
+def _safe_integer(members: dict[str, Any], key: str, where: str = "") -> int:
+    """A count or version: an integer from 0 to MAX_COUNT, which JavaScript holds exactly."""
+    value = members.get(key)
+    if type(value) is int and 0 <= value <= MAX_COUNT:  # type(): true is no count
+        return value
+    if type(value) is not int:
+        raise _refused(members, key, where, "an integer")
+    raise CorruptSessionError(
+        f"{where}{key} is negative ({_shown(value)})"
+        if value < 0
+        else f"{where}{key} is above Number.MAX_SAFE_INTEGER (2**53 - 1)"
+    )
+
+
+def _time(members: dict[str, Any], key: str, where: str) -> float:
+    """A time in milliseconds: a finite number, not negative."""
+    value = members.get(key)
+    if type(value) is float and 0.0 <= value <= _MAX_MS:  # also false for inf and NaN
+        return value
+    if type(value) is int and value >= 0 and _float(value) < math.inf:
+        return float(value)
+    if type(value) in (int, float):
+        raise CorruptSessionError(f"{where}{key} is negative or too large ({_shown(value)})")
+    raise _refused(members, key, where, "a number")
+
+
+def _string(members: dict[str, Any], key: str) -> str:
+    value = members.get(key)
+    if type(value) is not str:
+        raise _refused(members, key, "", "a string")
     return value
 
 
-_JSON_TYPES: dict[type[Any], str] = {
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    dict: "an object",
-}
+def _object(members: dict[str, Any], key: str) -> dict[str, Any]:
+    value = members.get(key)
+    if type(value) is not dict:
+        raise _refused(members, key, "", "an object")
+    return value
+
+
+def _refused(members: dict[str, Any], key: str, where: str, kind: str) -> CorruptSessionError:
+    """The error for a member that is missing or not of the ``kind`` it should be."""
+    if key not in members:
+        return CorruptSessionError(f"{where}{key} is missing")
+    return CorruptSessionError(f"{where}{key} should be {kind}, not {_shown(members[key])}")
+
+
+def _timestamp(members: dict[str, Any], key: str) -> datetime:
+    text = _string(members, key)
+    try:
+        return parse_timestamp(text)
+    except ValueError as exc:
+        raise CorruptSessionError(f"{key}: {exc}") from None
+
+
+def _float(number: float) -> float:
+    """A JSON number as a float; one too large for a double (JavaScript's Infinity) is inf."""
+    try:
+        return float(number)
+    except OverflowError:  # an integer of 400 digits
+        return math.inf
+
+
+def _shown(value: object) -> str:
+    """A value for a message: short, and with any lone surrogate escaped, as repr does."""
+    return reprlib.repr(value)
