@@ -384,7 +384,11 @@ class TestShowEscapes:
         assert lines[10].split() == [shown, "7", "0", "0", "0.21", "1.00"]
         assert sum(line.startswith("errors") for line in lines) == 1
 
-    @pytest.mark.parametrize(("session_id", "shown"), HOSTILE.items(), ids=short_id)
+    @pytest.mark.parametrize(
+        ("session_id", "shown"),
+        [(name, shown) for name, shown in HOSTILE.items() if "\ud800" not in name],
+        ids=short_id,
+    )
     def test_the_session_id(
         self, session_path: Path, session_id: str, shown: str, capsys: pytest.CaptureFixture[str]
     ) -> None:
