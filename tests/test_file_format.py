@@ -20,14 +20,17 @@ from hypothesis import strategies as st
 
 from aiosessionstore import (
     AsyncSessionStore,
+    ClientStats,
     Session,
     SessionStats,
     ToolStats,
     UnsupportedVersionError,
 )
 from aiosessionstore._cli import EXIT_CODES, main
+from aiosessionstore._codec import decode, encode
 from aiosessionstore._errors import CorruptSessionError
-from aiosessionstore._session import Record, decode, encode, format_timestamp, parse_timestamp
+from aiosessionstore._latency import BUCKETS
+from aiosessionstore._session import Record, format_timestamp, parse_timestamp
 
 from .conftest import read_json
 
@@ -711,7 +714,9 @@ json_values = st.recursive(
 )  # fmt: skip
 times = st.floats(0, 1e9, allow_nan=False, allow_infinity=False)
 counts = st.integers(0, MAX_SAFE_INTEGER)  # larger counts saturate: TestEncoderLimits
-tool_stats = st.builds(ToolStats, counts, counts, counts, times, times)
+latencies = st.dictionaries(st.integers(0, BUCKETS - 1), counts, max_size=4)
+tool_stats = st.builds(ToolStats, counts, counts, counts, times, times, latencies)
+client_stats = st.builds(ClientStats, counts, counts)
 moments = st.datetimes(timezones=st.just(timezone.utc)).map(
     lambda moment: moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 )
@@ -726,6 +731,8 @@ def unknown_members(known: set[str]) -> st.SearchStrategy[dict[str, Any]]:
 def records(draw: st.DrawFn) -> Record:
     """A record as decode could make it, unknown keys at every level included."""
     tools = draw(st.dictionaries(texts, tool_stats, max_size=4))
+    prompts = draw(st.dictionaries(texts, tool_stats, max_size=3))
+    clients = draw(st.dictionaries(texts, client_stats, max_size=3))
     session = Session(
         1,
         draw(st.text(min_size=1)),
@@ -733,15 +740,25 @@ def records(draw: st.DrawFn) -> Record:
         draw(moments),
         draw(st.builds(SessionStats, counts, counts, counts, counts)),
         tools,
+        prompts,
+        clients,
     )
-    tool_keys = {"calls", "errors", "rateLimits", "totalMs", "maxMs"}
-    tools_extra = {name: extra for name in tools if (extra := draw(unknown_members(tool_keys)))}
+    call_keys = {"calls", "errors", "rateLimits", "totalMs", "maxMs", "latency"}
+    entries_extra = {
+        section: extra
+        for section, entries, known in (
+            ("tools", tools, call_keys),
+            ("prompts", prompts, call_keys),
+            ("clients", clients, {"toolCalls", "promptCalls"}),
+        )
+        if (extra := {n: e for n in entries if (e := draw(unknown_members(known)))})
+    }
     return Record(
         session,
         draw(unknown_members({"version", "sessionId", "createdAt", "lastActiveAt", "stats",
-                              "tools"})),
+                              "tools", "prompts", "clients"})),
         draw(unknown_members({"toolCalls", "promptCalls", "errors", "rateLimits"})),
-        tools_extra,
+        entries_extra,
     )  # fmt: skip
 
 
@@ -757,12 +774,23 @@ def reference_encoding(record: Record) -> bytes:
                   "errors": stats.errors, "rateLimits": stats.rate_limits},
     }  # fmt: skip
     document["stats"].update(record.stats_extra)
-    if session.tools:
-        document["tools"] = {
-            name: {"calls": tool.calls, "errors": tool.errors, "rateLimits": tool.rate_limits,
-                   "totalMs": round(tool.total_ms, 3), "maxMs": round(tool.max_ms, 3),
-                   **record.tools_extra.get(name, {})}
-            for name, tool in session.tools.items()
+    extra = record.entries_extra
+    for section, entries in (("tools", session.tools), ("prompts", session.prompts)):
+        if entries:
+            document[section] = {
+                name: {"calls": calls.calls, "errors": calls.errors,
+                       "rateLimits": calls.rate_limits, "totalMs": round(calls.total_ms, 3),
+                       "maxMs": round(calls.max_ms, 3),
+                       **({"latency": {str(i): calls.latency[i] for i in sorted(calls.latency)}}
+                          if calls.latency else {}),
+                       **extra.get(section, {}).get(name, {})}
+                for name, calls in entries.items()
+            }  # fmt: skip
+    if session.clients:
+        document["clients"] = {
+            name: {"toolCalls": client.tool_calls, "promptCalls": client.prompt_calls,
+                   **extra.get("clients", {}).get(name, {})}
+            for name, client in session.clients.items()
         }  # fmt: skip
     document.update(record.extra)
     text = json.dumps(document, indent=2, ensure_ascii=False)
@@ -777,8 +805,12 @@ def test_the_fast_encoder_writes_what_json_dumps_would(record: Record) -> None:
     decoded = decode(encode(record))
     assert decoded.session.stats == record.session.stats
     assert decoded.session.session_id == record.session.session_id
-    assert (decoded.extra, decoded.stats_extra, decoded.tools_extra) == (
+    assert decoded.session.clients == record.session.clients
+    assert [t.latency for t in decoded.session.tools.values()] == [
+        t.latency for t in record.session.tools.values()
+    ]
+    assert (decoded.extra, decoded.stats_extra, decoded.entries_extra) == (
         record.extra,
         record.stats_extra,
-        record.tools_extra,
+        record.entries_extra,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aiosessionstore._session import decode
+from aiosessionstore._codec import decode
 
 from .conftest import posix_only, read_json
 from .conftest import start_worker as start

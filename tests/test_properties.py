@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from aiosessionstore import AsyncSessionStore, SessionStats
+from aiosessionstore._codec import decode, encode
 from aiosessionstore._errors import CorruptSessionError, UnsupportedVersionError
-from aiosessionstore._session import decode, encode
 
 from .conftest import read_json
 

@@ -10,7 +10,7 @@ import anyio.lowlevel
 import pytest
 
 from aiosessionstore import AsyncSessionStore, SessionStats, ToolStats
-from aiosessionstore._names import OTHER, merge_tools
+from aiosessionstore._names import OTHER, merge_capped
 
 from .conftest import read_json
 
@@ -59,12 +59,9 @@ class TestToolCall:
                 async with store.tool_call("lookup"):
                     raise KeyError("missing")
             assert store.session.stats == SessionStats(tool_calls=1, errors=1)
-            assert store.session.tools["lookup"] == ToolStats(
-                calls=1,
-                errors=1,
-                total_ms=store.session.tools["lookup"].total_ms,
-                max_ms=store.session.tools["lookup"].max_ms,
-            )
+            lookup = store.session.tools["lookup"]
+            assert (lookup.calls, lookup.errors, lookup.rate_limits) == (1, 1, 0)
+            assert sum(lookup.latency.values()) == 1
 
     async def test_a_rate_limit_exception_is_a_rate_limit(self, session_path: Path) -> None:
         """Exceptions of the store's rate-limit types count a rate limit, not an error."""
@@ -243,7 +240,7 @@ class TestToolStatsOnDisk:
 
     async def test_merging_adds_times_and_keeps_the_longest_call(self) -> None:
         """Totals add; the longest call is the longer of the two, not their sum."""
-        merged = merge_tools({"search": ToolStats(1, 0, 0, 5.0, 5.0)},
+        merged = merge_capped({"search": ToolStats(1, 0, 0, 5.0, 5.0)},
                              {"search": ToolStats(1, 1, 0, 3.0, 3.0)}, cap=10)  # fmt: skip
         assert merged["search"] == ToolStats(2, 1, 0, 8.0, 5.0)
 

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from aiosessionstore import AsyncSessionStore, _file
-from aiosessionstore._session import decode
+from aiosessionstore._codec import decode
 
 
 def say(text: str) -> None:

@@ -11,13 +11,14 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._mcp import SessionState, session_lifespan, session_store
-from ._session import Session, SessionStats, ToolStats
+from ._session import ClientStats, Session, SessionStats, ToolStats
 from ._store import AsyncSessionStore
 from ._tools import ToolCall
 from ._version import __version__ as __version__
 
 __all__ = (
     "AsyncSessionStore",
+    "ClientStats",
     "CorruptSessionError",
     "LockTimeoutError",
     "Session",

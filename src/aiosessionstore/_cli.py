@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import _file
+from ._codec import encode
 from ._errors import (
     CorruptSessionError,
     SessionNotFoundError,
@@ -30,7 +31,7 @@ from ._errors import (
 )
 from ._file import Change, Mode
 from ._location import resolve_path
-from ._session import Record, Session, SessionStats, format_timestamp, timestamp
+from ._session import Counts, Record, Session, timestamp
 from ._version import __version__
 
 __all__ = ("EXIT_CODES", "main")
@@ -239,7 +240,7 @@ def _confirmed(question: str, stdin: TextIO | None) -> bool:
 
 def _transact(path: Path, mode: Mode, known: Record | None) -> Record:
     now = timestamp(time.time())
-    change = Change(mode, SessionStats(), {}, now, known, known_was_saved=False)
+    change = Change(mode, Counts(), now, known, known_was_saved=False)
     return _file.commit(path, change, _LOCK_TIMEOUT)
 
 
@@ -412,32 +413,9 @@ def _json_escape(match: re.Match[str]) -> str:
 
 
 def _document(record: Record) -> dict[str, Any]:
-    """The file's JSON value, as ``encode`` writes it, which a lone surrogate would make fail."""
-    session, stats = record.session, record.session.stats
-    document: dict[str, Any] = {
-        "version": session.version,
-        "sessionId": session.session_id,
-        "createdAt": format_timestamp(session.created_at),
-        "lastActiveAt": format_timestamp(session.last_active_at),
-        "stats": {
-            "toolCalls": stats.tool_calls,
-            "promptCalls": stats.prompt_calls,
-            "errors": stats.errors,
-            "rateLimits": stats.rate_limits,
-        },
-    }
-    if session.tools:
-        document["tools"] = {
-            name: {
-                "calls": tool.calls,
-                "errors": tool.errors,
-                "rateLimits": tool.rate_limits,
-                "totalMs": round(tool.total_ms, 3),
-                "maxMs": round(tool.max_ms, 3),
-            }
-            for name, tool in session.tools.items()
-        }
-    return document | dict(record.extra)
+    """The file's JSON value, exactly as ``encode`` writes it (a lone surrogate escaped)."""
+    document: dict[str, Any] = json.loads(encode(record))
+    return document
 
 
 def _when(moment: datetime, now: float) -> str:

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
+from ._codec import decode, encode
 from ._errors import (
     CorruptSessionError,
     SessionNotFoundError,
@@ -26,8 +28,8 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._lock import held
-from ._names import DEFAULT_MAX_TOOLS, merge_tools
-from ._session import Record, Session, SessionStats, ToolStats, decode, encode
+from ._names import DEFAULT_MAX_TOOLS, add_counts
+from ._session import Counts, Record, Session, SessionStats
 
 __all__ = ("Change", "Mode", "commit", "open_session", "read", "remove")
 
@@ -52,8 +54,8 @@ class Change:
     """One transaction's input: what to do, what to add, and what this store knew."""
 
     mode: Mode
-    deltas: SessionStats
-    tool_deltas: Mapping[str, ToolStats]
+    #: What a merge adds; nothing, for a reset or a new session.
+    counts: Counts
     active_at: datetime
     #: The session this store last saw, written back over a corrupt file; None: the file must
     #: exist and be valid (the command line's reset), else the transaction raises.
@@ -61,7 +63,7 @@ class Change:
     #: Whether ``known`` was ever on disk: a saved session that has since disappeared was
     #: deleted on purpose, and its identity must not come back.
     known_was_saved: bool
-    #: How many distinct tool names the session may keep; further ones merge into one.
+    #: How many distinct names of tools (prompts, clients) the session keeps apart.
     max_tools: int = DEFAULT_MAX_TOOLS
 
     def apply(self, base: Record) -> Record:
@@ -70,13 +72,16 @@ class Change:
         active_at = max(session.last_active_at, self.active_at)
         if self.mode is Mode.MERGE:
             return base.with_session(
-                last_active_at=active_at,
-                stats=session.stats + self.deltas,
-                tools=merge_tools(session.tools, self.tool_deltas, self.max_tools),
+                last_active_at=active_at, **add_counts(session, self.counts, self.max_tools)
             )
         if self.mode is Mode.RESET:
+            nothing: Mapping[str, Any] = MappingProxyType({})
             return base.with_session(
-                last_active_at=active_at, stats=SessionStats(), tools=MappingProxyType({})
+                last_active_at=active_at,
+                stats=SessionStats(),
+                tools=nothing,
+                prompts=nothing,
+                clients=nothing,
             )
         return Record(Session.new(self.active_at), base.extra)
 

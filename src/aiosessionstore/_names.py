@@ -1,9 +1,9 @@
-"""Tool names: which ones a store accepts, and how many distinct ones a session keeps.
+"""Names of tools, prompts and clients: which ones are accepted, and how many are kept apart.
 
-A name becomes a key of the file's ``"tools"`` object, so a bad one would poison every later
-write, and an unbounded number of them would grow the file, the memory and every flush
-without end. Names are checked where they come in; past the cap, calls are counted under
-one entry, ``OTHER``, so that the session's own counters always stay exact.
+A name becomes a key of the file, so a bad one would poison every later write, and an
+unbounded number of them would grow the file, the memory and every flush without end. Names
+are checked where they come in; past the cap, calls are counted under one entry, ``OTHER``,
+so that the session's own counters and the per-name sums always stay exact.
 """
 
 from __future__ import annotations
@@ -11,14 +11,27 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
 
-from ._session import ToolStats
+from ._session import Counts, Session
 
-__all__ = ("DEFAULT_MAX_TOOLS", "MAX_NAME_LENGTH", "OTHER", "check_max_tools", "check_name",
-           "merge_tools")  # fmt: skip
+__all__ = (
+    "DEFAULT_MAX_TOOLS",
+    "MAX_NAME_LENGTH",
+    "OTHER",
+    "UNKNOWN",
+    "add_counts",
+    "check_max_tools",
+    "check_name",
+    "client_name",
+    "merge_capped",
+)
 
-#: Where the calls of tools past the cap are counted. Names in parentheses are reserved.
+#: Where the calls of names past the cap are counted. Names in parentheses are reserved.
 OTHER = "(other)"
+#: Where calls of tools or prompts that do not exist are counted, and those of clients that
+#: gave no usable name: a client must not be able to grow the file by naming things.
+UNKNOWN = "(unknown)"
 DEFAULT_MAX_TOOLS = 1000
 #: The most a store accepts: well under the size of file the store agrees to read.
 _LIMIT_MAX_TOOLS = 10_000
@@ -28,19 +41,34 @@ MAX_NAME_LENGTH = 128
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-def check_name(name: object) -> str:
-    """``name`` if a file can keep it as a tool name; else a ValueError that says why."""
+class _Addable(Protocol):
+    def __add__(self, other: Any, /) -> Any: ...
+
+
+_Stats = TypeVar("_Stats", bound=_Addable)
+
+
+def check_name(name: object, what: str = "tool") -> str:
+    """``name`` if a file can keep it as a name; else a ValueError that says why."""
     if not isinstance(name, str):
-        raise TypeError(f"a tool name must be a str, not {type(name).__name__}")
+        raise TypeError(f"a {what} name must be a str, not {type(name).__name__}")
     if not 0 < len(name) <= MAX_NAME_LENGTH:
         raise ValueError(
-            f"a tool name must have 1 to {MAX_NAME_LENGTH} characters, not {len(name)}"
+            f"a {what} name must have 1 to {MAX_NAME_LENGTH} characters, not {len(name)}"
         )
     if _FORBIDDEN.search(name):
-        raise ValueError(f"a tool name must not hold control characters or surrogates: {name!r}")
-    if name.startswith("(") and name.endswith(")"):
-        raise ValueError(f"tool names in parentheses are reserved: {name!r}")
+        raise ValueError(f"a {what} name must not hold control characters or surrogates: {name!r}")
+    if name.startswith("(") and name.endswith(")") and name != UNKNOWN:
+        raise ValueError(f"{what} names in parentheses are reserved: {name!r}")
     return name
+
+
+def client_name(name: object) -> str:
+    """A client's own name for itself, or UNKNOWN: it comes from the wire, so never raises."""
+    try:
+        return check_name(name, "client")
+    except (TypeError, ValueError):
+        return UNKNOWN
 
 
 def check_max_tools(max_tools: object) -> int:
@@ -51,20 +79,30 @@ def check_max_tools(max_tools: object) -> int:
     return max_tools
 
 
-def merge_tools(
-    tools: Mapping[str, ToolStats], more: Mapping[str, ToolStats], cap: int
-) -> Mapping[str, ToolStats]:
-    """Per-tool stats merged, counts and times added, the longest call kept; a name that
-    would take the session past ``cap`` distinct names is merged into ``OTHER``."""
+def merge_capped(
+    entries: Mapping[str, _Stats], more: Mapping[str, _Stats], cap: int
+) -> Mapping[str, _Stats]:
+    """Entries merged by adding their stats; a name that would take them past ``cap``
+    distinct names is merged into ``OTHER``."""
     if not more:
-        return tools
-    merged = dict(tools)
+        return entries
+    merged = dict(entries)
     named = len(merged) - (OTHER in merged)
     for name, stats in more.items():
-        if name not in merged:
-            if name != OTHER and named >= cap:
+        if name not in merged and name != OTHER:
+            if named >= cap:
                 name = OTHER
-            elif name != OTHER:
+            else:
                 named += 1
         merged[name] = merged[name] + stats if name in merged else stats
     return MappingProxyType(merged)
+
+
+def add_counts(session: Session, counts: Counts, cap: int) -> dict[str, Any]:
+    """The fields of ``session`` with ``counts`` added, for ``dataclasses.replace``."""
+    return {
+        "stats": session.stats + counts.stats,
+        "tools": merge_capped(session.tools, counts.tools, cap),
+        "prompts": merge_capped(session.prompts, counts.prompts, cap),
+        "clients": merge_capped(session.clients, counts.clients, cap),
+    }

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import NamedTuple
 
+from . import _latency
 from ._file import Change, Mode
 from ._names import OTHER
-from ._session import Record, SessionStats, ToolStats, timestamp
+from ._session import ClientStats, Counts, Record, SessionStats, ToolStats, timestamp
 
 __all__ = (
-    "CALLS",
     "ERRORS",
-    "MAX_MS",
     "PROMPT_CALLS",
     "RATE_LIMITS",
     "TOOL_CALLS",
-    "TOOL_ERRORS",
-    "TOOL_RATE_LIMITS",
-    "TOTAL_MS",
+    "Calls",
     "Pending",
     "Taken",
     "moment",
@@ -32,10 +28,8 @@ logger = logging.getLogger("aiosessionstore")
 
 #: Indexes into Pending.counts, in the order of SessionStats' fields.
 TOOL_CALLS, PROMPT_CALLS, ERRORS, RATE_LIMITS = range(4)
-#: Indexes into one tool's list in Pending.tools, in the order of ToolStats' fields.
-CALLS, TOOL_ERRORS, TOOL_RATE_LIMITS, TOTAL_MS, MAX_MS = range(5)
 
-_NO_TOOLS: Mapping[str, ToolStats] = MappingProxyType({})
+_NOTHING = Counts()
 
 #: 9999-12-31T23:59:59.999Z: the last moment that both ``datetime`` and the file can hold.
 _LATEST = 253_402_300_799.999
@@ -62,65 +56,109 @@ class Taken(NamedTuple):
     """Pending counts moved out for one transaction, to give back if it fails."""
 
     change: Change
-    stats: SessionStats
-    tools: Mapping[str, ToolStats]
+    counts: Counts
     active_at: float | None
+
+
+class Calls:
+    """The pending calls of one tool or prompt; slots are the cheapest thing to add to."""
+
+    __slots__ = ("calls", "errors", "latency", "max_ms", "rate_limits", "total_ms")
+
+    def __init__(self) -> None:
+        self.calls = self.errors = self.rate_limits = 0
+        self.total_ms = self.max_ms = 0.0
+        self.latency: dict[int, int] = {}
+
+    def timed(self, elapsed_ms: float) -> None:
+        self.total_ms += elapsed_ms
+        if elapsed_ms > self.max_ms:
+            self.max_ms = elapsed_ms
+        index = _latency.bucket(elapsed_ms)
+        self.latency[index] = self.latency.get(index, 0) + 1
+
+    def add(self, more: ToolStats) -> None:
+        self.calls += more.calls
+        self.errors += more.errors
+        self.rate_limits += more.rate_limits
+        self.total_ms += more.total_ms
+        self.max_ms = max(self.max_ms, more.max_ms)
+        for index, count in more.latency.items():
+            self.latency[index] = self.latency.get(index, 0) + count
+
+    def stats(self) -> ToolStats:
+        latency = MappingProxyType(dict(self.latency))
+        return ToolStats(
+            self.calls, self.errors, self.rate_limits, self.total_ms, self.max_ms, latency
+        )
 
 
 class Pending:
     """Counts since the last write, and when the last one was made (None: nothing pending)."""
 
-    __slots__ = ("active_at", "counts", "max_tools", "tools")
+    __slots__ = ("active_at", "clients", "counts", "max_tools", "prompts", "tools")
 
     def __init__(self, max_tools: int) -> None:
-        #: How many distinct tool names to keep apart; the calls of further ones go to OTHER.
+        #: How many distinct names to keep apart; the calls of further ones go to OTHER.
         self.max_tools = max_tools
+        self.active_at: float | None = None
+        self.clear()
+
+    def clear(self) -> None:
         #: A list of four ints is the cheapest thing to add to on the hot path.
         self.counts = [0, 0, 0, 0]
-        #: Per tool: [calls, errors, rate limits, total ms, max ms].
-        self.tools: dict[str, list[float]] = {}
-        self.active_at: float | None = None
+        self.tools: dict[str, Calls] = {}
+        self.prompts: dict[str, Calls] = {}
+        #: Per client: [tool calls, prompt calls].
+        self.clients: dict[str, list[int]] = {}
+        self.active_at = None
 
-    def stats(self) -> SessionStats:
-        return SessionStats(*self.counts)
+    def calls(self, entries: dict[str, Calls], name: str) -> Calls:
+        """The pending calls of one tool or prompt, made on first use; past the cap, OTHER's."""
+        calls = entries.get(name)
+        if calls is None:
+            if name != OTHER and len(entries) - (OTHER in entries) >= self.max_tools:
+                return self.calls(entries, OTHER)
+            calls = entries[name] = Calls()
+        return calls
 
-    def tool_stats(self) -> Mapping[str, ToolStats]:
-        if not self.tools:
-            return _NO_TOOLS
-        return MappingProxyType(
-            {
-                name: ToolStats(int(calls), int(errors), int(limits), total_ms, max_ms)
-                for name, (calls, errors, limits, total_ms, max_ms) in self.tools.items()
-            }
+    def client(self, name: str) -> list[int]:
+        """The pending [tool calls, prompt calls] of one client; past the cap, OTHER's."""
+        client = self.clients.get(name)
+        if client is None:
+            if len(self.clients) - (OTHER in self.clients) >= self.max_tools:
+                name = OTHER
+                client = self.clients.get(name)
+            if client is None:
+                client = self.clients[name] = [0, 0]
+        return client
+
+    def snapshot(self) -> Counts:
+        """The pending counts as they stand, left pending."""
+        if self.active_at is None:
+            return _NOTHING
+        return Counts(
+            SessionStats(*self.counts),
+            MappingProxyType({name: calls.stats() for name, calls in self.tools.items()}),
+            MappingProxyType({name: calls.stats() for name, calls in self.prompts.items()}),
+            MappingProxyType({name: ClientStats(*c) for name, c in self.clients.items()}),
         )
 
-    def tool(self, name: str) -> list[float]:
-        """The pending list of one tool, made on first use; past the cap, OTHER's."""
-        tool = self.tools.get(name)
-        if tool is None:
-            if len(self.tools) - (OTHER in self.tools) >= self.max_tools:
-                name = OTHER
-                tool = self.tools.get(name)
-            if tool is None:
-                tool = self.tools[name] = [0, 0, 0, 0.0, 0.0]
-        return tool
-
-    def add(
-        self, stats: SessionStats, tools: Mapping[str, ToolStats], active_at: float | None
-    ) -> None:
+    def add(self, counts: Counts, active_at: float | None) -> None:
         """Add counts: new ones, or ones a failed write gives back."""
-        counts = self.counts
-        counts[TOOL_CALLS] += stats.tool_calls
-        counts[PROMPT_CALLS] += stats.prompt_calls
-        counts[ERRORS] += stats.errors
-        counts[RATE_LIMITS] += stats.rate_limits
-        for name, more in tools.items():
-            tool = self.tool(name)
-            tool[CALLS] += more.calls
-            tool[TOOL_ERRORS] += more.errors
-            tool[TOOL_RATE_LIMITS] += more.rate_limits
-            tool[TOTAL_MS] += more.total_ms
-            tool[MAX_MS] = max(tool[MAX_MS], more.max_ms)
+        mine = self.counts
+        stats = counts.stats
+        mine[TOOL_CALLS] += stats.tool_calls
+        mine[PROMPT_CALLS] += stats.prompt_calls
+        mine[ERRORS] += stats.errors
+        mine[RATE_LIMITS] += stats.rate_limits
+        for entries, more in ((self.tools, counts.tools), (self.prompts, counts.prompts)):
+            for name, stats_of_one in more.items():
+                self.calls(entries, name).add(stats_of_one)
+        for name, client in counts.clients.items():
+            pending = self.client(name)
+            pending[0] += client.tool_calls
+            pending[1] += client.prompt_calls
         if active_at is not None and (self.active_at is None or active_at > self.active_at):
             self.active_at = active_at
 
@@ -138,21 +176,15 @@ class Pending:
             reading = taken_at
         # All that can fail comes before clear(): the counts stay here until they are taken.
         when = moment(reading, known.session.last_active_at)
-        stats, tools = self.stats(), self.tool_stats()
-        if mode is Mode.MERGE:
-            change = Change(mode, stats, tools, when, known, saved, self.max_tools)
-        else:
-            change = Change(mode, SessionStats(), _NO_TOOLS, when, known, saved, self.max_tools)
+        counts = self.snapshot()
+        change = Change(
+            mode, counts if mode is Mode.MERGE else _NOTHING, when, known, saved, self.max_tools
+        )
         self.clear()
-        return Taken(change, stats, tools, taken_at)
+        return Taken(change, counts, taken_at)
 
     def give_back(self, taken: Taken) -> None:
-        self.add(taken.stats, taken.tools, taken.active_at)
-
-    def clear(self) -> None:
-        self.counts = [0, 0, 0, 0]
-        self.tools = {}
-        self.active_at = None
+        self.add(taken.counts, taken.active_at)
 
     def __str__(self) -> str:
         tool_calls, prompt_calls, errors, rate_limits = self.counts

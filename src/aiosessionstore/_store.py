@@ -19,20 +19,15 @@ from . import _shutdown
 from ._errors import StoreClosedError
 from ._file import Mode
 from ._location import resolve_path
-from ._names import DEFAULT_MAX_TOOLS, check_max_tools
+from ._names import DEFAULT_MAX_TOOLS, check_max_tools, check_name, client_name
 from ._pending import (
-    CALLS,
     ERRORS,
-    MAX_MS,
     PROMPT_CALLS,
     RATE_LIMITS,
     TOOL_CALLS,
-    TOOL_ERRORS,
-    TOOL_RATE_LIMITS,
-    TOTAL_MS,
     Pending,
 )
-from ._session import Session, SessionStats
+from ._session import Counts, Session, SessionStats
 from ._shutdown import signal_hub
 from ._tools import Outcome, ToolCall
 from ._writer import Writer
@@ -267,7 +262,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
                 self._reject(count)
         async with self._lock:
             stats = SessionStats(tool_calls, prompt_calls, errors, rate_limits)
-            self._pending.add(stats, {}, self._clock())
+            self._pending.add(Counts(stats), self._clock())
 
     def _add_and_release(self, counter: int, count: int) -> None:
         """Check and add one count, then release ``_lock``, which the caller acquired.
@@ -284,45 +279,79 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             self._lock.release()
 
     def tool_call(
-        self, name: str, *, rate_limit_errors: tuple[type[BaseException], ...] | None = None
+        self,
+        name: str,
+        *,
+        client: str | None = None,
+        rate_limit_errors: tuple[type[BaseException], ...] | None = None,
     ) -> ToolCall:
         """Count a call of tool ``name``, and its error or rate limit, and time it.
 
-        ``async with store.tool_call("search"): ...``, or as a decorator. ``rate_limit_errors``
-        overrides the store's for this call.
+        ``async with store.tool_call("search"): ...``, or as a decorator. ``client`` is the
+        calling MCP client's name, counted per client; ``rate_limit_errors`` overrides the
+        store's for this call. A name the file cannot keep is a ValueError here.
         """
-        limits = self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors
-        return ToolCall(self, name, limits)
+        return self._call(TOOL_CALLS, check_name(name), client, rate_limit_errors)
 
-    async def _tool_started(self, name: str) -> None:
-        self._check_open()
-        await self._lock.acquire()
+    def prompt_call(
+        self,
+        name: str,
+        *,
+        client: str | None = None,
+        rate_limit_errors: tuple[type[BaseException], ...] | None = None,
+    ) -> ToolCall:
+        """As ``tool_call``, for a prompt: counts a prompt call, kept per prompt."""
+        return self._call(PROMPT_CALLS, check_name(name, "prompt"), client, rate_limit_errors)
+
+    def _call(
+        self,
+        kind: int,
+        name: str,
+        client: str | None,
+        rate_limit_errors: tuple[type[BaseException], ...] | None,
+    ) -> ToolCall:
+        limits = self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors
+        client = None if client is None else client_name(client)
+
+        async def started() -> None:
+            await self._lock.acquire()
+            self._call_started(kind, name, client)
+
+        def finished(elapsed_ms: float, outcome: Outcome) -> None:
+            self._call_finished(kind, name, elapsed_ms, outcome)
+
+        return ToolCall(started, finished, limits)
+
+    def _call_started(self, kind: int, name: str, client: str | None) -> None:
+        """Count the start of a call, then release ``_lock``, which the caller acquired."""
         try:
+            self._check_open()
             pending = self._pending
-            pending.counts[TOOL_CALLS] += 1
-            pending.tool(name)[CALLS] += 1
+            pending.counts[kind] += 1
+            pending.calls(pending.tools if kind == TOOL_CALLS else pending.prompts, name).calls += 1
+            if client is not None:
+                pending.client(client)[0 if kind == TOOL_CALLS else 1] += 1
             pending.active_at = self._clock()
         finally:
             self._lock.release()
 
-    def _tool_finished(self, name: str, elapsed_ms: float, outcome: Outcome) -> None:
+    def _call_finished(self, kind: int, name: str, elapsed_ms: float, outcome: Outcome) -> None:
         """Record how a call ended; synchronous, so that a cancelled call is timed too.
 
         It needs no lock: no holder of ``_lock`` ever awaits while holding it, so no task can
         run this while it is held.
         """
         if not self._open:
-            return  # the store closed while the tool ran: its start was counted, no more
+            return  # the store closed while the call ran: its start was counted, no more
         pending = self._pending
-        tool = pending.tool(name)
+        calls = pending.calls(pending.tools if kind == TOOL_CALLS else pending.prompts, name)
         if outcome == "error":
             pending.counts[ERRORS] += 1
-            tool[TOOL_ERRORS] += 1
+            calls.errors += 1
         elif outcome == "rate_limit":
             pending.counts[RATE_LIMITS] += 1
-            tool[TOOL_RATE_LIMITS] += 1
-        tool[TOTAL_MS] += elapsed_ms
-        tool[MAX_MS] = max(tool[MAX_MS], elapsed_ms)
+            calls.rate_limits += 1
+        calls.timed(elapsed_ms)
         pending.active_at = self._clock()
 
     def _reject(self, count: object) -> None:

@@ -24,7 +24,7 @@ import aiofiles.os
 
 from . import _file
 from ._file import Mode
-from ._names import merge_tools
+from ._names import add_counts
 from ._pending import Pending, Taken, moment
 from ._session import Record, Session, timestamp
 from ._worker import WorkerThread
@@ -172,20 +172,19 @@ class Writer:
         session = self.record.session
         pending = self._pending
         unsettled = [
-            (f.taken.stats, f.taken.tools, f.taken.active_at)
+            (f.taken.counts, f.taken.active_at)
             for f in self._flights
             if f.taken.change.mode is Mode.MERGE
         ]
         if pending.active_at is not None:
-            unsettled.append((pending.stats(), pending.tool_stats(), pending.active_at))
-        for stats, tools, active_at in unsettled:
+            unsettled.append((pending.snapshot(), pending.active_at))
+        for counts, active_at in unsettled:
             assert active_at is not None  # a merge takes only counts that were made
             last = session.last_active_at
             session = replace(
                 session,
                 last_active_at=max(last, moment(active_at, last)),
-                stats=session.stats + stats,
-                tools=merge_tools(session.tools, tools, pending.max_tools),
+                **add_counts(session, counts, pending.max_tools),
             )
         return session
 

@@ -1,0 +1,388 @@
+"""The session file's JSON, both ways: the TypeScript tool's ``JSON.stringify(session, null,
+2)``, with our own sections ("tools", "prompts", "clients") and any keys we do not know kept.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, NoReturn, TypeVar
+
+from ._errors import CorruptSessionError, UnsupportedVersionError
+from ._latency import BUCKETS
+from ._session import (
+    CURRENT_VERSION,
+    MAX_COUNT,
+    ClientStats,
+    Record,
+    Session,
+    SessionStats,
+    ToolStats,
+    format_timestamp,
+    parse_timestamp,
+    shown,
+)
+
+__all__ = ("decode", "encode")
+
+_T = TypeVar("_T")
+
+#: JSON key of each counter, in field order of SessionStats.
+_STAT_KEYS = ("toolCalls", "promptCalls", "errors", "rateLimits")
+_TOOL_KEYS = ("calls", "errors", "rateLimits", "totalMs", "maxMs", "latency")
+_CLIENT_KEYS = ("toolCalls", "promptCalls")
+#: Our sections, each an object of entries by name, in the order they are written.
+_SECTIONS = ("tools", "prompts", "clients")
+_KNOWN_KEYS = frozenset({"version", "sessionId", "createdAt", "lastActiveAt", "stats", *_SECTIONS})
+#: Deepest nesting kept: json.dumps(indent=2) recurses in Python, so a deeper value adopted at
+#: open would raise RecursionError at every flush after it.
+_MAX_DEPTH = 64
+_MAX_MS = sys.float_info.max
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Indents of JSON.stringify(…, null, 2) at the top level, in stats, and in an entry.
+_AT_TOP, _IN_STATS, _IN_ENTRY = " " * 2, " " * 4, " " * 6
+#: Made once: json.dumps makes a new encoder for every call that is not all defaults.
+_STRING = json.JSONEncoder(ensure_ascii=False).encode
+_VALUE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=2).encode
+
+
+def encode(record: Record) -> bytes:
+    """The file's bytes: the seed's ``JSON.stringify(session, null, 2)``, unknown keys kept.
+
+    Written out by hand because ``json.dumps`` with ``indent`` falls back to its pure-Python
+    encoder; this is the same text (a test holds it to that) in a third of the time, spent
+    in a worker thread that holds the GIL while it runs. What it writes is strict JSON in
+    UTF-8 that decode() accepts: a count above MAX_COUNT is written as MAX_COUNT, a time past
+    the largest double as that double, and a lone surrogate as JSON.stringify's escape.
+    """
+    session = record.session
+    stats = session.stats
+    tool_calls, prompt_calls, errors, rate_limits = map(
+        _count, (stats.tool_calls, stats.prompt_calls, stats.errors, stats.rate_limits)
+    )
+    text = (
+        f'{{\n  "version": {session.version},\n'
+        f'  "sessionId": {_STRING(session.session_id)},\n'
+        f'  "createdAt": "{format_timestamp(session.created_at)}",\n'
+        f'  "lastActiveAt": "{format_timestamp(session.last_active_at)}",\n'
+        f'  "stats": {{\n    "toolCalls": {tool_calls},\n'
+        f'    "promptCalls": {prompt_calls},\n    "errors": {errors},\n'
+        f'    "rateLimits": {rate_limits}{_members(record.stats_extra, _IN_STATS)}\n  }}'
+    )
+    parts = [text]
+    extra = record.entries_extra
+    # Each section is absent, not empty, while it has no entry: the seed's own file.
+    if session.tools:
+        parts.append(_section("tools", session.tools, _encode_calls, extra))
+    if session.prompts:
+        parts.append(_section("prompts", session.prompts, _encode_calls, extra))
+    if session.clients:
+        parts.append(_section("clients", session.clients, _encode_client, extra))
+    parts += [_members(record.extra, _AT_TOP), "\n}"]
+    text = "".join(parts)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot hold
+        return _SURROGATE.sub(_escape, text).encode()
+
+
+def _escape(match: re.Match[str]) -> str:
+    """A lone surrogate as JSON.stringify writes it: an escape, in a string it can only be in."""
+    return f"\\u{ord(match[0]):04x}"
+
+
+def _members(members: Mapping[str, Any], indent: str) -> str:
+    """Members of an object after the ones we know: a comma, then each on a line of its own."""
+    lines = []
+    for key, value in members.items():
+        nested = _VALUE(value).replace("\n", "\n" + indent)
+        lines.append(f",\n{indent}{_STRING(key)}: {nested}")
+    return "".join(lines)
+
+
+def _count(count: int) -> int:
+    """The count clamped to what decode accepts: 0 to MAX_COUNT."""
+    return count if 0 <= count <= MAX_COUNT else max(0, min(count, MAX_COUNT))
+
+
+def _milliseconds(ms: float) -> float:
+    """The time clamped to what decode accepts: 0 to the largest double, and NaN as 0."""
+    return ms if 0.0 <= ms <= _MAX_MS else min(ms, _MAX_MS) if ms > 0.0 else 0.0
+
+
+def _section(
+    section: str,
+    entries: Mapping[str, _T],
+    encode_entry: Callable[[_T, str], str],
+    entries_extra: Mapping[str, Mapping[str, Mapping[str, Any]]],
+) -> str:
+    extra = entries_extra.get(section, _NONE)
+    lines = ",\n".join(
+        f"    {_STRING(name)}: "
+        f"{encode_entry(entry, _members(extra[name], _IN_ENTRY) if name in extra else '')}"
+        for name, entry in entries.items()
+    )
+    return f',\n  "{section}": {{\n{lines}\n  }}'
+
+
+def _encode_client(client: ClientStats, more: str) -> str:
+    return (
+        f'{{\n      "toolCalls": {_count(client.tool_calls)},\n'
+        f'      "promptCalls": {_count(client.prompt_calls)}{more}\n    }}'
+    )
+
+
+def _encode_latency(latency: Mapping[int, int]) -> str:
+    """The buckets with calls in them, in the order JavaScript keeps integer keys: ascending."""
+    if not latency:
+        return ""
+    buckets = ",\n".join(
+        f'        "{index}": {_count(latency[index])}' for index in sorted(latency)
+    )
+    return f',\n      "latency": {{\n{buckets}\n      }}'
+
+
+def _encode_calls(tool: ToolStats, more: str) -> str:
+    calls, errors, rate_limits = tool.calls, tool.errors, tool.rate_limits
+    total_ms, max_ms = round(tool.total_ms, 3), round(tool.max_ms, 3)  # µs are plenty
+    # One test on the path every flush takes; the rare value out of range is clamped after.
+    if not (
+        0 <= calls <= MAX_COUNT
+        and 0 <= errors <= MAX_COUNT
+        and 0 <= rate_limits <= MAX_COUNT
+        and 0.0 <= total_ms <= _MAX_MS
+        and 0.0 <= max_ms <= _MAX_MS
+    ):
+        calls, errors, rate_limits = _count(calls), _count(errors), _count(rate_limits)
+        total_ms, max_ms = _milliseconds(total_ms), _milliseconds(max_ms)
+    return (
+        f'{{\n      "calls": {calls},\n      "errors": {errors},\n'
+        f'      "rateLimits": {rate_limits},\n      "totalMs": {total_ms!r},\n'
+        f'      "maxMs": {max_ms!r}{_encode_latency(tool.latency)}{more}\n    }}'
+    )
+
+
+def decode(data: bytes) -> Record:
+    """Parse and validate a session file; CorruptSessionError says what is wrong with it.
+
+    It accepts what the TypeScript tool can read back as the same session: strict JSON
+    (RFC 8259) in UTF-8, counts that are safe integers, finite times, and unknown values that
+    are no deeper than 64 levels and hold no number that JavaScript would read as Infinity.
+    """
+    document = _parse(data)
+    if type(document) is not dict:
+        raise CorruptSessionError("not a JSON object")
+    version = _safe_integer(document, "version")
+    if version > CURRENT_VERSION:
+        raise UnsupportedVersionError(
+            f"session format version {version} is newer than version {CURRENT_VERSION}, "
+            "the newest this aiosessionstore reads: upgrade aiosessionstore"
+        )
+    if version < 1:
+        raise CorruptSessionError(f"version {version} is not a valid version")
+    session_id = _string(document, "sessionId")
+    if not session_id:
+        raise CorruptSessionError("sessionId is empty")
+    if _SURROGATE.search(session_id):  # it goes into logs and headers, which need UTF-8
+        raise CorruptSessionError(f"sessionId is not valid Unicode: {shown(session_id)}")
+    stats = _object(document, "stats")
+    tools, tools_extra = _decode_section(document, "tools", _decode_calls, _TOOL_KEYS)
+    prompts, prompts_extra = _decode_section(document, "prompts", _decode_calls, _TOOL_KEYS)
+    clients, clients_extra = _decode_section(document, "clients", _decode_client, _CLIENT_KEYS)
+    session = Session(
+        version=CURRENT_VERSION,
+        session_id=session_id,
+        created_at=_timestamp(document, "createdAt"),
+        last_active_at=_timestamp(document, "lastActiveAt"),
+        stats=SessionStats(*(_safe_integer(stats, key, "stats.") for key in _STAT_KEYS)),
+        tools=tools,
+        prompts=prompts,
+        clients=clients,
+    )
+    entries_extra = {
+        section: extra
+        for section, extra in (
+            ("tools", tools_extra),
+            ("prompts", prompts_extra),
+            ("clients", clients_extra),
+        )
+        if extra
+    }
+    return Record(
+        session,
+        _unknown(document, _KNOWN_KEYS, 2),
+        _unknown(stats, _STAT_KEYS, 3) if len(stats) > len(_STAT_KEYS) else _NONE,
+        MappingProxyType(entries_extra) if entries_extra else _NONE,
+    )
+
+
+_NONE: Mapping[str, Any] = MappingProxyType({})
+_NO_LATENCY: Mapping[int, int] = MappingProxyType({})
+
+
+def _unknown(members: dict[str, Any], known: Collection[str], depth: int) -> Mapping[str, Any]:
+    """The members whose keys are not ``known``, checked; ``depth`` is their level."""
+    unknown = {key: value for key, value in members.items() if key not in known}
+    for key, value in unknown.items():
+        _check_unknown(key, value, depth)
+    return MappingProxyType(unknown)
+
+
+def _parse(data: bytes) -> Any:
+    """The JSON document in UTF-8 bytes (RFC 8259), any error of the parser made corrupt."""
+    if data.startswith(codecs.BOM_UTF8):  # RFC 8259 lets a parser ignore it; we write none
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        # Decoded here: json.loads(bytes) lets UTF-8-encoded surrogates through.
+        return json.loads(data.decode(), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise CorruptSessionError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise CorruptSessionError("not valid JSON (nested too deep to parse)") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
+        raise CorruptSessionError(f"not valid JSON ({exc})") from None
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON.parse refuses them."""
+    raise CorruptSessionError(f"not valid JSON ({name} is not a JSON value)")
+
+
+def _check_unknown(key: str, value: Any, depth: int) -> None:
+    """Refuse what encode could not write back as it was: deep nesting, or an infinite number.
+
+    ``depth`` counts the document as level 1. An integer too large for a double is one that
+    JavaScript reads as Infinity, as a float literal such as 1e400 is read as inf here.
+    """
+    kind = type(value)
+    if kind is float:
+        if not math.isfinite(value):
+            raise CorruptSessionError(f"{shown(key)} holds a number too large for JavaScript")
+    elif kind is int:
+        if _float(value) == math.inf:
+            raise CorruptSessionError(f"{shown(key)} holds a number too large for JavaScript")
+    elif kind is dict or kind is list:
+        if depth > _MAX_DEPTH:
+            raise CorruptSessionError(f"{shown(key)} is nested over {_MAX_DEPTH} levels deep")
+        for item in value.values() if kind is dict else value:
+            _check_unknown(key, item, depth + 1)
+
+
+def _decode_section(
+    document: dict[str, Any],
+    section: str,
+    decode_entry: Callable[[dict[str, Any]], _T],
+    known: tuple[str, ...],
+) -> tuple[Mapping[str, _T], Mapping[str, Mapping[str, Any]]]:
+    """Each entry of a section, and the keys we do not know in the entries that have some."""
+    if section not in document:
+        return _NONE, _NONE
+    decoded, extra = {}, {}
+    for name, entry in _object(document, section).items():
+        try:
+            if type(entry) is not dict:
+                raise CorruptSessionError(f" should be an object, not {shown(entry)}")
+            decoded[name] = decode_entry(entry)
+            if any(key not in known for key in entry):
+                extra[name] = _unknown(entry, known, 4)
+        except CorruptSessionError as exc:  # named here, so the path every flush takes is lean
+            raise CorruptSessionError(f"{section}[{shown(name)}]{exc}") from None
+    return MappingProxyType(decoded), MappingProxyType(extra)
+
+
+def _decode_calls(entry: dict[str, Any]) -> ToolStats:
+    return ToolStats(
+        _safe_integer(entry, "calls", "."),
+        _safe_integer(entry, "errors", "."),
+        _safe_integer(entry, "rateLimits", "."),
+        _time(entry, "totalMs", "."),
+        _time(entry, "maxMs", "."),
+        _latency(entry["latency"]) if "latency" in entry else _NO_LATENCY,
+    )
+
+
+def _latency(latency: object) -> Mapping[int, int]:
+    """Counts by bucket: keys are bucket numbers, as decimal strings; values, safe counts."""
+    if type(latency) is not dict:
+        raise CorruptSessionError(f".latency should be an object, not {shown(latency)}")
+    buckets = {}
+    for key in latency:
+        if not (key.isascii() and key.isdigit() and int(key) < BUCKETS and str(int(key)) == key):
+            raise CorruptSessionError(f".latency has no bucket {shown(key)}")
+        buckets[int(key)] = _safe_integer(latency, key, ".latency.")
+    return MappingProxyType(buckets)
+
+
+def _decode_client(entry: dict[str, Any]) -> ClientStats:
+    return ClientStats(
+        _safe_integer(entry, "toolCalls", "."), _safe_integer(entry, "promptCalls", ".")
+    )
+
+
+def _safe_integer(members: dict[str, Any], key: str, where: str = "") -> int:
+    """A count or version: an integer from 0 to MAX_COUNT, which JavaScript holds exactly."""
+    value = members.get(key)
+    if type(value) is int and 0 <= value <= MAX_COUNT:  # type(): true is no count
+        return value
+    if type(value) is not int:
+        raise _refused(members, key, where, "an integer")
+    raise CorruptSessionError(
+        f"{where}{key} is negative ({shown(value)})"
+        if value < 0
+        else f"{where}{key} is above Number.MAX_SAFE_INTEGER (2**53 - 1)"
+    )
+
+
+def _time(members: dict[str, Any], key: str, where: str) -> float:
+    """A time in milliseconds: a finite number, not negative."""
+    value = members.get(key)
+    if type(value) is float and 0.0 <= value <= _MAX_MS:  # also false for inf and NaN
+        return value
+    if type(value) is int and value >= 0 and _float(value) < math.inf:
+        return float(value)
+    if type(value) in (int, float):
+        raise CorruptSessionError(f"{where}{key} is negative or too large ({shown(value)})")
+    raise _refused(members, key, where, "a number")
+
+
+def _string(members: dict[str, Any], key: str) -> str:
+    value = members.get(key)
+    if type(value) is not str:
+        raise _refused(members, key, "", "a string")
+    return value
+
+
+def _object(members: dict[str, Any], key: str) -> dict[str, Any]:
+    value = members.get(key)
+    if type(value) is not dict:
+        raise _refused(members, key, "", "an object")
+    return value
+
+
+def _refused(members: dict[str, Any], key: str, where: str, kind: str) -> CorruptSessionError:
+    """The error for a member that is missing or not of the ``kind`` it should be."""
+    if key not in members:
+        return CorruptSessionError(f"{where}{key} is missing")
+    return CorruptSessionError(f"{where}{key} should be {kind}, not {shown(members[key])}")
+
+
+def _timestamp(members: dict[str, Any], key: str) -> datetime:
+    text = _string(members, key)
+    try:
+        return parse_timestamp(text)
+    except ValueError as exc:
+        raise CorruptSessionError(f"{key}: {exc}") from None
+
+
+def _float(number: float) -> float:
+    """A JSON number as a float; one too large for a double (JavaScript's Infinity) is inf."""
+    try:
+        return float(number)
+    except OverflowError:  # an integer of 400 digits
+        return math.inf
