@@ -12,6 +12,7 @@ import enum
 import logging
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,17 +26,33 @@ from ._errors import (
     SessionStoreError,
     UnsupportedVersionError,
 )
-from ._lock import held
+from ._lock import describe, held
 from ._session import Record, Session, SessionStats, ToolStats, add_tools, decode, encode
 
-__all__ = ("Change", "Mode", "commit", "open_session", "read", "remove")
+__all__ = ("MAX_FILE_SIZE", "Change", "Mode", "commit", "open_session", "read", "remove")
 
 logger = logging.getLogger("aiosessionstore")
+
+#: The most a session file may hold. A session is some 200 bytes plus about 150 per tool, so
+#: this is room for some 100,000 tools, while a read stays a few tens of milliseconds and a
+#: few tens of MiB of memory. A larger file is corrupt; a larger session is not written.
+MAX_FILE_SIZE = 16 * 1024 * 1024
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: A link to a regular file is read as before; O_NONBLOCK and O_NOCTTY are for a FIFO or a
+#: terminal that replaced it between our stat and our open: the open must not wait or adopt.
+_READ_FLAGS = (
+    os.O_RDONLY
+    | _CLOEXEC
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+_DIRECTORY_FLAGS = os.O_RDONLY | _CLOEXEC | getattr(os, "O_DIRECTORY", 0)
+_CHUNK = 64 * 1024  # a multiple of what any pseudo-file reads in (/proc/self/pagemap: 8)
 
 
 class Mode(enum.Enum):
@@ -101,8 +118,13 @@ def open_session(path: Path, change: Change, lock_timeout: float) -> Record:
 
 
 def remove(path: Path, lock_timeout: float) -> bool:
-    """Delete the session file under the lock; True if it existed. The lock file stays."""
+    """Delete the session file under the lock; True if it existed. The lock file stays.
+
+    Anything but a regular file (or a link to one) is not ours to delete, and is refused.
+    """
     with _translated_errors(path), _locked(path, lock_timeout):
+        with contextlib.suppress(FileNotFoundError):  # missing, or a dangling link: unlink it
+            _refuse_unless_regular(path, os.stat(path).st_mode)
         try:
             path.unlink()
         except FileNotFoundError:
@@ -161,7 +183,7 @@ def _read_base(path: Path, change: Change) -> Record:
             return Record(Session.new(change.active_at), known.extra)
         return known
     except CorruptSessionError as exc:
-        aside = _quarantine(path)
+        aside = _quarantine(path, datetime.now(timezone.utc))
         logger.warning(
             "session file %s is corrupt (%s); moved it to %s and wrote a valid one in its place",
             path,
@@ -178,27 +200,80 @@ def _read_existing(path: Path) -> Record:
     except FileNotFoundError:
         raise SessionNotFoundError(f"no session file at {path}") from None
     except CorruptSessionError as exc:
-        aside = _quarantine(path)
+        aside = _quarantine(path, datetime.now(timezone.utc))
         raise CorruptSessionError(
             f"session file {path} was corrupt ({exc}); it was moved to {aside}", aside
         ) from None
 
 
 def _decode_file(path: Path) -> Record:
-    data = path.read_bytes()
+    """The one reader of the session file: a regular file's, and at most MAX_FILE_SIZE bytes.
+
+    FileNotFoundError if there is none; SessionStoreError for a FIFO, device, socket or
+    directory (a link to one too), which is left alone; CorruptSessionError for the rest.
+    """
+    data = _read_bounded(path)
+    if len(data) > MAX_FILE_SIZE:
+        raise CorruptSessionError(f"larger than {MAX_FILE_SIZE} bytes")
     try:
         return decode(data)
     except UnsupportedVersionError as exc:
         raise UnsupportedVersionError(f"{path}: {exc}; the file is left as it is") from None
+    except RecursionError:  # json's parser recurses once per nested array or object
+        raise CorruptSessionError("nested too deeply to parse") from None
 
 
-def _quarantine(path: Path) -> Path:
-    """Move a corrupt file aside under a name that no other file has; never delete it."""
-    now = datetime.now(timezone.utc)
+def _read_bounded(path: Path) -> bytes:
+    """A regular file's bytes, up to one chunk past MAX_FILE_SIZE.
+
+    A FIFO would block the open (holding the lock) and a device may read without end, or do
+    something on open, so the stat refuses them unopened; the fstat then checks what was
+    opened, should the file have been swapped between the two.
+    """
+    _refuse_unless_regular(path, os.stat(path).st_mode)
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        opened = os.fstat(fd)
+        _refuse_unless_regular(path, opened.st_mode)
+        return _read_at_most(fd, MAX_FILE_SIZE, opened.st_size)
+    finally:
+        os.close(fd)
+
+
+def _read_at_most(fd: int, limit: int, expected: int) -> bytes:
+    """Read to the end, or stop once past ``limit``: the size may lie (/proc), or grow."""
+    chunks = []
+    total = 0
+    size = max(_CHUNK, min(expected, limit) + 1)  # usually one read, and one that finds the end
+    while total <= limit:
+        chunk = os.read(fd, size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        size = _CHUNK
+    return b"".join(chunks)
+
+
+def _refuse_unless_regular(path: Path, mode: int) -> None:
+    """Refuse anything but a regular file, saying what it is; it is not ours to move aside."""
+    if stat.S_ISREG(mode):
+        return
+    what = describe(mode)
+    if os.path.islink(path):
+        what = f"a symbolic link to {what}"
+    raise SessionStoreError(
+        f"session file {path} is {what}, not a regular file; it was left as it is"
+    )
+
+
+def _quarantine(path: Path, now: datetime) -> Path:
+    """Move a corrupt file aside under a name that nothing else has; never delete it."""
     stem = f"{path.name}.corrupt-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z"
     aside = path.with_name(stem)
     number = 0
-    while aside.exists():  # we hold the lock: nobody else names a quarantine now
+    # lexists: a link to nothing has the name too. We hold the lock: no one else names one now.
+    while os.path.lexists(aside):
         number += 1
         aside = path.with_name(f"{stem}-{number}")
     path.rename(aside)
@@ -206,7 +281,15 @@ def _quarantine(path: Path) -> Path:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a fresh temp file, fsync it, replace the session file, fsync the directory."""
+    """Write a fresh temp file, fsync it, replace the session file, fsync the directory.
+
+    A session over MAX_FILE_SIZE is refused: the next read would only quarantine it.
+    """
+    if len(data) > MAX_FILE_SIZE:
+        raise SessionStoreError(
+            f"cannot write session file {path}: the session would be {len(data)} bytes, "
+            f"over the {MAX_FILE_SIZE}-byte limit"
+        )
     temp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _FILE_MODE)
     try:
@@ -231,7 +314,7 @@ def _fsync_directory(directory: Path) -> None:
     """Make the rename itself durable (POSIX; Windows has no directory handles to sync)."""
     if sys.platform == "win32":
         return
-    fd = os.open(directory, os.O_RDONLY | _CLOEXEC)
+    fd = os.open(directory, _DIRECTORY_FLAGS)
     try:
         os.fsync(fd)
     finally:
