@@ -93,9 +93,8 @@ class TestSymbolicLinks:
         target = tmp_path / "victim"
         target.write_text("precious")
         session_path.parent.mkdir()
-        monkeypatch.setattr("aiosessionstore._file.secrets.token_hex", lambda _: "planted")
-        (session_path.parent / "session.json.planted.tmp").symlink_to(target)
-        monkeypatch.setattr(_file, "_remove_stale_temp_files", lambda path: None)
+        monkeypatch.setattr("aiosessionstore._file.secrets.token_hex", lambda _: "0" * 16)
+        (session_path.parent / f"session.json.aiosessionstore-{'0' * 16}.tmp").symlink_to(target)
         with pytest.raises(SessionStoreError, match="File exists"):
             async with AsyncSessionStore(session_path):
                 pass

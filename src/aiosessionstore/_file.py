@@ -11,6 +11,7 @@ import contextlib
 import enum
 import logging
 import os
+import re
 import secrets
 import stat
 import sys
@@ -53,6 +54,17 @@ _READ_FLAGS = (
 )
 _DIRECTORY_FLAGS = os.O_RDONLY | _CLOEXEC | getattr(os, "O_DIRECTORY", 0)
 _CHUNK = 64 * 1024  # a multiple of what any pseudo-file reads in (/proc/self/pagemap: 8)
+
+#: What follows the session file's name in the name of a temp file of ours, and nobody else's:
+#: ".aiosessionstore-<16 hex>.tmp", or ".<16 hex>.tmp" as earlier versions named them.
+#: Not "session.json.tmp", the TypeScript tool's: it takes no lock of ours, so its temp file
+#: may be in flight at any time.
+_TEMP_MARKER = "aiosessionstore-"
+_TEMP_SUFFIX = re.compile(rf"\.(?:{_TEMP_MARKER})?[0-9a-f]{{16}}\.tmp")
+
+#: What the stale-temp cleanup has logged already, so that a file it cannot remove is logged
+#: once per process rather than at every flush.
+_reported: set[str] = set()
 
 
 class Mode(enum.Enum):
@@ -290,7 +302,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f"cannot write session file {path}: the session would be {len(data)} bytes, "
             f"over the {MAX_FILE_SIZE}-byte limit"
         )
-    temp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
+    temp = path.with_name(f"{path.name}.{_TEMP_MARKER}{secrets.token_hex(8)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _FILE_MODE)
     try:
         try:
@@ -322,10 +334,39 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _remove_stale_temp_files(path: Path) -> None:
-    """Delete temp files of writers that died mid-write: only a lock holder writes them."""
-    prefix = path.name + "."
-    with os.scandir(path.parent) as entries:
-        stale = [e.path for e in entries if e.name.startswith(prefix) and e.name.endswith(".tmp")]
-    for name in stale:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+    """Delete temp files of writers that died mid-write: only a lock holder writes them.
+
+    Only regular files with a name that this library alone gives, so never a neighbour's
+    (``session.json.work``'s in-flight temp files, say). A failure is logged, never raised:
+    it must not fail the write that follows.
+    """
+    try:
+        with os.scandir(path.parent) as entries:
+            stale = [e for e in entries if _is_our_temp_name(e.name, path.name)]
+    except OSError as exc:
+        _report(f"cannot look for stale temp files in {path.parent}: {exc.strerror or exc}")
+        return
+    for entry in stale:
+        try:
+            if not entry.is_file(follow_symlinks=False):  # we only ever create regular files
+                _report(
+                    f"{entry.path} has the name of an aiosessionstore temp file, but is not a "
+                    "regular file; left alone"
+                )
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            _report(f"cannot remove stale temp file {entry.path}: {exc.strerror or exc}")
+
+
+def _is_our_temp_name(name: str, session_name: str) -> bool:
+    return name.startswith(session_name) and bool(_TEMP_SUFFIX.fullmatch(name, len(session_name)))
+
+
+def _report(message: str) -> None:
+    """Log a cleanup problem once per process: it changes nothing for the session file."""
+    if message not in _reported:
+        _reported.add(message)
+        logger.warning("%s", message)
