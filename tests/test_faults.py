@@ -1,10 +1,11 @@
-"""Disk full, read-only, permission denied, a held lock: an error, and the counts kept."""
+"""Disk full, read-only, permission denied, a held lock, neighbours: an error, or none."""
 
 from __future__ import annotations
 
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -149,3 +150,160 @@ lock.acquire()
 print("held", flush=True)
 sys.stdin.read()
 """
+
+
+#: Files beside ours that look like temp files but are not this store's.
+NEIGHBOURS = [
+    "session.json.work.aiosessionstore-0123456789abcdef.tmp",  # a store at session.json.work
+    "session.json.work.0123456789abcdef.tmp",  # the same, by an earlier aiosessionstore
+    "session.json.bak.tmp",  # a backup tool's
+    "session.json.notes.tmp",  # a user's own
+    "session.json.tmp",  # the TypeScript tool's, which takes no lock of ours
+]
+
+#: Temp files this library writes (and earlier versions wrote), left by a writer that died.
+OURS = [
+    "session.json.aiosessionstore-0123456789abcdef.tmp",
+    "session.json.0123456789abcdef.tmp",
+]
+
+#: Counts argv[2] flushes of one increment to a store at argv[1], started on a line on stdin;
+#: prints how many failed.
+FLUSH_EACH = """
+import sys, anyio
+from aiosessionstore import AsyncSessionStore, SessionStoreError
+
+async def main(path, count):
+    failed = 0
+    async with AsyncSessionStore(path, flush_interval=3600, handle_signals=False) as store:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for _ in range(int(count)):
+            await store.increment_tool_calls()
+            try:
+                await store.flush()
+            except SessionStoreError:
+                failed += 1
+    print(f"failed {failed}")
+
+anyio.run(main, *sys.argv[1:])
+"""
+
+
+async def read_line(process: anyio.abc.Process) -> bytes:
+    assert process.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):  # a pipe may deliver the line in pieces
+        line += await process.stdout.receive()
+    return line
+
+
+def warnings_naming(caplog: pytest.LogCaptureFixture, path: Path) -> list[str]:
+    return [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+
+
+async def flush_twice(session_path: Path) -> None:
+    async with AsyncSessionStore(session_path) as store:
+        for _ in range(2):
+            await store.increment_tool_calls()
+            await store.flush()
+    assert read_json(session_path)["stats"]["toolCalls"] == 2
+
+
+class TestNeighbours:
+    async def test_files_named_like_temp_files_are_left_alone(self, session_path: Path) -> None:
+        """Cleanup removes only this library's temp names; the others stay, content and all."""
+        await anyio.Path(session_path.parent).mkdir()
+        for name in NEIGHBOURS:
+            await anyio.Path(session_path.with_name(name)).write_text(name)
+        await flush_twice(session_path)
+        for name in NEIGHBOURS:
+            assert await anyio.Path(session_path.with_name(name)).read_text() == name
+
+    async def test_a_neighbouring_store_in_another_process_never_fails(
+        self, session_path: Path
+    ) -> None:
+        """Stores at session.json and session.json.work flush side by side: none ever fails."""
+        await anyio.Path(session_path.parent).mkdir()
+        paths = [session_path, session_path.with_name("session.json.work")]
+        with anyio.fail_after(60):
+            workers = [
+                await anyio.open_process([sys.executable, "-c", FLUSH_EACH, str(path), "500"])
+                for path in paths
+            ]
+            try:
+                for worker in workers:
+                    assert await read_line(worker) == b"ready\n"
+                for worker in workers:
+                    assert worker.stdin is not None
+                    await worker.stdin.send(b"go\n")
+                for worker in workers:
+                    assert await read_line(worker) == b"failed 0\n"
+            finally:
+                for worker in workers:
+                    await worker.aclose()
+        for path in paths:
+            assert read_json(path)["stats"]["toolCalls"] == 500
+
+    @pytest.mark.parametrize("name", ["session.json.x.tmp", *OURS])
+    async def test_a_directory_named_like_a_temp_file_fails_no_flush(
+        self, session_path: Path, name: str
+    ) -> None:
+        """A directory with a temp file's name, even exactly ours, is not ours: it stays."""
+        directory = anyio.Path(session_path.with_name(name))
+        await directory.mkdir(parents=True)
+        await flush_twice(session_path)
+        assert await directory.is_dir()
+
+    @pytest.mark.skipif(sys.platform == "win32", reason="POSIX FIFOs")
+    async def test_a_fifo_named_like_our_temp_file_is_left_alone(
+        self, session_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """We never make a FIFO, so one with our temp name is someone else's: it is reported."""
+        fifo = session_path.with_name(OURS[0])
+        await anyio.Path(session_path.parent).mkdir()
+        await anyio.to_thread.run_sync(os.mkfifo, fifo)
+        await flush_twice(session_path)
+        assert stat.S_ISFIFO((await anyio.Path(fifo).lstat()).st_mode)
+        assert warnings_naming(caplog, fifo) == [
+            f"{fifo} has the name of an aiosessionstore temp file, but is not a regular file; "
+            "left alone"
+        ]  # once, not at every flush
+
+    async def test_our_own_stale_temp_files_are_removed(self, session_path: Path) -> None:
+        """Temp files of a writer that died, of this version or an earlier one, are removed."""
+        await anyio.Path(session_path.parent).mkdir()
+        for name in OURS:
+            await anyio.Path(session_path.with_name(name)).write_text("{")
+        await flush_twice(session_path)
+        assert sorted(p.name for p in session_path.parent.iterdir()) == [
+            "session.json",
+            "session.json.lock",
+        ]
+
+
+async def chattr(flag: str, path: Path) -> None:
+    await anyio.run_process(["chattr", flag, str(path)])
+
+
+class TestCleanupNeverFailsAWrite:
+    async def test_a_temp_file_that_cannot_be_removed(
+        self, session_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An immutable stale temp file (chattr +i) is logged, once, and every flush works."""
+        if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("chattr") is None:
+            pytest.skip("chattr +i needs root on Linux")
+        stuck = session_path.with_name(OURS[0])
+        await anyio.Path(session_path.parent).mkdir()
+        await anyio.Path(stuck).write_text("{")
+        try:
+            await chattr("+i", stuck)
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"no immutable files here: {exc.stderr.decode().strip()}")
+        try:
+            await flush_twice(session_path)
+            assert await anyio.Path(stuck).exists()
+        finally:
+            await chattr("-i", stuck)
+        [warning] = warnings_naming(caplog, stuck)
+        assert warning.startswith(f"cannot remove stale temp file {stuck}: ")

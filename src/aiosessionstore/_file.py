@@ -11,7 +11,9 @@ import contextlib
 import enum
 import logging
 import os
+import re
 import secrets
+import stat
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -27,18 +29,45 @@ from ._errors import (
     SessionStoreError,
     UnsupportedVersionError,
 )
-from ._lock import held
+from ._lock import describe, held
 from ._names import DEFAULT_MAX_TOOLS, add_counts
 from ._session import Counts, Record, Session, SessionStats
 
-__all__ = ("Change", "Mode", "commit", "open_session", "read", "remove")
+__all__ = ("MAX_FILE_SIZE", "Change", "Mode", "commit", "open_session", "read", "remove")
 
 logger = logging.getLogger("aiosessionstore")
+
+#: The most a session file may hold. A session is some 200 bytes plus about 150 per tool, so
+#: this is room for some 100,000 tools, while a read stays a few tens of milliseconds and a
+#: few tens of MiB of memory. A larger file is corrupt; a larger session is not written.
+MAX_FILE_SIZE = 16 * 1024 * 1024
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: A link to a regular file is read as before; O_NONBLOCK and O_NOCTTY are for a FIFO or a
+#: terminal that replaced it between our stat and our open: the open must not wait or adopt.
+_READ_FLAGS = (
+    os.O_RDONLY
+    | _CLOEXEC
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+_DIRECTORY_FLAGS = os.O_RDONLY | _CLOEXEC | getattr(os, "O_DIRECTORY", 0)
+_CHUNK = 64 * 1024  # a multiple of what any pseudo-file reads in (/proc/self/pagemap: 8)
+
+#: What follows the session file's name in the name of a temp file of ours, and nobody else's:
+#: ".aiosessionstore-<16 hex>.tmp", or ".<16 hex>.tmp" as earlier versions named them.
+#: Not "session.json.tmp", the TypeScript tool's: it takes no lock of ours, so its temp file
+#: may be in flight at any time.
+_TEMP_MARKER = "aiosessionstore-"
+_TEMP_SUFFIX = re.compile(rf"\.(?:{_TEMP_MARKER})?[0-9a-f]{{16}}\.tmp")
+
+#: What the stale-temp cleanup has logged already, so that a file it cannot remove is logged
+#: once per process rather than at every flush.
+_reported: set[str] = set()
 
 
 class Mode(enum.Enum):
@@ -109,8 +138,13 @@ def open_session(path: Path, change: Change, lock_timeout: float) -> Record:
 
 
 def remove(path: Path, lock_timeout: float) -> bool:
-    """Delete the session file under the lock; True if it existed. The lock file stays."""
+    """Delete the session file under the lock; True if it existed. The lock file stays.
+
+    Anything but a regular file (or a link to one) is not ours to delete, and is refused.
+    """
     with _translated_errors(path), _locked(path, lock_timeout):
+        with contextlib.suppress(FileNotFoundError):  # missing, or a dangling link: unlink it
+            _refuse_unless_regular(path, os.stat(path).st_mode)
         try:
             path.unlink()
         except FileNotFoundError:
@@ -169,7 +203,7 @@ def _read_base(path: Path, change: Change) -> Record:
             return Record(Session.new(change.active_at), known.extra)
         return known
     except CorruptSessionError as exc:
-        aside = _quarantine(path)
+        aside = _quarantine(path, datetime.now(timezone.utc))
         logger.warning(
             "session file %s is corrupt (%s); moved it to %s and wrote a valid one in its place",
             path,
@@ -186,27 +220,80 @@ def _read_existing(path: Path) -> Record:
     except FileNotFoundError:
         raise SessionNotFoundError(f"no session file at {path}") from None
     except CorruptSessionError as exc:
-        aside = _quarantine(path)
+        aside = _quarantine(path, datetime.now(timezone.utc))
         raise CorruptSessionError(
             f"session file {path} was corrupt ({exc}); it was moved to {aside}", aside
         ) from None
 
 
 def _decode_file(path: Path) -> Record:
-    data = path.read_bytes()
+    """The one reader of the session file: a regular file's, and at most MAX_FILE_SIZE bytes.
+
+    FileNotFoundError if there is none; SessionStoreError for a FIFO, device, socket or
+    directory (a link to one too), which is left alone; CorruptSessionError for the rest.
+    """
+    data = _read_bounded(path)
+    if len(data) > MAX_FILE_SIZE:
+        raise CorruptSessionError(f"larger than {MAX_FILE_SIZE} bytes")
     try:
         return decode(data)
     except UnsupportedVersionError as exc:
         raise UnsupportedVersionError(f"{path}: {exc}; the file is left as it is") from None
+    except RecursionError:  # json's parser recurses once per nested array or object
+        raise CorruptSessionError("nested too deeply to parse") from None
 
 
-def _quarantine(path: Path) -> Path:
-    """Move a corrupt file aside under a name that no other file has; never delete it."""
-    now = datetime.now(timezone.utc)
+def _read_bounded(path: Path) -> bytes:
+    """A regular file's bytes, up to one chunk past MAX_FILE_SIZE.
+
+    A FIFO would block the open (holding the lock) and a device may read without end, or do
+    something on open, so the stat refuses them unopened; the fstat then checks what was
+    opened, should the file have been swapped between the two.
+    """
+    _refuse_unless_regular(path, os.stat(path).st_mode)
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        opened = os.fstat(fd)
+        _refuse_unless_regular(path, opened.st_mode)
+        return _read_at_most(fd, MAX_FILE_SIZE, opened.st_size)
+    finally:
+        os.close(fd)
+
+
+def _read_at_most(fd: int, limit: int, expected: int) -> bytes:
+    """Read to the end, or stop once past ``limit``: the size may lie (/proc), or grow."""
+    chunks = []
+    total = 0
+    size = max(_CHUNK, min(expected, limit) + 1)  # usually one read, and one that finds the end
+    while total <= limit:
+        chunk = os.read(fd, size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        size = _CHUNK
+    return b"".join(chunks)
+
+
+def _refuse_unless_regular(path: Path, mode: int) -> None:
+    """Refuse anything but a regular file, saying what it is; it is not ours to move aside."""
+    if stat.S_ISREG(mode):
+        return
+    what = describe(mode)
+    if os.path.islink(path):
+        what = f"a symbolic link to {what}"
+    raise SessionStoreError(
+        f"session file {path} is {what}, not a regular file; it was left as it is"
+    )
+
+
+def _quarantine(path: Path, now: datetime) -> Path:
+    """Move a corrupt file aside under a name that nothing else has; never delete it."""
     stem = f"{path.name}.corrupt-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z"
     aside = path.with_name(stem)
     number = 0
-    while aside.exists():  # we hold the lock: nobody else names a quarantine now
+    # lexists: a link to nothing has the name too. We hold the lock: no one else names one now.
+    while os.path.lexists(aside):
         number += 1
         aside = path.with_name(f"{stem}-{number}")
     path.rename(aside)
@@ -214,8 +301,16 @@ def _quarantine(path: Path) -> Path:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a fresh temp file, fsync it, replace the session file, fsync the directory."""
-    temp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
+    """Write a fresh temp file, fsync it, replace the session file, fsync the directory.
+
+    A session over MAX_FILE_SIZE is refused: the next read would only quarantine it.
+    """
+    if len(data) > MAX_FILE_SIZE:
+        raise SessionStoreError(
+            f"cannot write session file {path}: the session would be {len(data)} bytes, "
+            f"over the {MAX_FILE_SIZE}-byte limit"
+        )
+    temp = path.with_name(f"{path.name}.{_TEMP_MARKER}{secrets.token_hex(8)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _FILE_MODE)
     try:
         try:
@@ -239,7 +334,7 @@ def _fsync_directory(directory: Path) -> None:
     """Make the rename itself durable (POSIX; Windows has no directory handles to sync)."""
     if sys.platform == "win32":
         return
-    fd = os.open(directory, os.O_RDONLY | _CLOEXEC)
+    fd = os.open(directory, _DIRECTORY_FLAGS)
     try:
         os.fsync(fd)
     finally:
@@ -247,13 +342,42 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _remove_stale_temp_files(path: Path) -> None:
-    """Delete temp files of writers that died mid-write: only a lock holder writes them."""
-    prefix = path.name + "."
-    with os.scandir(path.parent) as entries:
-        stale = [e.path for e in entries if e.name.startswith(prefix) and e.name.endswith(".tmp")]
-    for name in stale:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+    """Delete temp files of writers that died mid-write: only a lock holder writes them.
+
+    Only regular files with a name that this library alone gives, so never a neighbour's
+    (``session.json.work``'s in-flight temp files, say). A failure is logged, never raised:
+    it must not fail the write that follows.
+    """
+    try:
+        with os.scandir(path.parent) as entries:
+            stale = [e for e in entries if _is_our_temp_name(e.name, path.name)]
+    except OSError as exc:
+        _report(f"cannot look for stale temp files in {path.parent}: {exc.strerror or exc}")
+        return
+    for entry in stale:
+        try:
+            if not entry.is_file(follow_symlinks=False):  # we only ever create regular files
+                _report(
+                    f"{entry.path} has the name of an aiosessionstore temp file, but is not a "
+                    "regular file; left alone"
+                )
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            _report(f"cannot remove stale temp file {entry.path}: {exc.strerror or exc}")
+
+
+def _is_our_temp_name(name: str, session_name: str) -> bool:
+    return name.startswith(session_name) and bool(_TEMP_SUFFIX.fullmatch(name, len(session_name)))
+
+
+def _report(message: str) -> None:
+    """Log a cleanup problem once per process: it changes nothing for the session file."""
+    if message not in _reported:
+        _reported.add(message)
+        logger.warning("%s", message)
 
 
 def peek(path: Path) -> Record:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +22,27 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ("held",)
+__all__ = ("describe", "held")
 
-_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+#: O_NONBLOCK and O_NOCTTY: should a FIFO or a terminal replace the file between our check and
+#: the open, the open must neither wait for a writer nor take a controlling terminal.
+_FLAGS = (
+    os.O_RDWR
+    | os.O_CREAT
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+)
+
+_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISLNK, "symbolic link"),
+)
 
 #: Descriptors that hold a lock right now. A forked child gets copies, and a copy keeps an
 #: flock held after the parent lets go, so the child closes them at once.
@@ -33,14 +52,14 @@ _held: set[int] = set()
 @contextlib.contextmanager
 def held(path: Path, timeout: float) -> Iterator[None]:
     """Hold the lock file ``path`` exclusively; LockTimeoutError after ``timeout`` seconds."""
-    if path.is_symlink():  # O_NOFOLLOW refuses it too; this says what to do about it
-        raise SessionStoreError(f"lock file {path} is a symbolic link; remove it")
+    _check_before_open(path)
     if fcntl is None:  # Windows
         with _filelock(path, timeout):
             yield
         return
     fd = os.open(path, _FLAGS, 0o600)
     try:
+        _refuse_unless_regular(path, os.fstat(fd).st_mode)  # what we opened, whatever raced
         _acquire(fd, path, timeout)
         _held.add(fd)
         try:
@@ -49,6 +68,36 @@ def held(path: Path, timeout: float) -> Iterator[None]:
             _held.discard(fd)
     finally:
         os.close(fd)  # which releases the lock
+
+
+def describe(mode: int) -> str:
+    """What a file of this ``st_mode`` is, for a message: "a FIFO", "a directory"."""
+    for test, kind in _KINDS:
+        if test(mode):
+            return f"a {kind}"
+    return f"a file of type {stat.S_IFMT(mode):#o}"
+
+
+def _check_before_open(path: Path) -> None:
+    """Refuse a link, or anything but a regular file, before opening it.
+
+    O_NOFOLLOW would refuse a link too; this says what to do about it. A FIFO or a device is
+    not even opened: opening one may block, or do something of its own.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return  # the open creates it
+    if stat.S_ISLNK(mode):
+        raise SessionStoreError(f"lock file {path} is a symbolic link; remove it")
+    _refuse_unless_regular(path, mode)
+
+
+def _refuse_unless_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise SessionStoreError(
+            f"lock file {path} is {describe(mode)}, not a regular file; remove it"
+        )
 
 
 def _acquire(fd: int, path: Path, timeout: float) -> None:
