@@ -168,6 +168,30 @@ class TestShow:
         tool_lines = [line.split()[0] for line in out.splitlines() if line.startswith(("s", "d"))]
         assert tool_lines[-2:] == ["search", "divide"]
 
+    def test_percentiles_prompts_and_clients(
+        self, session_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Each tool and prompt shows p50, p95 and p99 from its buckets; clients their calls."""
+        slow = tool(10) | {"latency": {"40": 9, "52": 1}, "maxMs": 5.0}
+        write_session(
+            session_path,
+            tools={"search": slow},
+            prompts={"summarize": tool(2)},
+            clients={"claude-code": {"toolCalls": 10, "promptCalls": 2}},
+        )
+        assert run("show", "--path", str(session_path)) == 0
+        lines = capsys.readouterr().out.splitlines()
+        header = "tool    calls  errors  limited  avg ms  p50 ms  p95 ms  p99 ms  max ms"
+        assert lines[lines.index(header) + 1].split() == [
+            "search", "10", "0", "0", "0.15", "0.94", "5.00", "5.00", "5.00"
+        ]  # fmt: skip
+        assert lines[-5].split()[:2] == ["prompt", "calls"]
+        assert lines[-4].split()[:2] == ["summarize", "2"]
+        assert lines[-2:] == [
+            "client       tool calls  prompt calls",
+            "claude-code          10             2",
+        ]
+
     def test_json_is_the_file_as_stored(
         self, session_file: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -381,7 +405,7 @@ class TestShowEscapes:
         assert visible(out)
         lines = out.split("\n")
         assert len(lines) == 12  # 8 lines of counts, a blank line, a header, a row, and ""
-        assert lines[10].split() == [shown, "7", "0", "0", "0.21", "1.00"]
+        assert lines[10].split() == [shown, "7", "0", "0", "0.21", "-", "-", "-", "1.00"]
         assert sum(line.startswith("errors") for line in lines) == 1
 
     @pytest.mark.parametrize(

@@ -17,12 +17,12 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import _file
 from ._codec import encode
+from ._display import cell, summary, visible
 from ._errors import (
     CorruptSessionError,
     SessionNotFoundError,
@@ -46,8 +46,6 @@ EXIT_CODES = {
     "newer": 5,  # the file was written by a newer aiosessionstore
 }
 _LOCK_TIMEOUT = 10.0
-_TOP_TOOLS = 10
-_MAX_CELL = 64  # the longest tool name most model APIs accept
 _MAX_ANSWER = 64
 _SEPARATORS = tuple(sep for sep in (os.sep, os.altsep) if sep)
 #: Anything but printable ASCII and the line break: what JSON text may need to escape.
@@ -182,7 +180,7 @@ def _path(arguments: argparse.Namespace, path: Path, stdin: TextIO | None) -> in
     """The path's own bytes for a script; on a terminal, escaped as ``ls`` does."""
     stream = _stdout()
     if stream.isatty() or not hasattr(stream, "buffer"):
-        _print(_visible(str(path)))
+        _print(visible(str(path)))
     else:
         _print_bytes(os.fsencode(path))
     return 0
@@ -191,7 +189,7 @@ def _path(arguments: argparse.Namespace, path: Path, stdin: TextIO | None) -> in
 def _reset(arguments: argparse.Namespace, path: Path, stdin: TextIO | None) -> int:
     _check_target(path, must_exist=True)
     record = _transact(path, Mode.RESET, known=None)
-    _say(f"reset session {_cell(record.session.session_id)} in {path}")
+    _say(f"reset session {cell(record.session.session_id)} in {path}")
     return 0
 
 
@@ -199,7 +197,7 @@ def _new(arguments: argparse.Namespace, path: Path, stdin: TextIO | None) -> int
     _check_target(path)
     now = timestamp(time.time())
     record = _transact(path, Mode.NEW, known=Record(Session.new(now)))
-    _say(f"started session {_cell(record.session.session_id)} in {path}")
+    _say(f"started session {cell(record.session.session_id)} in {path}")
     return 0
 
 
@@ -291,89 +289,8 @@ def _say(message: str, end: str = "\n") -> None:
     if sys.stderr is None:  # print(file=None) would write to stdout
         return
     with contextlib.suppress(OSError):
-        sys.stderr.write(_visible(message) + end)
+        sys.stderr.write(visible(message) + end)
         sys.stderr.flush()
-
-
-def summary(session: Session, path: Path, now: float) -> str:
-    """A readable summary: id, age, last activity, counters, and the busiest tools.
-
-    What comes from the file is escaped and cut to one cell, so no name can act on the
-    terminal, forge a row or a column, or push the table off the screen.
-    """
-    stats = session.stats
-    lines = [
-        f"session      {_cell(session.session_id)}",
-        f"file         {_visible(str(path))}",
-        f"created      {_when(session.created_at, now)}",
-        f"last active  {_when(session.last_active_at, now)}",
-        f"tool calls   {stats.tool_calls}",
-        f"prompt calls {stats.prompt_calls}",
-        f"errors       {stats.errors}",
-        f"rate limits  {stats.rate_limits}",
-    ]
-    if session.tools:
-        busiest = sorted(
-            session.tools.items(), key=lambda item: (-item[1].calls, -item[1].errors, item[0])
-        )[:_TOP_TOOLS]
-        names = [_cell(name) for name, _ in busiest]
-        width = max(len("tool"), *map(len, names))
-        lines += ["", f"{'tool':<{width}}  calls  errors  rate limits  avg ms  max ms"]
-        for name, (_, tool) in zip(names, busiest, strict=True):
-            average = tool.total_ms / tool.calls if tool.calls else 0.0
-            lines.append(
-                f"{name:<{width}}  {tool.calls:>5}  {tool.errors:>6}  {tool.rate_limits:>11}"
-                f"  {average:>6.2f}  {tool.max_ms:>6.2f}"
-            )
-    return "\n".join(lines)
-
-
-def _visible(text: str) -> str:
-    """``text`` with each character a terminal would not show as itself escaped.
-
-    That is C0 and C1 controls, DEL, bidi overrides and other format characters, line and
-    paragraph separators, and lone surrogates (which no UTF-8 stream can even encode).
-    """
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else _escape(char) for char in text)
-
-
-def _cell(text: str) -> str:
-    """A string from the file as one table cell: visible, no spaces, at most _MAX_CELL long.
-
-    Backslashes are escaped too, so an escape shown always stands for the character.
-    """
-    pieces = [_cell_char(char) for char in text[: _MAX_CELL + 1]]
-    if len(text) <= _MAX_CELL and sum(map(len, pieces)) <= _MAX_CELL:
-        return "".join(pieces)
-    kept, length = [], 0
-    for piece in pieces:
-        length += len(piece)
-        if length > _MAX_CELL - len("..."):
-            break
-        kept.append(piece)
-    return "".join(kept) + "..."
-
-
-def _cell_char(char: str) -> str:
-    if char == "\\":
-        return "\\\\"
-    if char == " " or not char.isprintable():
-        return _escape(char)
-    return char
-
-
-def _escape(char: str) -> str:
-    """Python's own escape for one character: ``\\n``, ``\\x1b``, ``\\u202e``, ``\\U000e0041``."""
-    code = ord(char)
-    if char in "\n\r\t":
-        return repr(char)[1:-1]
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
 
 
 def _json(record: Record, path: Path, encoding: str) -> str:
@@ -418,18 +335,6 @@ def _document(record: Record) -> dict[str, Any]:
     return document
 
 
-def _when(moment: datetime, now: float) -> str:
-    seconds = max(0.0, now - moment.timestamp())
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            count = int(seconds // size)
-            ago = f"{count} {unit}{'s' if count != 1 else ''} ago"
-            break
-    else:
-        ago = "just now"
-    return f"{moment.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC ({ago})"
-
-
 def run() -> None:
     """Console-script entry point: the library's log lines go to stderr, like its messages."""
     if sys.stderr is not None:
@@ -445,7 +350,7 @@ class _EscapingFormatter(logging.Formatter):
     """A warning may quote the file (a corrupt tool's name): escape it as messages are."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return _visible(super().format(record))
+        return visible(super().format(record))
 
 
 def _drop_unwritten_output() -> None:
