@@ -324,6 +324,15 @@ def say_to(worker: subprocess.Popen[str], line: str) -> None:
     worker.stdin.flush()
 
 
+def hold_the_lock_until(worker: subprocess.Popen[str], line: str, session_path: Path) -> None:
+    """Once the worker is open, hold the lock until it says ``line``; then release it."""
+    wait_for_line(worker, "open")
+    with lock_held_by_the_test(session_path):
+        say_to(worker, "locked")
+        wait_for_line(worker, line)
+    say_to(worker, "released")
+
+
 @posix_only
 class TestExactlyOnce:
     def test_cancelling_every_task_mid_flush_writes_each_count_once(
@@ -331,11 +340,7 @@ class TestExactlyOnce:
     ) -> None:
         """A flush cancelled while its thread waits for the lock lands once, not again at close."""
         worker = start_worker("cancel-everything-mid-flush", session_path)
-        wait_for_line(worker, "open")
-        with lock_held_by_the_test(session_path):
-            say_to(worker, "locked")
-            wait_for_line(worker, "cancelled")
-        say_to(worker, "released")
+        hold_the_lock_until(worker, "cancelled", session_path)
         _, err = worker.communicate(timeout=60)
         assert tool_calls_on_disk(session_path) == 3, err
 
@@ -344,11 +349,7 @@ class TestExactlyOnce:
     ) -> None:
         """The closing flush's late write is the only one: the exit hook does not repeat it."""
         worker = start_worker("close-gives-up", session_path, 0.2, "late-write")
-        wait_for_line(worker, "open")
-        with lock_held_by_the_test(session_path):
-            say_to(worker, "locked")
-            wait_for_line(worker, "closed")
-        say_to(worker, "released")
+        hold_the_lock_until(worker, "closed", session_path)
         _, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err
         assert "took longer than 0.2 s" in err

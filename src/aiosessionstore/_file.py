@@ -384,15 +384,14 @@ def peek(path: Path) -> Record:
     """The session on disk for a reader that must change nothing: no lock, no directory.
 
     No lock is needed because writers replace the file atomically, so a read sees one whole
-    version. A corrupt file stays where it is, for a writer to move aside; whatever cannot be
-    read as a session is corrupt, including JSON too deep, numbers too long or dates out of range.
+    version. A corrupt file stays where it is, for a writer to move aside.
     """
     with _translated_errors(path):
         try:
             return _decode_file(path)
         except FileNotFoundError:
             raise SessionNotFoundError(f"no session file at {path}") from None
-        except (CorruptSessionError, ValueError, RecursionError, OverflowError) as exc:
+        except CorruptSessionError as exc:
             raise CorruptSessionError(
                 f"session file {path} is corrupt ({exc}); it was left in place"
             ) from None
