@@ -133,14 +133,16 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
                 await self._closed.wait()  # another task is closing: wait until it is done
             return
         self._open = False
+        if self._flusher is not None:
+            self._flusher.cancel()  # it winds down while the final flush runs
         try:
-            await self._stop_flusher()
             if await self._bounded_flush():
                 _shutdown.unregister(self)  # else the exit hook makes one more attempt
         except Exception:
             logger.error("final flush of %s failed; not saved: %s", self.path, self._pending)
             raise
         finally:
+            await self._flusher_ended()
             self._writer.close()
             signal_hub.discard(self)
             assert self._closed is not None
@@ -156,11 +158,12 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._flush_periodically)
 
-    async def _stop_flusher(self) -> None:
-        if self._flusher is None or self._flusher_task is None:
-            return
-        self._flusher.cancel()  # before it started, too: it then ends at its first await
+    async def _flusher_ended(self) -> None:
+        """Wait for the cancelled background flush to end (cancelled before it started, too,
+        it ends at its first await), and report it if it died of something else."""
         task = self._flusher_task
+        if task is None:
+            return
         with anyio.CancelScope(shield=True):
             await asyncio.wait((task,))
         if not task.cancelled() and task.exception() is not None:
