@@ -239,6 +239,17 @@ class TestFork:
         assert done.stdout == "child exit 0\n"
         assert tool_calls_on_disk(session_path) == 5
 
+    @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc")
+    def test_a_child_forked_while_the_lock_is_awaited_does_not_keep_it(
+        self, session_path: Path
+    ) -> None:
+        """A lock the parent takes after the fork, on a file open before it, is not the child's."""
+        worker = start_worker("fork-while-waiting-for-the-lock", session_path)
+        hold_the_lock_until(worker, "forked", session_path)
+        out, err = worker.communicate(timeout=60)
+        assert out == "lock free\n", err
+        assert tool_calls_on_disk(session_path) == 3
+
     def test_a_child_forked_mid_flush_does_not_keep_the_lock(self, session_path: Path) -> None:
         """A child's copy of a held lock descriptor is closed, so the lock is freed on time."""
         session_path.parent.mkdir()

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -254,6 +255,43 @@ def close_gives_up(path: str, close_timeout: str, then: str) -> None:
         wait_until_on_disk(path, 3)
 
 
+def lock_file_open(path: str) -> bool:
+    """Whether this process has the lock file open (Linux's /proc tells)."""
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == path + ".lock":
+                return True
+    return False
+
+
+async def fork_while_waiting_for_the_lock(path: str) -> None:
+    """Fork while the store's thread has the lock file open but waits for the test's lock;
+    once the test lets go, flush, and say whether the lock is free again."""
+    import warnings
+
+    warnings.simplefilter("ignore", DeprecationWarning)  # fork with a thread: on purpose
+    async with AsyncSessionStore(path, flush_interval=3600, handle_signals=False) as store:
+        await store.increment_tool_calls(3)
+        say("open")
+        await asyncio.to_thread(sys.stdin.readline)  # the test holds the lock now
+        flush = asyncio.ensure_future(store.flush())
+        while not lock_file_open(path):  # noqa: ASYNC110 - waits for the thread, not for time
+            await asyncio.sleep(0.001)
+        child = os.fork()
+        if child == 0:
+            time.sleep(60)  # a worker process that does not exec
+            os._exit(0)
+        say("forked")
+        await asyncio.to_thread(sys.stdin.readline)  # the test released the lock
+        await flush
+        try:
+            with _file.held(Path(path + ".lock"), timeout=5):
+                say("lock free")
+        finally:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
+
+
 MODES: dict[str, Callable[..., object]] = {
     "count": count,
     "wait-for-signal": wait_for_signal,
@@ -266,6 +304,7 @@ MODES: dict[str, Callable[..., object]] = {
     "fork-while-locked": fork_while_locked,
     "cancel-everything-mid-flush": cancel_everything_mid_flush,
     "close-gives-up": close_gives_up,
+    "fork-while-waiting-for-the-lock": fork_while_waiting_for_the_lock,
 }
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,9 +45,12 @@ _KINDS = (
     (stat.S_ISLNK, "symbolic link"),
 )
 
-#: Descriptors that hold a lock right now. A forked child gets copies, and a copy keeps an
-#: flock held after the parent lets go, so the child closes them at once.
-_held: set[int] = set()
+#: Our open lock-file descriptors, held or still waiting. A forked child gets copies, and a
+#: copy keeps an flock held after the parent lets go (also one the parent takes only after
+#: the fork, on the same open file), so the child closes them at once. Opening and recording
+#: a descriptor is one step under ``_opening``, which a fork waits for.
+_open_fds: set[int] = set()
+_opening = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -57,17 +61,17 @@ def held(path: Path, timeout: float) -> Iterator[None]:
         with _filelock(path, timeout):
             yield
         return
-    fd = os.open(path, _FLAGS, 0o600)
+    with _opening:
+        fd = os.open(path, _FLAGS, 0o600)
+        _open_fds.add(fd)
     try:
         _refuse_unless_regular(path, os.fstat(fd).st_mode)  # what we opened, whatever raced
         _acquire(fd, path, timeout)
-        _held.add(fd)
-        try:
-            yield
-        finally:
-            _held.discard(fd)
+        yield
     finally:
-        os.close(fd)  # which releases the lock
+        with _opening:
+            _open_fds.discard(fd)
+            os.close(fd)  # which releases the lock
 
 
 def describe(mode: int) -> str:
@@ -133,11 +137,16 @@ def _filelock(path: Path, timeout: float) -> Iterator[None]:
 
 
 def _close_copies_in_child() -> None:
-    for fd in _held:
+    for fd in _open_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
-    _held.clear()
+    _open_fds.clear()
+    _opening.release()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_copies_in_child)
+    os.register_at_fork(
+        before=_opening.acquire,
+        after_in_parent=_opening.release,
+        after_in_child=_close_copies_in_child,
+    )
