@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from aiosessionstore import AsyncSessionStore, _file
+from aiosessionstore import AsyncSessionStore, _file, _lock
 from aiosessionstore._codec import decode
 
 
@@ -279,17 +279,17 @@ async def fork_while_waiting_for_the_lock(path: str) -> None:
             await asyncio.sleep(0.001)
         child = os.fork()
         if child == 0:
-            time.sleep(60)  # a worker process that does not exec
+            signal.pause()  # a worker process that does not exec, until killed
             os._exit(0)
         say("forked")
         await asyncio.to_thread(sys.stdin.readline)  # the test released the lock
         await flush
         try:
-            with _file.held(Path(path + ".lock"), timeout=5):
+            with _lock.held(Path(path + ".lock"), timeout=5):
                 say("lock free")
         finally:
             os.kill(child, signal.SIGKILL)
-            os.waitpid(child, 0)
+            await asyncio.to_thread(os.waitpid, child, 0)
 
 
 MODES: dict[str, Callable[..., object]] = {
