@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aiosessionstore import AsyncSessionStore, LockTimeoutError, SessionStoreError
+from aiosessionstore import AsyncSessionStore, LockTimeoutError, SessionStoreError, _file
 
 from .conftest import read_json
 
@@ -55,6 +55,22 @@ class TestInjectedFaults:
             leftovers = sorted(p.name for p in session_path.parent.iterdir())
             assert leftovers == ["session.json", "session.json.lock"]
         assert read_json(session_path)["stats"]["toolCalls"] == 5
+
+    async def test_a_directory_that_cannot_be_synced_after_the_write_counts_once(
+        self,
+        session_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """The file was replaced, so the write landed: it is logged, not failed and redone."""
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls(5)
+            with monkeypatch.context() as patch:
+                patch.setattr(_file, "_fsync_directory", raising(errno.EACCES))
+                await store.flush()
+            assert store.session.stats.tool_calls == 5
+        assert read_json(session_path)["stats"]["toolCalls"] == 5
+        assert "could not sync its directory" in caplog.text
 
 
 def mount(*arguments: str) -> None:

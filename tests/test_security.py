@@ -27,7 +27,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(params=[0o000, 0o022, 0o077])
+@pytest.fixture(params=[0o000, 0o022, 0o077, 0o222, 0o277])
 def umask(request: pytest.FixtureRequest) -> Iterator[int]:
     previous = os.umask(request.param)
     try:
@@ -40,11 +40,13 @@ class TestPermissions:
     async def test_file_0600_and_directory_0700_whatever_the_umask(
         self, session_path: Path, umask: int
     ) -> None:
-        """A permissive umask does not widen the session file or its directory."""
-        async with AsyncSessionStore(session_path) as store:
+        """No umask widens or narrows the session file or the directories made for it."""
+        nested = session_path.parent / "a" / "b" / "session.json"
+        async with AsyncSessionStore(nested) as store:
             await store.increment_tool_calls()
-        assert (await anyio.Path(session_path).stat()).st_mode & 0o777 == 0o600
-        assert (await anyio.Path(session_path.parent).stat()).st_mode & 0o777 == 0o700
+        assert (await anyio.Path(nested).stat()).st_mode & 0o777 == 0o600
+        for directory in (session_path.parent, nested.parent.parent, nested.parent):
+            assert (await anyio.Path(directory).stat()).st_mode & 0o777 == 0o700
 
     async def test_a_rewrite_restores_0600(self, session_path: Path) -> None:
         """A file someone widened to 0644 is private again after the next write."""

@@ -167,10 +167,25 @@ def _translated_errors(path: Path) -> Iterator[None]:
 def _locked(path: Path, timeout: float) -> Iterator[None]:
     """Hold the lock file beside the session file, creating the directory first if need be."""
     if not os.path.isdir(path.parent):  # a stat, where mkdir(exist_ok=True) costs a failed mkdir
-        path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        _make_directories(path.parent)
     with held(_lock_path(path), timeout):
         _remove_stale_temp_files(path)
         yield
+
+
+def _make_directories(directory: Path) -> None:
+    """Create ``directory`` and its missing parents 0700, whatever the umask: a umask of 0277
+    would otherwise leave them 0500, where nothing can be written."""
+    missing = []
+    while not os.path.isdir(directory):
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for created in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            os.mkdir(created, _DIR_MODE)
+            os.chmod(created, _DIR_MODE)
 
 
 def _warn_if_others_can_write(directory: Path) -> None:
@@ -327,7 +342,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
-    _fsync_directory(path.parent)
+    try:
+        _fsync_directory(path.parent)
+    except OSError as exc:  # the write has landed: failing it now would count it twice
+        logger.warning(
+            "wrote %s but could not sync its directory (%s): a power loss may undo that write",
+            path,
+            exc.strerror or exc,
+        )
 
 
 def _fsync_directory(directory: Path) -> None:
