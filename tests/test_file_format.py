@@ -29,6 +29,7 @@ from aiosessionstore import (
 from aiosessionstore._cli import EXIT_CODES, main
 from aiosessionstore._codec import decode, encode
 from aiosessionstore._errors import CorruptSessionError
+from aiosessionstore._file import MAX_FILE_SIZE
 from aiosessionstore._latency import BUCKETS
 from aiosessionstore._session import Record, format_timestamp, parse_timestamp
 
@@ -78,6 +79,9 @@ HOSTILE = {
         stats='{"toolCalls": ' + "9" * 5000 + ', "promptCalls": 0, "errors": 0, "rateLimits": 0}'
     ),
     "version of 5,000 digits": raw_document(version="9" * 5000),
+    "latency bucket of 5,000 digits": raw_document(
+        tools=raw_tool(latency='{"' + "9" * 5000 + '": 1}')
+    ),
     "extra nested 200,000 deep": raw_document(x=nested(200_000)),
     "extra nested 1,000 deep": raw_document(x=nested(1_000)),
     "extra nested 65 deep": raw_document(x=nested(64)),
@@ -121,7 +125,6 @@ NOT_STRICT = {
     "an integer of 400 digits in an unknown key": raw_document(x="9" * 400),
     "toolCalls above MAX_SAFE_INTEGER": raw_document(stats=raw_stats(str(2**53))),
     "a tool's calls above MAX_SAFE_INTEGER": raw_document(tools=raw_tool(calls=str(2**53))),
-    "version above MAX_SAFE_INTEGER": raw_document(version=str(2**53)),
     "UTF-16": SEED_FILE.encode("utf-16"),
     "UTF-32": SEED_FILE.encode("utf-32"),
 }
@@ -459,15 +462,33 @@ class TestBadFilesAtOpen:
         asides = [p async for p in anyio.Path(session_path.parent).glob("session.json.corrupt-*")]
         assert sorted([await p.read_bytes() for p in asides]) == [b"first", b"second"]
 
-    async def test_a_newer_version_is_left_untouched(self, session_path: Path) -> None:
-        """UnsupportedVersionError at open, and not one byte of the file changes."""
-        content = json.dumps(valid_document() | {"version": 2}).encode()
+    @pytest.mark.parametrize("version", ["2", "2.0", "1e1", "1.5", "9007199254740992", "1e400"])
+    async def test_a_newer_version_is_left_untouched(
+        self, session_path: Path, version: str
+    ) -> None:
+        """Any number above 1, however written: UnsupportedVersionError, the file unchanged."""
+        content = raw_document(version=version)
         await write_bytes(session_path, content)
         with pytest.raises(UnsupportedVersionError, match=str(session_path)):
             async with AsyncSessionStore(session_path):
                 pass
         assert await anyio.Path(session_path).read_bytes() == content
         assert [p async for p in anyio.Path(session_path.parent).glob("*corrupt*")] == []
+
+    async def test_a_file_too_large_to_write_back_is_moved_aside(
+        self, session_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Compact JSON that indenting would take past 16 MiB is set aside, not a dead end."""
+        deep = "[" * 60 + ",".join(["1"] * 150_000) + "]" * 60
+        content = raw_document(x=deep)
+        assert len(content) < MAX_FILE_SIZE // 10
+        await write_bytes(session_path, content)
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls()
+        [aside] = [p async for p in anyio.Path(session_path.parent).glob("*corrupt*")]
+        assert await aside.read_bytes() == content
+        assert "over the limit" in caplog.text
+        assert (await anyio.to_thread.run_sync(read_json, session_path))["stats"]["toolCalls"] == 1
 
 
 @pytest.mark.anyio

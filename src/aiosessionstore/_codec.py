@@ -178,12 +178,8 @@ def decode(data: bytes) -> Record:
     document = _parse(data)
     if type(document) is not dict:
         raise CorruptSessionError("not a JSON object")
+    _refuse_a_newer_version(document.get("version"))
     version = _safe_integer(document, "version")
-    if version > CURRENT_VERSION:
-        raise UnsupportedVersionError(
-            f"session format version {version} is newer than version {CURRENT_VERSION}, "
-            "the newest this aiosessionstore reads: upgrade aiosessionstore"
-        )
     if version < 1:
         raise CorruptSessionError(f"version {version} is not a valid version")
     session_id = _string(document, "sessionId")
@@ -220,6 +216,17 @@ def decode(data: bytes) -> Record:
         _unknown(stats, _STAT_KEYS, 3) if len(stats) > len(_STAT_KEYS) else _NONE,
         MappingProxyType(entries_extra) if entries_extra else _NONE,
     )
+
+
+def _refuse_a_newer_version(version: object) -> None:
+    """Any number above ours, however spelled (2, 2.0, 1e1, 2**60): JavaScript reads each as a
+    newer version, so a newer tool's file is left untouched, never moved aside as corrupt."""
+    if type(version) in (int, float) and _float(version) > CURRENT_VERSION:  # type: ignore[arg-type]
+        shown_version = shown(version)
+        raise UnsupportedVersionError(
+            f"session format version {shown_version} is newer than version {CURRENT_VERSION}, "
+            "the newest this aiosessionstore reads: upgrade aiosessionstore"
+        )
 
 
 _NONE: Mapping[str, Any] = MappingProxyType({})
@@ -313,7 +320,9 @@ def _latency(latency: object) -> Mapping[int, int]:
         raise CorruptSessionError(f".latency should be an object, not {shown(latency)}")
     buckets = {}
     for key in latency:
-        if not (key.isascii() and key.isdigit() and int(key) < BUCKETS and str(int(key)) == key):
+        if not (len(key) <= 3 and key.isascii() and key.isdigit() and str(int(key)) == key) or (
+            int(key) >= BUCKETS
+        ):
             raise CorruptSessionError(f".latency has no bucket {shown(key)}")
         buckets[int(key)] = _safe_integer(latency, key, ".latency.")
     return MappingProxyType(buckets)

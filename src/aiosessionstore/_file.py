@@ -118,8 +118,16 @@ class Change:
 def commit(path: Path, change: Change, lock_timeout: float) -> Record:
     """Apply ``change`` to the session file under the inter-process lock; return what is on disk."""
     with _translated_errors(path), _locked(path, lock_timeout):
-        record = change.apply(_read_base(path, change))
-        _write_atomic(path, encode(record))
+        base = _read_base(path, change)
+        record = change.apply(base)
+        data = encode(record)
+        if len(data) > MAX_FILE_SIZE and change.known is not None and base is not change.known:
+            # A file we could read but cannot write back (compact JSON grows with indents):
+            # no write would ever succeed over it, so it is treated as corrupt.
+            _set_aside(path, f"it would be {len(data)} bytes written back, over the limit")
+            record = change.apply(change.known)
+            data = encode(record)
+        _write_atomic(path, data)
         return record
 
 
@@ -218,14 +226,18 @@ def _read_base(path: Path, change: Change) -> Record:
             return Record(Session.new(change.active_at), known.extra)
         return known
     except CorruptSessionError as exc:
-        aside = _quarantine(path, datetime.now(timezone.utc))
-        logger.warning(
-            "session file %s is corrupt (%s); moved it to %s and wrote a valid one in its place",
-            path,
-            exc,
-            aside,
-        )
+        _set_aside(path, str(exc))
         return known
+
+
+def _set_aside(path: Path, why: str) -> None:
+    aside = _quarantine(path, datetime.now(timezone.utc))
+    logger.warning(
+        "session file %s is corrupt (%s); moved it to %s and wrote a valid one in its place",
+        path,
+        why,
+        aside,
+    )
 
 
 def _read_existing(path: Path) -> Record:
