@@ -63,6 +63,36 @@ class TestSignals:
         assert worker.returncode == -signal.SIGTERM, err
         assert tool_calls_on_disk(session_path) == 11
 
+    def test_a_forked_child_leaves_the_parents_loop_woken_by_signals(
+        self, session_path: Path
+    ) -> None:
+        """A child forked and gone does not unregister the wakeup from the epoll they share."""
+        worker = run_until_ready("signal-on-another-thread", session_path, "12", "yes")
+        _, err = worker.communicate("now\n", timeout=30)
+        assert worker.returncode == -signal.SIGTERM, err
+        assert tool_calls_on_disk(session_path) == 12
+
+    def test_our_own_handler_put_back_is_not_taken_for_the_previous_one(
+        self, session_path: Path
+    ) -> None:
+        """Put back by an app and installed again, our handler chains to the real previous one."""
+        worker = run_until_ready("handler-saved-and-put-back", session_path, "8")
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+        assert worker.returncode == -signal.SIGTERM, err
+        assert tool_calls_on_disk(session_path) == 8
+
+    def test_a_signal_whose_flush_the_stopping_loop_dropped_is_not_swallowed(
+        self, session_path: Path
+    ) -> None:
+        """If the loop stops before the flush a signal asked for, the next signal acts at once."""
+        worker = start_worker("signal-as-the-loop-stops", session_path, "6")
+        wait_for_line(worker, "lingering")
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+        assert worker.returncode == -signal.SIGTERM, err
+        assert tool_calls_on_disk(session_path) == 6
+
     def test_the_apps_own_handler_still_runs(self, session_path: Path) -> None:
         """A handler the app set before opening runs after the flush, and decides the exit."""
         worker = run_until_ready("with-app-handler", session_path, "7")

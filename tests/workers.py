@@ -41,12 +41,17 @@ async def count(path: str, total: str, every: str) -> None:
     say(f"session {store.session_id}")
 
 
-async def wait_for_signal(path: str, total: str, handle_signals: str = "yes") -> None:
-    """Count with nothing flushed, say so, then wait to be signalled."""
+async def wait_for_signal(
+    path: str, total: str, handle_signals: str = "yes", fork_first: str = "no"
+) -> None:
+    """Count with nothing flushed (with ``fork_first``, fork a child that is gone at once),
+    say so, then wait to be signalled."""
     async with AsyncSessionStore(
         path, flush_interval=3600, handle_signals=handle_signals == "yes"
     ) as store:
         await store.increment_tool_calls(int(total))
+        if fork_first == "yes":
+            fork_a_short_lived_child()
         say("ready")
         await asyncio.Event().wait()
 
@@ -62,11 +67,11 @@ async def with_app_handler(path: str, total: str) -> None:
     await wait_for_signal(path, total)
 
 
-def signal_on_another_thread(path: str, total: str) -> None:
+def signal_on_another_thread(path: str, total: str, fork_first: str = "no") -> None:
     """Count; then, on a line on stdin, take SIGTERM on a thread other than the loop's while
-    the loop sleeps in select(), as the kernel may deliver it to any thread of the process."""
+    the loop sleeps in select(), as the kernel may deliver it to any thread of the process.
+    With ``fork_first``, a child forked and gone first: it shared the loop's epoll."""
     import selectors
-    import threading
 
     asleep = threading.Event()
 
@@ -85,7 +90,28 @@ def signal_on_another_thread(path: str, total: str) -> None:
         signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
 
     threading.Thread(target=signalled, daemon=True).start()
-    asyncio.SelectorEventLoop(Announcing()).run_until_complete(wait_for_signal(path, total))
+    run = wait_for_signal(path, total, "yes", fork_first)
+    asyncio.SelectorEventLoop(Announcing()).run_until_complete(run)
+
+
+def fork_a_short_lived_child() -> None:
+    """Fork a child that runs the fork hooks and exits at once, as a subprocess helper does."""
+    import warnings
+
+    warnings.simplefilter("ignore", DeprecationWarning)  # fork with a thread: on purpose
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+async def handler_saved_and_put_back(path: str, total: str) -> None:
+    """An app saves the handler while a store is open and puts it back after it closed, as
+    servers that capture signals do; a store opened after that must still handle SIGTERM."""
+    async with AsyncSessionStore(path + ".first", handle_signals=True):
+        saved = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, saved)
+    await wait_for_signal(path, total)
 
 
 def never_closed(path: str, total: str) -> None:
@@ -292,6 +318,27 @@ async def fork_while_waiting_for_the_lock(path: str) -> None:
             await asyncio.to_thread(os.waitpid, child, 0)
 
 
+def signal_as_the_loop_stops(path: str, total: str) -> None:
+    """Take SIGTERM in the loop's last batch of callbacks, so the flush it schedules never
+    runs; then linger, as code after asyncio.run may, until the test signals again."""
+
+    async def count_then_stop() -> None:
+        store = AsyncSessionStore(path, flush_interval=3600)
+        await store.open()
+        await store.increment_tool_calls(int(total))
+        loop = asyncio.get_running_loop()
+        loop.call_soon(signal.raise_signal, signal.SIGTERM)
+        loop.call_soon(loop.stop)
+        await asyncio.Event().wait()
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(count_then_stop())
+    loop.run_forever()
+    assert not task.done()  # the loop stopped under it, as an app's may
+    say("lingering")
+    time.sleep(60)
+
+
 MODES: dict[str, Callable[..., object]] = {
     "count": count,
     "wait-for-signal": wait_for_signal,
@@ -305,6 +352,8 @@ MODES: dict[str, Callable[..., object]] = {
     "cancel-everything-mid-flush": cancel_everything_mid_flush,
     "close-gives-up": close_gives_up,
     "fork-while-waiting-for-the-lock": fork_while_waiting_for_the_lock,
+    "handler-saved-and-put-back": handler_saved_and_put_back,
+    "signal-as-the-loop-stops": signal_as_the_loop_stops,
 }
 
 if __name__ == "__main__":

@@ -112,6 +112,8 @@ class SignalHub:
         self._entries: dict[int, _Entry] = {}  # id(store) -> its loop and flushes
         self._previous: dict[int, _Handler] = {}
         self._flushing = False
+        #: The loop a signal's flush was handed to, until that flush is done.
+        self._flushing_on: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: tuple[asyncio.AbstractEventLoop, socket.socket, socket.socket] | None = None
 
@@ -138,14 +140,23 @@ class SignalHub:
             self._restore()
 
     def forget_all(self) -> None:
-        """In a forked child: the stores and their loop are the parent's; only chain."""
+        """In a forked child: the stores and their loop are the parent's; only chain.
+
+        The loop is not touched: the child shares its epoll instance with the parent, so
+        removing our reader there would stop the parent's loop waking on signals.
+        """
         self._entries.clear()
         self._flushing = False
-        self._close_wakeup()
+        self._close_wakeup(loop_is_ours=False)
 
     def _install(self, loop: asyncio.AbstractEventLoop) -> None:
         for signum in SIGNALS:
-            self._previous[signum] = signal.getsignal(signum)
+            current = signal.getsignal(signum)
+            # Ours already (a forked child, or an app that saved ours and put it back): the
+            # handler from before us is still the one recorded, and chaining to ourselves
+            # would swallow the signal.
+            if current != self._handle:
+                self._previous[signum] = current
             signal.signal(signum, self._handle)
         if sys.platform != "win32":
             self._wake_loop_on_signals(loop)
@@ -177,7 +188,7 @@ class SignalHub:
         self._wakeup = loop, reader, writer
         loop.add_reader(reader, _drain, reader)
 
-    def _close_wakeup(self) -> None:
+    def _close_wakeup(self, loop_is_ours: bool = True) -> None:
         if self._wakeup is None:
             return
         loop, reader, writer = self._wakeup
@@ -189,16 +200,19 @@ class SignalHub:
             return
         if current != writer.fileno():
             signal.set_wakeup_fd(current)  # not ours any more: someone else's to keep
-        if not loop.is_closed():
+        if loop_is_ours and not loop.is_closed():
             loop.remove_reader(reader)
         self._wakeup = None
         reader.close()
         writer.close()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self._flushing:
+        loop = self._flushing_on
+        if self._flushing and (loop is None or loop.is_running()):
             return  # a flush for an earlier signal is under way; it chains when done
+        # Not flushing, or the loop that was to flush stopped before it could: act now.
         self._flushing = True
+        self._flushing_on = None
         entries = list(self._entries.values())
         for entry in entries:
             if not entry.loop.is_running():
@@ -207,6 +221,7 @@ class SignalHub:
         flushes = [entry.flush for entry in entries if entry.loop.is_running()]
         if flushes:
             loop = next(entry.loop for entry in entries if entry.loop.is_running())
+            self._flushing_on = loop
             loop.call_soon_threadsafe(self._start_flush, signum, flushes)
             return
         self._flushing = False
@@ -227,6 +242,7 @@ class SignalHub:
                     logger.error("flush on signal %s failed: %s", name, outcome)
         finally:
             self._flushing = False
+            self._flushing_on = None
         self._chain(signum, None)
 
     def _chain(self, signum: int, frame: FrameType | None) -> None:
