@@ -121,10 +121,11 @@ def commit(path: Path, change: Change, lock_timeout: float) -> Record:
         base = _read_base(path, change)
         record = change.apply(base)
         data = encode(record)
-        if len(data) > MAX_FILE_SIZE and change.known is not None and base is not change.known:
-            # A file we could read but cannot write back (compact JSON grows with indents):
-            # no write would ever succeed over it, so it is treated as corrupt.
+        if len(data) > MAX_FILE_SIZE and _unwritable(base, change):
+            # A file we could read but cannot write back even unchanged (compact JSON grows
+            # with indents): no write would ever succeed over it, so it is treated as corrupt.
             _set_aside(path, f"it would be {len(data)} bytes written back, over the limit")
+            assert change.known is not None
             record = change.apply(change.known)
             data = encode(record)
         _write_atomic(path, data)
@@ -228,6 +229,13 @@ def _read_base(path: Path, change: Change) -> Record:
     except CorruptSessionError as exc:
         _set_aside(path, str(exc))
         return known
+
+
+def _unwritable(base: Record, change: Change) -> bool:
+    """Whether ``base``, read from the file, is too large to write back even unchanged."""
+    if change.known is None or base is change.known:
+        return False
+    return len(encode(base)) > MAX_FILE_SIZE
 
 
 def _set_aside(path: Path, why: str) -> None:
