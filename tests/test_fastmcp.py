@@ -83,6 +83,17 @@ class TestCountingInMemory:
             "late": 1,
         }
 
+    async def test_a_call_from_code_counts_without_a_client(self, session_path: Path) -> None:
+        """server.call_tool() from the app's own code is counted, with no client named."""
+        server = FastMCP("direct", lifespan=session_lifespan(str(session_path)))
+        server.tool(lambda: "pong", name="ping")
+        async with Client(server, client_info=TESTER) as client:
+            await client.call_tool("ping", {})
+            await server.call_tool("ping", {})
+        document = read_json(session_path)
+        assert document["tools"]["ping"]["calls"] == 2
+        assert document["clients"] == {"fastmcp-tester": {"toolCalls": 1, "promptCalls": 0}}
+
     async def test_a_refusing_middleware_still_counts(self, session_path: Path) -> None:
         """The counting is the outermost middleware: a call another one refuses is counted,
         and its exception, a rate limit here, is seen."""
@@ -152,6 +163,19 @@ class TestComposition:
 
         async with Client(server) as client:
             assert (await client.call_tool("keys", {})).data == ["session_store"]
+
+    async def test_an_app_state_that_is_no_dict_is_refused(self, session_path: Path) -> None:
+        """FastMCP merges lifespan contexts as dicts: app_lifespan must yield one."""
+
+        @asynccontextmanager
+        async def listing(server: Any) -> AsyncIterator[list[int]]:
+            yield [42]
+
+        server = FastMCP("list", lifespan=session_lifespan(str(session_path), app_lifespan=listing))
+        with pytest.raises(RuntimeError, match="must yield a dict, not a list") as caught:
+            async with Client(server):
+                pass
+        assert isinstance(caught.value.__cause__, TypeError)
 
     def test_it_is_a_fastmcp_lifespan(self) -> None:
         """With fastmcp imported, session_lifespan() is a FastMCP Lifespan, so that the

@@ -23,6 +23,7 @@ from aiosessionstore import (
     session_store,
 )
 from aiosessionstore._mcp import FALLBACK_APP_NAME, app_name_for
+from aiosessionstore._mcp_count import KnownNames
 
 from .conftest import posix_only, read_json, read_on_disk
 from .mcp_servers import (
@@ -142,6 +143,35 @@ class TestCountingInMemory:
             assert (await client.call_tool("refuse", {})).is_error
         assert read_json(session_path)["tools"]["refuse"]["errors"] == 1
 
+    async def test_a_call_from_code_counts_without_a_client(self, session_path: Path) -> None:
+        """server.call_tool() from the app's own code is counted, with no client named."""
+        server = MCPServer("direct", lifespan=session_lifespan(str(session_path)))
+        server.add_tool(lambda: "pong", name="ping")
+        async with Client(server, client_info=TESTER) as client:
+            await client.call_tool("ping", {})
+            await server.call_tool("ping", {})
+        document = read_json(session_path)
+        assert document["tools"]["ping"]["calls"] == 2
+        assert document["clients"] == {"tester": {"toolCalls": 1, "promptCalls": 0}}
+
+    async def test_the_apps_own_call_tool_is_put_back(self, session_path: Path) -> None:
+        """A call_tool the app set on the instance is wrapped while counting, then restored."""
+        server = MCPServer("wrapped", lifespan=session_lifespan(str(session_path)))
+        server.add_tool(lambda: "pong", name="ping")
+        seen: list[str] = []
+        original = server.call_tool
+
+        async def call_tool(name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+            seen.append(name)
+            return await original(name, arguments, context)
+
+        server.call_tool = call_tool  # type: ignore[method-assign]
+        async with Client(server) as client:
+            await client.call_tool("ping", {})
+        assert server.call_tool is call_tool
+        assert seen == ["ping"]
+        assert read_json(session_path)["tools"]["ping"]["calls"] == 1
+
     async def test_count_calls_false_counts_nothing_by_itself(self, session_path: Path) -> None:
         """With count_calls=False only what the tools count by hand is counted."""
         server = MCPServer(
@@ -166,6 +196,36 @@ class TestCountingInMemory:
         async with session_lifespan(str(session_path))(object()) as store:
             assert isinstance(store, AsyncSessionStore)
         assert "cannot count the calls of a object" in caplog.text
+
+
+class TestKnownNames:
+    async def test_a_failing_lookup_is_unknown_and_raises_nothing(self) -> None:
+        """A server that cannot say which tools it has gets its calls counted as "(unknown)"."""
+
+        async def lookup(name: str) -> list[str]:
+            raise RuntimeError("no listing today")
+
+        assert await KnownNames(lookup, "tool").recorded("ping") == "(unknown)"
+
+    async def test_names_found_are_remembered_and_misses_ask_again(self) -> None:
+        """A known name is not looked up again; an unknown one is, as it may be added."""
+        asked: list[str] = []
+        tools = {"ping"}
+
+        async def lookup(name: str) -> set[str]:
+            asked.append(name)
+            return set(tools)
+
+        names = KnownNames(lookup, "tool")
+        assert [await names.recorded(name) for name in ("ping", "ping", "pong")] == [
+            "ping",
+            "ping",
+            "(unknown)",
+        ]
+        tools.add("pong")
+        assert await names.recorded("pong") == "pong"
+        assert asked == ["ping", "pong", "pong"]
+        assert await names.recorded(42) == "(unknown)"
 
 
 class TestLifespanState:
