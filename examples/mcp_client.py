@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -132,6 +133,8 @@ def main() -> None:
     parser.add_argument("--session", help=f"session file (default: ~/.{SERVER_NAME}/...)")
     parser.add_argument("--verbose", action="store_true", help="show the server's log in full")
     arguments = parser.parse_args()
+    if arguments.server == "fastmcp" and importlib.util.find_spec("fastmcp") is None:
+        sys.exit("--server fastmcp needs FastMCP: pip install '.[fastmcp]' (Python 3.11+)")
     anyio.run(run, SERVERS[arguments.server], arguments.session, arguments.http, arguments.verbose)
     # Where the server kept its session: the store resolves the path as the server did.
     path = AsyncSessionStore(arguments.session, app_name=SERVER_NAME).path

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from aiosessionstore import AsyncSessionStore, session_lifespan, session_store
@@ -25,6 +26,7 @@ fastmcp = pytest.importorskip("fastmcp")
 import mcp  # noqa: E402
 from fastmcp import Client, Context, FastMCP  # noqa: E402
 from fastmcp.server.lifespan import ContextManagerLifespan, Lifespan, lifespan  # noqa: E402
+from fastmcp.tools import ToolResult  # noqa: E402
 from fastmcp_server import build_server  # noqa: E402
 from mcp.types import Implementation  # noqa: E402
 from mcp_client import drive  # noqa: E402
@@ -93,6 +95,40 @@ class TestCountingInMemory:
         document = read_json(session_path)
         assert document["tools"]["ping"]["calls"] == 2
         assert document["clients"] == {"fastmcp-tester": {"toolCalls": 1, "promptCalls": 0}}
+
+    async def test_an_is_error_result_is_an_error(self, session_path: Path) -> None:
+        """A tool that returns an error result rather than raising counts an error."""
+        server = FastMCP("result", lifespan=session_lifespan(str(session_path)))
+
+        @server.tool
+        async def refuse() -> ToolResult:
+            return ToolResult(content="no", is_error=True)
+
+        async with Client(server) as client:
+            assert (await client.call_tool("refuse", {}, raise_on_error=False)).is_error
+        assert read_json(session_path)["tools"]["refuse"]["errors"] == 1
+
+    async def test_a_cancelled_call_is_no_error(self, session_path: Path) -> None:
+        """A call the client gives up on counts as a call, not as an error."""
+        server = FastMCP("cancel", lifespan=session_lifespan(str(session_path)))
+        started, ended = anyio.Event(), anyio.Event()
+
+        @server.tool
+        async def wait() -> None:
+            started.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                ended.set()
+
+        async with Client(server) as client, anyio.create_task_group() as tasks:
+            tasks.start_soon(client.call_tool, "wait", {})
+            await started.wait()
+            tasks.cancel_scope.cancel()
+        await ended.wait()
+        document = read_json(session_path)
+        assert document["stats"]["toolCalls"] == 1
+        assert document["stats"]["errors"] == 0
 
     async def test_a_refusing_middleware_still_counts(self, session_path: Path) -> None:
         """The counting is the outermost middleware: a call another one refuses is counted,

@@ -417,6 +417,7 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_the_core_imports_neither_mcp_nor_fastmcp() -> None:
     """`import aiosessionstore` and making a lifespan leave the SDK and FastMCP unloaded."""
     code = (
