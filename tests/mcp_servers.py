@@ -55,6 +55,8 @@ def check_acceptance(document: Mapping[str, Any], *clients: str) -> None:
         assert counted == {name: tuple(runs * n for n in ns) for name, ns in expected.items()}
         for entry in entries.values():
             assert sum(entry["latency"].values()) == entry["calls"]
+        total = "toolCalls" if section == "tools" else "promptCalls"
+        assert sum(entry["calls"] for entry in entries.values()) == document["stats"][total]
     assert document["clients"] == {
         client: {"toolCalls": 13 * drives, "promptCalls": 4 * drives}
         for client, drives in Counter(clients).items()

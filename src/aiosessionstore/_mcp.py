@@ -8,6 +8,7 @@ lifespan is an async context manager factory that the framework calls with its s
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -50,7 +51,7 @@ class SessionLifespan:
 
     def __init__(
         self,
-        path: str | None,
+        path: str | os.PathLike[str] | None,
         app_lifespan: AppLifespan | None,
         count_calls: bool,
         options: dict[str, Any],
@@ -120,7 +121,7 @@ def _fastmcp_lifespan_class(base: type) -> type[SessionLifespan]:
 
 
 def session_lifespan(
-    path: str | None = None,
+    path: str | os.PathLike[str] | None = None,
     *,
     app_lifespan: AppLifespan | None = None,
     count_calls: bool = True,
