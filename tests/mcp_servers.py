@@ -1,33 +1,148 @@
-"""The example MCP server, for end-to-end tests: ``python mcp_servers.py PATH [stall]``.
+"""Shared by the MCP tests: the acceptance case's expected counts, and servers in processes.
 
-With ``stall``, the app's own lifespan hangs on shutdown, as a server stuck in cleanup would,
-so that the client has to escalate to SIGTERM.
+Run as a script, it is a server over stdio:
+
+    python mcp_servers.py stall PATH   examples/mcp_server.py's server, whose app lifespan
+                                       hangs on shutdown, so that the client must SIGTERM it
+    python mcp_servers.py named NAME   an MCPServer called NAME with one tool, ``ping``, and
+                                       its session where its name puts it
 """
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
+from anyio.streams.text import TextReceiveStream
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
+EXAMPLES = Path(__file__).parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
 
-from mcp_server import build_server
+#: Where the example servers keep their session, under HOME: their name is the app name.
+DEMO_SESSION = Path(".aiosessionstore-demo", "session.json")
+#: What examples/mcp_client.py's ``drive`` leaves in the session of an example server.
+ACCEPTANCE = {"toolCalls": 13, "promptCalls": 4, "errors": 6, "rateLimits": 1}
+TOOLS = {  # calls, errors, rate limits
+    "search": (4, 0, 0),
+    "divide": (5, 3, 0),  # 2 divisions by zero, 1 with invalid arguments
+    "fetch_quote": (3, 0, 1),
+    "(unknown)": (1, 1, 0),
+}
+PROMPTS = {"summarize": (2, 0, 0), "translate": (1, 1, 0), "(unknown)": (1, 1, 0)}
+_READY = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
+
+
+def check_acceptance(document: Mapping[str, Any], *clients: str) -> None:
+    """The session file after one drive by each of ``clients`` (a name twice: two drives):
+    every count, per tool, per prompt and per client, and latency buckets for each."""
+    runs = len(clients)
+    assert document["stats"] == {key: runs * value for key, value in ACCEPTANCE.items()}
+    for section, expected in (("tools", TOOLS), ("prompts", PROMPTS)):
+        entries = document[section]
+        counted = {
+            name: (entry["calls"], entry["errors"], entry["rateLimits"])
+            for name, entry in entries.items()
+        }
+        assert counted == {name: tuple(runs * n for n in ns) for name, ns in expected.items()}
+        for entry in entries.values():
+            assert sum(entry["latency"].values()) == entry["calls"]
+        total = "toolCalls" if section == "tools" else "promptCalls"
+        assert sum(entry["calls"] for entry in entries.values()) == document["stats"][total]
+    assert document["clients"] == {
+        client: {"toolCalls": 13 * drives, "promptCalls": 4 * drives}
+        for client, drives in Counter(clients).items()
+    }
+
+
+def environment(home: Path, **more: str) -> dict[str, str]:
+    """This process's environment (coverage's variables too), with HOME in the test's
+    directory: the SDK's stdio client passes on only a few variables unless told."""
+    return {**os.environ, "HOME": str(home), **more}
 
 
 @asynccontextmanager
-async def stall_on_exit(server: Any) -> AsyncIterator[dict[str, str]]:
-    try:
-        yield {"app": "state"}
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.sleep(60)
+async def http_server(
+    command: list[str], env: Mapping[str, str]
+) -> AsyncIterator[tuple[str, anyio.abc.Process, list[str]]]:
+    """Start ``command`` (a server taking ``--http PORT``) on a free port of 127.0.0.1.
+
+    Yields the URL of its MCP endpoint once uvicorn says where it listens, the process, and
+    the lines of its stderr so far, which are read until it ends: it never blocks on a pipe.
+    """
+    process = await anyio.open_process(
+        [*command, "--http", "0"],
+        stdin=subprocess.PIPE,  # not DEVNULL: opening it on the loop thread is blocking I/O
+        stdout=None,
+        stderr=subprocess.PIPE,
+        env=dict(env),
+    )
+    lines: list[str] = []
+    async with process, anyio.create_task_group() as tasks:
+        try:
+            with anyio.fail_after(60):  # a safety net, not a wait: readiness is a line
+                base = await tasks.start(_read_lines, process, lines)
+            yield f"{base}/mcp", process, lines
+        finally:
+            if process.returncode is None:
+                process.kill()
+
+
+async def _read_lines(
+    process: anyio.abc.Process, lines: list[str], *, task_status: anyio.abc.TaskStatus[str]
+) -> None:
+    assert process.stderr is not None
+    ready = False
+    buffered = ""
+    async for chunk in TextReceiveStream(process.stderr):
+        *complete, buffered = (buffered + chunk).split("\n")
+        lines.extend(complete)
+        for line in complete:
+            found = _READY.search(line)
+            if found and not ready:
+                ready = True
+                task_status.started(found[1])
+    if not ready:
+        raise AssertionError("the server ended before it listened:\n" + "\n".join(lines))
+
+
+def _serve() -> None:
+    from collections.abc import AsyncIterator as Iterator
+    from contextlib import asynccontextmanager as lifespan
+
+    from mcp.server.mcpserver import MCPServer
+    from mcp_server import build_server
+
+    from aiosessionstore import session_lifespan
+
+    @lifespan
+    async def stall_on_exit(server: Any) -> Iterator[dict[str, str]]:
+        try:
+            yield {"app": "state"}
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(60)
+
+    kind, argument = sys.argv[1:]
+    if kind == "stall":
+        build_server(argument, app_lifespan=stall_on_exit).run("stdio")
+        return
+    server = MCPServer(argument, lifespan=session_lifespan())
+
+    @server.tool()
+    async def ping() -> str:
+        return "pong"
+
+    server.run("stdio")
 
 
 if __name__ == "__main__":
-    stall = sys.argv[2:] == ["stall"]
-    build_server(sys.argv[1], app_lifespan=stall_on_exit if stall else None).run("stdio")
+    _serve()

@@ -10,7 +10,7 @@ from ._errors import (
     StoreClosedError,
     UnsupportedVersionError,
 )
-from ._mcp import SessionState, session_lifespan, session_store
+from ._mcp import SessionLifespan, SessionState, session_lifespan, session_store
 from ._session import ClientStats, Session, SessionStats, ToolStats
 from ._store import AsyncSessionStore
 from ._tools import ToolCall
@@ -22,6 +22,7 @@ __all__ = (
     "CorruptSessionError",
     "LockTimeoutError",
     "Session",
+    "SessionLifespan",
     "SessionNotFoundError",
     "SessionState",
     "SessionStats",
