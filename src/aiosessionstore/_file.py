@@ -192,9 +192,13 @@ def _make_directories(directory: Path) -> None:
             break
         directory = directory.parent
     for created in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+        try:
             os.mkdir(created, _DIR_MODE)
-            os.chmod(created, _DIR_MODE)
+        except FileExistsError:
+            if os.path.isdir(created):
+                continue  # another process made it meanwhile
+            raise
+        os.chmod(created, _DIR_MODE)
 
 
 def _warn_if_others_can_write(directory: Path) -> None:
