@@ -758,14 +758,15 @@ class TestOptions:
         assert (listing(tmp_path), os.listdir(user_home)) == before
         assert "error" in capsys.readouterr().err
 
+    @pytest.mark.parametrize("spelling", ["{}", "{}/.", "{}/../session.json.lock", "{}//"])
     @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
     def test_a_lock_file_is_not_a_session_file(
-        self, session_file: Path, command: list[str]
+        self, session_file: Path, command: list[str], spelling: str
     ) -> None:
-        """`--path session.json.lock`, one tab too far, is exit 2: the lock file must stay put."""
+        """`--path session.json.lock`, however spelled, is exit 2: the lock file must stay put."""
         lock = session_file.with_name("session.json.lock")
         before = listing(session_file.parent), lock.stat().st_ino
-        assert run(*command, "--path", str(lock)) == EXIT_CODES["usage"]
+        assert run(*command, "--path", spelling.format(lock)) == EXIT_CODES["usage"]
         assert (listing(session_file.parent), lock.stat().st_ino) == before
 
     def test_an_abbreviated_yes_does_not_delete(self, session_file: Path) -> None:

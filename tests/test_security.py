@@ -47,6 +47,8 @@ class TestPermissions:
         assert (await anyio.Path(nested).stat()).st_mode & 0o777 == 0o600
         for directory in (session_path.parent, nested.parent.parent, nested.parent):
             assert (await anyio.Path(directory).stat()).st_mode & 0o777 == 0o700
+        lock = nested.with_name("session.json.lock")
+        assert (await anyio.Path(lock).stat()).st_mode & 0o600 == 0o600
 
     async def test_a_rewrite_restores_0600(self, session_path: Path) -> None:
         """A file someone widened to 0644 is private again after the next write."""

@@ -209,6 +209,46 @@ class TestBadClock:
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 1
 
 
+class RaisingClock(FakeClock):
+    """A clock that raises while ``broken`` is set."""
+
+    broken = False
+
+    def __call__(self) -> float:
+        if self.broken:
+            raise RuntimeError("clock broke")
+        return super().__call__()
+
+
+class TestRaisingClock:
+    async def test_an_increment_that_raised_counted_nothing(self, session_path: Path) -> None:
+        """The clock is read before anything is added: a call that raised left no count."""
+        clock = RaisingClock()
+        async with AsyncSessionStore(session_path, clock=clock) as store:
+            clock.broken = True
+            with pytest.raises(RuntimeError, match="clock broke"):
+                await store.increment_tool_calls()
+            with pytest.raises(RuntimeError, match="clock broke"):
+                await store.update_stats(errors=2)
+            clock.broken = False
+            await store.increment_tool_calls()
+            assert store.session.stats == SessionStats(tool_calls=1)
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 1
+
+    async def test_a_call_ending_on_a_raising_clock_keeps_its_own_error(
+        self, session_path: Path
+    ) -> None:
+        """The call's end is counted with the system's time; the tool's exception propagates."""
+        clock = RaisingClock()
+        async with AsyncSessionStore(session_path, clock=clock) as store:
+            with pytest.raises(KeyError):
+                async with store.tool_call("lookup"):
+                    clock.broken = True
+                    raise KeyError("missing")
+            clock.broken = False
+            assert store.session.stats == SessionStats(tool_calls=1, errors=1)
+
+
 class TestClosed:
     async def test_calls_after_close_raise(self, session_path: Path) -> None:
         """After the block, updates, writes and the session view raise StoreClosedError."""
@@ -290,6 +330,22 @@ class TestClosed:
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 4
 
 
+def held_until(
+    started: threading.Event, release: threading.Event
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A stand-in transaction that says it started, then waits for ``release``."""
+
+    def make(commit: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            started.set()
+            release.wait(30)
+            return commit(*args)
+
+        return run
+
+    return make
+
+
 class TestHostLifecycles:
     async def test_opened_in_one_task_and_closed_in_another(self, session_path: Path) -> None:
         """open() and aclose() from two tasks, as aiohttp's on_startup and on_cleanup do."""
@@ -322,6 +378,42 @@ class TestHostLifecycles:
         await second.__aexit__(None, None, None)
         assert (await read_on_disk(tmp_path / "first.json"))["stats"]["toolCalls"] == 1
         assert (await read_on_disk(tmp_path / "second.json"))["stats"]["errors"] == 1
+
+    async def test_closed_from_another_task_while_still_opening(
+        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An aclose() that comes while open() is writing waits for it, then closes."""
+        started, release = threading.Event(), threading.Event()
+        replace_transaction(monkeypatch, held_until(started, release))
+        store = AsyncSessionStore(session_path)
+        opening = asyncio.ensure_future(store.open())
+        await anyio.to_thread.run_sync(started.wait)
+        closing = asyncio.ensure_future(store.aclose())
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+        with anyio.fail_after(30):
+            await opening
+            await closing
+        with pytest.raises(StoreClosedError):
+            await store.increment_tool_calls()
+
+    async def test_a_close_interrupted_natively_still_ends(
+        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A native task.cancel() of aclose() leaves the close running to its end."""
+        started, release = threading.Event(), threading.Event()
+        store = await AsyncSessionStore(session_path).open()
+        await store.increment_tool_calls(3)
+        replace_transaction(monkeypatch, held_until(started, release))
+        closing = asyncio.ensure_future(store.aclose())
+        await anyio.to_thread.run_sync(started.wait)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        release.set()
+        with anyio.fail_after(30):
+            await store.aclose()  # waits for the close that goes on
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 3
 
     async def test_closed_right_after_opening(self, session_path: Path) -> None:
         """A close before the background flush ever ran leaves no task behind."""

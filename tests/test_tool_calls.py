@@ -203,6 +203,21 @@ class TestToolNameCap:
         tools = await tools_on_disk(session_path)
         assert (tools["a"]["calls"], tools["b"]["calls"], tools[OTHER]["calls"]) == (2, 2, 1)
 
+    async def test_a_kept_name_stays_itself_however_many_new_names_are_pending(
+        self, session_path: Path
+    ) -> None:
+        """The cap in memory yields to the names the file already keeps."""
+        async with AsyncSessionStore(session_path, max_tools=3) as store:
+            for name in ("a", "b", "c"):
+                async with store.tool_call(name):
+                    pass
+        async with AsyncSessionStore(session_path, max_tools=3) as store:
+            for name in ("x", "y", "z", "w", "b"):
+                async with store.tool_call(name):
+                    pass
+        tools = await tools_on_disk(session_path)
+        assert (tools["b"]["calls"], tools[OTHER]["calls"]) == (2, 4)
+
     async def test_the_default_cap_bounds_the_file(self, session_path: Path) -> None:
         """20,000 distinct names leave 1,001 entries and a file well under a megabyte."""
         async with AsyncSessionStore(session_path) as store:

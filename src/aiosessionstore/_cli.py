@@ -153,9 +153,12 @@ def _session_path(parser: argparse.ArgumentParser, arguments: argparse.Namespace
 
 
 def _check_path_option(parser: argparse.ArgumentParser, path: str) -> None:
-    if not path or path.endswith(_SEPARATORS):  # "" is the current directory
+    last = os.path.basename(path)
+    if not path or path.endswith(_SEPARATORS) or last in (".", ".."):  # "" is the cwd
         parser.error(f"--path {path!r} is not a file name: give the session file's path")
-    if path.endswith(".lock"):  # one tab too far; deleting it would let two processes lock
+    # Judged as resolved, so that "session.json.lock/." is one too.
+    if os.path.abspath(os.path.expanduser(path)).endswith(".lock"):
+        # one tab too far; deleting it would let two processes each hold "the" lock
         parser.error(f"--path {path!r} is a lock file: give the session file's path")
 
 

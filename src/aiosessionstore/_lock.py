@@ -65,7 +65,11 @@ def held(path: Path, timeout: float) -> Iterator[None]:
         fd = os.open(path, _FLAGS, 0o600)
         _open_fds.add(fd)
     try:
-        _refuse_unless_regular(path, os.fstat(fd).st_mode)  # what we opened, whatever raced
+        mode = os.fstat(fd).st_mode
+        _refuse_unless_regular(path, mode)  # what we opened, whatever raced
+        if mode & 0o600 != 0o600:  # made under a umask such as 0277: the next open would fail
+            with contextlib.suppress(OSError):  # another user's file: theirs to fix
+                os.fchmod(fd, 0o600)
         _acquire(fd, path, timeout)
         yield
     finally:

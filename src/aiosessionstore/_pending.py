@@ -113,11 +113,13 @@ class Pending:
         self.clients: dict[str, list[int]] = {}
         self.active_at = None
 
-    def calls(self, entries: dict[str, Calls], name: str) -> Calls:
-        """The pending calls of one tool or prompt, made on first use; past the cap, OTHER's."""
+    def calls(self, entries: dict[str, Calls], name: str, keep: bool = False) -> Calls:
+        """The pending calls of one tool or prompt, made on first use; past the cap, OTHER's,
+        unless ``keep``: a name the session already keeps stays itself."""
         calls = entries.get(name)
         if calls is None:
-            if name != OTHER and len(entries) - (OTHER in entries) >= self.max_tools:
+            full = len(entries) - (OTHER in entries) >= self.max_tools
+            if full and not keep and name != OTHER:
                 return self.calls(entries, OTHER)
             calls = entries[name] = Calls()
         return calls

@@ -25,6 +25,7 @@ from ._pending import (
     PROMPT_CALLS,
     RATE_LIMITS,
     TOOL_CALLS,
+    Calls,
     Pending,
 )
 from ._session import Counts, Session, SessionStats
@@ -73,7 +74,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         #: Serializes updates of the pending counts; never held across an await.
         self._lock = asyncio.Lock()
         self._open = False
-        self._closed: anyio.Event | None = None  # set once closed; None until first opened
+        self._opened: anyio.Event | None = None  # set once open() is done; None before it
+        self._closing: asyncio.Task[None] | None = None  # the close, once asked for
         self._flusher: anyio.CancelScope | None = None  # the background flush, while open
         self._flusher_task: asyncio.Task[None] | None = None
         self._pid = os.getpid()  # a forked child must not flush its parent's counts
@@ -103,50 +105,68 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         ``async with store`` calls it; call it yourself where a host opens and closes in two
         different tasks (aiohttp's ``on_startup`` and ``on_cleanup``), then ``aclose()``.
         """
-        if self._closed is not None:
+        if self._opened is not None:
             raise RuntimeError("an AsyncSessionStore can be opened only once; create a new one")
-        self._closed = anyio.Event()
+        self._opened = anyio.Event()
         try:
             await self._load()
         except BaseException:
             self._writer.close()
-            self._closed.set()
             raise
-        self._open = True
-        _shutdown.register(self)
-        if self._handle_signals and signal_hub.available():
-            signal_hub.add(self, self._bounded_flush, self._flush_sync)
-        self._flusher = anyio.CancelScope()
-        self._flusher_task = asyncio.get_running_loop().create_task(
-            self._run_flusher(self._flusher), name=f"aiosessionstore flusher for {self.path}"
-        )
+        else:
+            self._open = True
+            _shutdown.register(self)
+            if self._handle_signals and signal_hub.available():
+                signal_hub.add(self, self._bounded_flush, self._flush_sync)
+            self._flusher = anyio.CancelScope()
+            self._flusher_task = asyncio.get_running_loop().create_task(
+                self._run_flusher(self._flusher), name=f"aiosessionstore flusher for {self.path}"
+            )
+        finally:
+            self._opened.set()
         return self
 
     async def aclose(self) -> None:
         """Stop the background flush and flush what is pending; safe to call more than once.
 
-        The final flush is shielded from cancellation and bounded by ``close_timeout``, so a
-        stuck disk cannot hang shutdown. Any task may close the store, not only its opener.
+        Any task may close the store, not only its opener, also while it is still opening.
+        The close runs in a task of its own, waited for even in a cancelled scope; a caller
+        interrupted anyway (a native ``task.cancel()``) leaves it running to its end. The
+        final flush is bounded by ``close_timeout``, so a stuck disk cannot hang shutdown.
+        The first caller gets the close's error, if any; later ones just wait for it.
         """
+        first = self._closing is None
+        if self._closing is None:
+            name = f"aiosessionstore close of {self.path}"
+            self._closing = asyncio.get_running_loop().create_task(self._close(), name=name)
+        closing = self._closing
+        with anyio.CancelScope(shield=True):  # a cancelled block still waits for its close
+            await asyncio.wait((closing,))
+        error = None if closing.cancelled() else closing.exception()
+        if first and error is not None:
+            raise error
+
+    async def _close(self) -> None:
+        if self._opened is None:
+            return  # never opened: nothing to close
+        await self._opened.wait()
         if not self._open:
-            if self._closed is not None:
-                await self._closed.wait()  # another task is closing: wait until it is done
-            return
+            return  # the open failed, or a forked child's copy
         self._open = False
         if self._flusher is not None:
             self._flusher.cancel()  # it winds down while the final flush runs
+        flushed = False
         try:
-            if await self._bounded_flush():
-                _shutdown.unregister(self)  # else the exit hook makes one more attempt
+            flushed = await self._bounded_flush()
         except Exception:
             logger.error("final flush of %s failed; not saved: %s", self.path, self._pending)
             raise
         finally:
             await self._flusher_ended()
             self._writer.close()
-            signal_hub.discard(self)
-            assert self._closed is not None
-            self._closed.set()
+            if flushed:  # else a signal, or the exit hook, makes one more attempt
+                _shutdown.unregister(self)
+                signal_hub.discard(self)
 
     async def _run_flusher(self, scope: anyio.CancelScope) -> None:
         """The background flush, in a task group of a task of its own.
@@ -213,8 +233,6 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         """In a forked child: drop the parent's pending counts and refuse further use."""
         self._open = False
         self._pending.clear()
-        if self._closed is not None:
-            self._closed.set()
 
     # -- the session -----------------------------------------------------------------------
 
@@ -264,8 +282,9 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             if type(count) is not int or count < 0 or not self._open:
                 self._reject(count)
         async with self._lock:
+            now = self._clock()
             stats = SessionStats(tool_calls, prompt_calls, errors, rate_limits)
-            self._pending.add(Counts(stats), self._clock())
+            self._pending.add(Counts(stats), now)
 
     def _add_and_release(self, counter: int, count: int) -> None:
         """Check and add one count, then release ``_lock``, which the caller acquired.
@@ -275,9 +294,10 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         try:
             if type(count) is not int or count < 0 or not self._open:
                 self._reject(count)
+            now = self._clock()  # first: a clock that raises must leave nothing counted
             pending = self._pending
             pending.counts[counter] += count
-            pending.active_at = self._clock()
+            pending.active_at = now
         finally:
             self._lock.release()
 
@@ -329,14 +349,25 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         """Count the start of a call, then release ``_lock``, which the caller acquired."""
         try:
             self._check_open()
+            now = self._clock()  # first: a clock that raises must leave nothing counted
             pending = self._pending
             pending.counts[kind] += 1
-            pending.calls(pending.tools if kind == TOOL_CALLS else pending.prompts, name).calls += 1
+            self._calls_of(kind, name).calls += 1
             if client is not None:
                 pending.client(client)[0 if kind == TOOL_CALLS else 1] += 1
-            pending.active_at = self._clock()
+            pending.active_at = now
         finally:
             self._lock.release()
+
+    def _calls_of(self, kind: int, name: str) -> Calls:
+        """The pending calls of a tool or prompt; one the session already keeps is never
+        counted under OTHER, however many other names are pending."""
+        pending = self._pending
+        assert self._writer.record is not None
+        session = self._writer.record.session
+        if kind == TOOL_CALLS:
+            return pending.calls(pending.tools, name, keep=name in session.tools)
+        return pending.calls(pending.prompts, name, keep=name in session.prompts)
 
     def _call_finished(self, kind: int, name: str, elapsed_ms: float, outcome: Outcome) -> None:
         """Record how a call ended; synchronous, so that a cancelled call is timed too.
@@ -346,8 +377,13 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         """
         if not self._open:
             return  # the store closed while the call ran: its start was counted, no more
+        try:
+            now = self._clock()
+        except Exception as exc:  # the call's start is counted; its end must be too
+            logger.warning("the clock raised %r; using the system's time", exc)
+            now = time.time()
         pending = self._pending
-        calls = pending.calls(pending.tools if kind == TOOL_CALLS else pending.prompts, name)
+        calls = self._calls_of(kind, name)
         if outcome == "error":
             pending.counts[ERRORS] += 1
             calls.errors += 1
@@ -355,7 +391,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             pending.counts[RATE_LIMITS] += 1
             calls.rate_limits += 1
         calls.timed(elapsed_ms)
-        pending.active_at = self._clock()
+        pending.active_at = now
 
     def _reject(self, count: object) -> None:
         self._check_open()
