@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from aiosessionstore import AsyncSessionStore, SessionStats, ToolStats
+from aiosessionstore import AsyncSessionStore, ClientStats, SessionStats, ToolStats
+from aiosessionstore._codec import encode
+from aiosessionstore._file import MAX_FILE_SIZE
+from aiosessionstore._latency import BUCKETS
 from aiosessionstore._names import OTHER, merge_capped
+from aiosessionstore._session import MAX_COUNT, Record, Session
 
 from .conftest import read_json
 
@@ -229,9 +234,24 @@ class TestToolNameCap:
         assert len(await tools_on_disk(session_path)) == 1001
         assert (await anyio.Path(session_path).stat()).st_size < 300_000
 
-    @pytest.mark.parametrize("cap", [0, -1, 10_001, True, 1.5])
+    def test_the_worst_session_at_the_cap_can_still_be_written(self) -> None:
+        """Every kind full, every name 128 four-byte characters, every bucket used, every
+        count at its maximum: the file stays under the bound the store reads."""
+        latency = dict.fromkeys(range(BUCKETS), MAX_COUNT)
+        worst = ToolStats(MAX_COUNT, MAX_COUNT, MAX_COUNT, 1e308, 1e308, latency)
+        names = [f"{number:04d}" + "\U0001f600" * 124 for number in range(1000)] + [OTHER]
+        client = ClientStats(MAX_COUNT, MAX_COUNT)
+        moment = datetime.now(timezone.utc)
+        session = Session(
+            1, "x" * 36, moment, moment, SessionStats(),
+            dict.fromkeys(names, worst), dict.fromkeys(names, worst),
+            dict.fromkeys(names, client),
+        )  # fmt: skip
+        assert len(encode(Record(session))) < MAX_FILE_SIZE
+
+    @pytest.mark.parametrize("cap", [0, -1, 1_001, True, 1.5])
     def test_a_bad_cap_is_refused(self, session_path: Path, cap: object) -> None:
-        """max_tools is a whole number from 1 to 10,000."""
+        """max_tools is a whole number from 1 to 1,000, the default."""
         with pytest.raises((TypeError, ValueError), match="max_tools"):
             AsyncSessionStore(session_path, max_tools=cap)  # type: ignore[arg-type]
 
