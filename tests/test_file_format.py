@@ -818,7 +818,7 @@ def reference_encoding(record: Record) -> bytes:
     return re.sub("[\ud800-\udfff]", lambda lone: f"\\u{ord(lone[0]):04x}", text).encode()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(records())
 def test_the_fast_encoder_writes_what_json_dumps_would(record: Record) -> None:
     """The hand-written encoder is byte for byte json.dumps(indent=2), and decodes back."""

@@ -84,12 +84,12 @@ class TestManyProcesses:
 @posix_only
 class TestKilledMidWrite:
     def test_the_file_always_parses(self, session_path: Path) -> None:
-        """200 writers killed with SIGKILL mid-flush: every time, the file is whole."""
-        worker = start("kill-mid-flush", session_path, 200)
+        """100 writers killed with SIGKILL mid-flush: every time, the file is whole."""
+        worker = start("kill-mid-flush", session_path, 100)
         out, err = finish(worker)
         assert worker.returncode == 0, err
         result = json.loads(out)
-        assert result["count"] >= 1 + 200  # each writer flushed at least once before its kill
+        assert result["count"] >= 1 + 100  # each writer flushed at least once before its kill
         leftovers = result["files"]
         temp_files = [name for name in leftovers if name.endswith(".tmp")]
         assert len(temp_files) <= 1  # the last victim's, at most: each writer cleans up

@@ -97,7 +97,7 @@ def odd_documents(draw: st.DrawFn) -> bytes:
 
 
 class TestCodec:
-    @settings(max_examples=500, deadline=None)
+    @settings(max_examples=200, deadline=None)
     @given(odd_documents())
     def test_adopted_faithfully_or_corrupt(self, data: bytes) -> None:
         """Adopted and written as strict, UTF-8 JSON that decodes the same, or corrupt."""
