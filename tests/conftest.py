@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +71,31 @@ def tool_calls_on_disk(path: Path) -> int:
     return count
 
 
+#: Workers started by the running test; any still alive at its end are killed.
+_workers: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def no_worker_outlives_its_test() -> Iterator[None]:
+    """A test that fails half way must not leave a worker behind, spinning or waiting."""
+    yield
+    while _workers:
+        worker = _workers.pop()
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+
+
 def start_worker(mode: str, *arguments: object, **options: Any) -> subprocess.Popen[str]:
     """Start ``workers.py MODE ARGUMENTS`` with pipes on all three streams."""
-    return subprocess.Popen(
+    worker = subprocess.Popen(
         [sys.executable, *options.pop("python_options", ()), str(WORKER), mode,
          *map(str, arguments)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         **options,
     )  # fmt: skip
+    _workers.append(worker)
+    return worker
 
 
 def wait_for_line(worker: subprocess.Popen[str], expected: str) -> None:
