@@ -357,6 +357,9 @@ MODES: dict[str, Callable[..., object]] = {
 }
 
 if __name__ == "__main__":
+    # A shell that starts a job in the background starts it with SIGINT ignored, and Python
+    # then leaves it ignored: Ctrl-C must reach the worker as it reaches a program run by hand.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     mode, *arguments = sys.argv[1:]
     result = MODES[mode](*arguments)
     if asyncio.iscoroutine(result):
