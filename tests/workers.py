@@ -94,6 +94,37 @@ def signal_on_another_thread(path: str, total: str, fork_first: str = "no") -> N
     asyncio.SelectorEventLoop(Announcing()).run_until_complete(run)
 
 
+def ctrl_c_while_asleep(path: str, total: str) -> None:
+    """Under asyncio.run, count; then, on a line on stdin, take SIGINT in the main thread once
+    the loop sleeps in select(), as a Ctrl-C at an idle server does. (Delivered at any other
+    bytecode, Python 3.10 raises KeyboardInterrupt there, inside whatever library runs.)"""
+    import selectors
+
+    asleep = threading.Event()
+
+    class Announcing(selectors.DefaultSelector):
+        def select(self, timeout: float | None = None) -> list[Any]:
+            if timeout is None or timeout > 0:
+                asleep.set()
+            try:
+                return super().select(timeout)
+            finally:
+                asleep.clear()
+
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            return asyncio.SelectorEventLoop(Announcing())
+
+    def interrupt() -> None:
+        sys.stdin.readline()
+        asleep.wait()
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    asyncio.set_event_loop_policy(Policy())
+    asyncio.run(wait_for_signal(path, total))
+
+
 def fork_a_short_lived_child() -> None:
     """Fork a child that runs the fork hooks and exits at once, as a subprocess helper does."""
     import warnings
@@ -354,6 +385,7 @@ MODES: dict[str, Callable[..., object]] = {
     "fork-while-waiting-for-the-lock": fork_while_waiting_for_the_lock,
     "handler-saved-and-put-back": handler_saved_and_put_back,
     "signal-as-the-loop-stops": signal_as_the_loop_stops,
+    "ctrl-c-while-asleep": ctrl_c_while_asleep,
 }
 
 if __name__ == "__main__":
