@@ -415,6 +415,28 @@ class TestHostLifecycles:
             await store.aclose()  # waits for the close that goes on
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 3
 
+    async def test_a_background_flush_that_will_not_stop_does_not_hang_the_close(
+        self,
+        session_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Stand-in for a flush task broken at a random moment: close gives up on it in time."""
+        release = anyio.Event()
+
+        async def stubborn(self: AsyncSessionStore) -> None:
+            with anyio.CancelScope(shield=True):
+                await release.wait()
+
+        monkeypatch.setattr(AsyncSessionStore, "_flush_periodically", stubborn)
+        store = await AsyncSessionStore(session_path, close_timeout=0.2).open()
+        await store.increment_tool_calls(2)
+        with anyio.fail_after(30):
+            await store.aclose()
+        release.set()
+        assert "did not stop" in caplog.text
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 2
+
     async def test_closed_right_after_opening(self, session_path: Path) -> None:
         """A close before the background flush ever ran leaves no task behind."""
         store = await AsyncSessionStore(session_path).open()

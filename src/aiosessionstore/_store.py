@@ -180,13 +180,19 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
 
     async def _flusher_ended(self) -> None:
         """Wait for the cancelled background flush to end (cancelled before it started, too,
-        it ends at its first await), and report it if it died of something else."""
+        it ends at its first await), and report it if it died of something else.
+
+        Bounded by ``close_timeout``: a flush task broken by an exception raised inside it at
+        a random moment (a KeyboardInterrupt, on Python 3.10) must not hang the close.
+        """
         task = self._flusher_task
         if task is None:
             return
         with anyio.CancelScope(shield=True):
-            await asyncio.wait((task,))
-        if not task.cancelled() and task.exception() is not None:
+            await asyncio.wait((task,), timeout=self._close_timeout)
+        if not task.done():
+            logger.error("the background flush of %s did not stop; left behind", self.path)
+        elif not task.cancelled() and task.exception() is not None:
             logger.error("the background flush of %s died: %r", self.path, task.exception())
 
     async def _load(self) -> None:
