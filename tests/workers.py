@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import random
+import selectors
 import signal
 import sys
 import threading
@@ -67,60 +68,56 @@ async def with_app_handler(path: str, total: str) -> None:
     await wait_for_signal(path, total)
 
 
+class AnnouncingSelector(selectors.DefaultSelector):
+    """A selector that says, through ``asleep``, when the loop sleeps in select()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asleep = threading.Event()
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout is None or timeout > 0:
+            self.asleep.set()
+        try:
+            return super().select(timeout)
+        finally:
+            self.asleep.clear()
+
+
+def signal_once_asleep(selector: AnnouncingSelector, signum: int, to_main: bool) -> None:
+    """On a line on stdin, send ``signum`` once the loop sleeps: to the main thread, or to
+    this helper thread itself (a thread other than the loop's)."""
+
+    def send() -> None:
+        sys.stdin.readline()
+        selector.asleep.wait()
+        target = threading.main_thread() if to_main else threading.current_thread()
+        signal.pthread_kill(target.ident or 0, signum)
+
+    threading.Thread(target=send, daemon=True).start()
+
+
 def signal_on_another_thread(path: str, total: str, fork_first: str = "no") -> None:
     """Count; then, on a line on stdin, take SIGTERM on a thread other than the loop's while
     the loop sleeps in select(), as the kernel may deliver it to any thread of the process.
     With ``fork_first``, a child forked and gone first: it shared the loop's epoll."""
-    import selectors
-
-    asleep = threading.Event()
-
-    class Announcing(selectors.DefaultSelector):
-        def select(self, timeout: float | None = None) -> list[Any]:
-            if timeout is None or timeout > 0:
-                asleep.set()
-            try:
-                return super().select(timeout)
-            finally:
-                asleep.clear()
-
-    def signalled() -> None:
-        sys.stdin.readline()
-        asleep.wait()
-        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
-
-    threading.Thread(target=signalled, daemon=True).start()
+    selector = AnnouncingSelector()
+    signal_once_asleep(selector, signal.SIGTERM, to_main=False)
     run = wait_for_signal(path, total, "yes", fork_first)
-    asyncio.SelectorEventLoop(Announcing()).run_until_complete(run)
+    asyncio.SelectorEventLoop(selector).run_until_complete(run)
 
 
 def ctrl_c_while_asleep(path: str, total: str) -> None:
     """Under asyncio.run, count; then, on a line on stdin, take SIGINT in the main thread once
     the loop sleeps in select(), as a Ctrl-C at an idle server does. (Delivered at any other
     bytecode, Python 3.10 raises KeyboardInterrupt there, inside whatever library runs.)"""
-    import selectors
-
-    asleep = threading.Event()
-
-    class Announcing(selectors.DefaultSelector):
-        def select(self, timeout: float | None = None) -> list[Any]:
-            if timeout is None or timeout > 0:
-                asleep.set()
-            try:
-                return super().select(timeout)
-            finally:
-                asleep.clear()
+    selector = AnnouncingSelector()
 
     class Policy(asyncio.DefaultEventLoopPolicy):
         def new_event_loop(self) -> asyncio.AbstractEventLoop:
-            return asyncio.SelectorEventLoop(Announcing())
+            return asyncio.SelectorEventLoop(selector)
 
-    def interrupt() -> None:
-        sys.stdin.readline()
-        asleep.wait()
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-
-    threading.Thread(target=interrupt, daemon=True).start()
+    signal_once_asleep(selector, signal.SIGINT, to_main=True)
     asyncio.set_event_loop_policy(Policy())
     asyncio.run(wait_for_signal(path, total))
 
