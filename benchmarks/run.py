@@ -224,6 +224,7 @@ async def flush_and_plain(store: AsyncSessionStore) -> tuple[float, float]:
     start = time.perf_counter()
     await store.flush()
     flushed = time.perf_counter()
+    assert store.path is not None  # a file store
     plain_locked_merge(store.path)
     return flushed - start, time.perf_counter() - flushed
 

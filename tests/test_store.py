@@ -460,7 +460,7 @@ class TestConfiguration:
     def test_repr_names_the_path_and_state(self, session_path: Path) -> None:
         """The repr helps a log line say which store it was."""
         assert repr(AsyncSessionStore(session_path)) == (
-            f"<AsyncSessionStore {str(session_path)!r} closed>"
+            f"<AsyncSessionStore FileBackend({str(session_path)!r}) closed>"
         )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import _file
+from ._change import Change, Mode
 from ._codec import encode
 from ._display import cell, summary, visible
 from ._errors import (
@@ -29,7 +30,6 @@ from ._errors import (
     SessionStoreError,
     UnsupportedVersionError,
 )
-from ._file import Change, Mode
 from ._location import resolve_path
 from ._session import Counts, Record, Session, timestamp
 from ._version import __version__

@@ -8,20 +8,17 @@ hop per system call, and the same code serves a synchronous flush at interpreter
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import re
 import secrets
 import stat
 import sys
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
 
+from ._change import Change
 from ._codec import decode, encode
 from ._errors import (
     CorruptSessionError,
@@ -30,10 +27,9 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._lock import describe, held
-from ._names import DEFAULT_MAX_TOOLS, add_counts
-from ._session import Counts, Record, Session, SessionStats
+from ._session import Record
 
-__all__ = ("MAX_FILE_SIZE", "Change", "Mode", "commit", "open_session", "read", "remove")
+__all__ = ("MAX_FILE_SIZE", "FileBackend", "commit", "open_session", "peek", "read", "remove")
 
 logger = logging.getLogger("aiosessionstore")
 
@@ -68,51 +64,6 @@ _TEMP_SUFFIX = re.compile(rf"\.(?:{_TEMP_MARKER})?[0-9a-f]{{16}}\.tmp")
 #: What the stale-temp cleanup has logged already, so that a file it cannot remove is logged
 #: once per process rather than at every flush.
 _reported: set[str] = set()
-
-
-class Mode(enum.Enum):
-    """What a transaction does to the session it finds on disk."""
-
-    MERGE = "merge"  # add our pending counts
-    RESET = "reset"  # zero the counts, keep the id
-    NEW = "new"  # start a new session id
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One transaction's input: what to do, what to add, and what this store knew."""
-
-    mode: Mode
-    #: What a merge adds; nothing, for a reset or a new session.
-    counts: Counts
-    active_at: datetime
-    #: The session this store last saw, written back over a corrupt file; None: the file must
-    #: exist and be valid (the command line's reset), else the transaction raises.
-    known: Record | None
-    #: Whether ``known`` was ever on disk: a saved session that has since disappeared was
-    #: deleted on purpose, and its identity must not come back.
-    known_was_saved: bool
-    #: How many distinct names of tools (prompts, clients) the session keeps apart.
-    max_tools: int = DEFAULT_MAX_TOOLS
-
-    def apply(self, base: Record) -> Record:
-        """The record to write, given the one found on disk."""
-        session = base.session
-        active_at = max(session.last_active_at, self.active_at)
-        if self.mode is Mode.MERGE:
-            return base.with_session(
-                last_active_at=active_at, **add_counts(session, self.counts, self.max_tools)
-            )
-        if self.mode is Mode.RESET:
-            nothing: Mapping[str, Any] = MappingProxyType({})
-            return base.with_session(
-                last_active_at=active_at,
-                stats=SessionStats(),
-                tools=nothing,
-                prompts=nothing,
-                clients=nothing,
-            )
-        return Record(Session.new(self.active_at), base.extra)
 
 
 def commit(path: Path, change: Change, lock_timeout: float) -> Record:
@@ -220,19 +171,21 @@ def _lock_path(path: Path) -> Path:
 
 
 def _read_base(path: Path, change: Change) -> Record:
-    """The record to build on: the file's, or what replaces a missing or corrupt one."""
-    known = change.known
-    if known is None:
-        return _read_existing(path)
+    """The record to build on: the file's, or what the change puts in place of a missing or
+    corrupt one."""
     try:
         return _decode_file(path)
     except FileNotFoundError:
-        if change.known_was_saved:  # deleted on purpose: its identity stays deleted
-            return Record(Session.new(change.active_at), known.extra)
-        return known
+        return change.base_when_missing(f"session file at {path}")
     except CorruptSessionError as exc:
+        replacement = change.base_when_corrupt()
+        if replacement is None:
+            aside = _quarantine(path, datetime.now(timezone.utc))
+            raise CorruptSessionError(
+                f"session file {path} was corrupt ({exc}); it was moved to {aside}", aside
+            ) from None
         _set_aside(path, str(exc))
-        return known
+        return replacement
 
 
 def _unwritable(base: Record, change: Change) -> bool:
@@ -441,3 +394,34 @@ def peek(path: Path) -> Record:
             raise CorruptSessionError(
                 f"session file {path} is corrupt ({exc}); it was left in place"
             ) from None
+
+
+class FileBackend:
+    """A session in one JSON file, as the TypeScript tool keeps it, shared by every process
+    on the machine through a lock file beside it (``session.json.lock``)."""
+
+    def __init__(self, path: str | os.PathLike[str], lock_timeout: float = 10.0) -> None:
+        self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        self.lock_timeout = lock_timeout
+        self.description = f"session file {self.path}"
+
+    def __repr__(self) -> str:
+        return f"FileBackend({str(self.path)!r})"
+
+    def open(self, change: Change) -> Record:
+        return open_session(self.path, change, self.lock_timeout)
+
+    def commit(self, change: Change) -> Record:
+        return commit(self.path, change, self.lock_timeout)
+
+    def read(self) -> Record:
+        return read(self.path, self.lock_timeout)
+
+    def peek(self) -> Record:
+        return peek(self.path)
+
+    def remove(self) -> bool:
+        return remove(self.path, self.lock_timeout)
+
+    def close(self) -> None:
+        pass  # a transaction holds nothing open once done

@@ -1,13 +1,44 @@
-"""Where the session file lives: an explicit path, ``$<APP>_HOME``, or ``~/.<app>``."""
+"""Where the session lives: an explicit path, URL or backend; ``$<APP>_SESSION_URL``;
+``$<APP>_HOME``; or ``~/.<app>``."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ("SESSION_FILE_NAME", "resolve_path")
+from ._backend import Backend
+from ._file import FileBackend
+
+__all__ = ("SESSION_FILE_NAME", "resolve_backend", "resolve_path", "url_variable")
 
 SESSION_FILE_NAME = "session.json"
+
+
+def resolve_backend(
+    path: str | os.PathLike[str] | None,
+    url: str | None,
+    backend: Backend | None,
+    app_name: str,
+    lock_timeout: float,
+) -> Backend:
+    """The backend a store was given, or the one its path, URL or environment names.
+
+    With none given, ``$<APP>_SESSION_URL`` switches a deployed server to Redis with no
+    change to its code; without it, the session is the file the TypeScript tool would use.
+    """
+    given = [name for name, value in (("path", path), ("url", url), ("backend", backend)) if value]
+    if len(given) > 1:
+        raise ValueError(f"give one of path=, url= and backend=, not {' and '.join(given)}")
+    if backend is not None:
+        if not isinstance(backend, Backend):
+            raise TypeError(f"backend must implement Backend, not be a {type(backend).__name__}")
+        return backend
+    if path is None and not url:
+        _check_app_name(app_name)
+        url = os.environ.get(url_variable(app_name)) or None
+    if url is not None:
+        raise ValueError(f"url= needs a backend for URLs, and there is none yet: {url!r}")
+    return FileBackend(resolve_path(path, app_name), lock_timeout)
 
 
 def resolve_path(path: str | os.PathLike[str] | None, app_name: str) -> Path:
@@ -22,7 +53,16 @@ def resolve_path(path: str | os.PathLike[str] | None, app_name: str) -> Path:
 
 def home_variable(app_name: str) -> str:
     """``octocode`` -> ``OCTOCODE_HOME``; ``my-tool`` -> ``MY_TOOL_HOME``."""
-    return f"{app_name.upper().replace('-', '_')}_HOME"
+    return f"{_prefix(app_name)}_HOME"
+
+
+def url_variable(app_name: str) -> str:
+    """``octocode`` -> ``OCTOCODE_SESSION_URL``."""
+    return f"{_prefix(app_name)}_SESSION_URL"
+
+
+def _prefix(app_name: str) -> str:
+    return app_name.upper().replace("-", "_")
 
 
 def _check_app_name(app_name: str) -> None:

@@ -9,9 +9,8 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from . import _latency
-from ._file import Change, Mode
 from ._names import OTHER
-from ._session import ClientStats, Counts, Record, SessionStats, ToolStats, timestamp
+from ._session import ClientStats, Counts, SessionStats, ToolStats, timestamp
 
 __all__ = (
     "ERRORS",
@@ -53,9 +52,8 @@ def moment(reading: float, fallback: datetime) -> datetime:
 
 
 class Taken(NamedTuple):
-    """Pending counts moved out for one transaction, to give back if it fails."""
+    """Pending counts moved out for one write, and when the last of them was made."""
 
-    change: Change
     counts: Counts
     active_at: float | None
 
@@ -164,26 +162,11 @@ class Pending:
         if active_at is not None and (self.active_at is None or active_at > self.active_at):
             self.active_at = active_at
 
-    def take(self, mode: Mode, known: Record, saved: bool, now: float) -> Taken | None:
-        """Empty the counts into the Change that writes them (or, for a reset, drops them).
-
-        None for a merge with nothing pending: such a flush writes nothing.
-        """
-        taken_at = self.active_at
-        if mode is not Mode.MERGE:
-            reading = now
-        elif taken_at is None:
-            return None
-        else:
-            reading = taken_at
-        # All that can fail comes before clear(): the counts stay here until they are taken.
-        when = moment(reading, known.session.last_active_at)
-        counts = self.snapshot()
-        change = Change(
-            mode, counts if mode is Mode.MERGE else _NOTHING, when, known, saved, self.max_tools
-        )
+    def take(self) -> Taken:
+        """Move the pending counts out, for a write to store (or, for a reset, to drop)."""
+        taken = Taken(self.snapshot(), self.active_at)
         self.clear()
-        return Taken(change, counts, taken_at)
+        return taken
 
     def give_back(self, taken: Taken) -> None:
         self.add(taken.counts, taken.active_at)

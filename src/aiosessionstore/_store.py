@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 import anyio
 
 from . import _shutdown
+from ._backend import Backend
+from ._change import Mode
 from ._errors import StoreClosedError
-from ._file import Mode
-from ._location import resolve_path
+from ._location import resolve_backend
 from ._names import DEFAULT_MAX_TOOLS, check_max_tools, check_name, client_name
 from ._pending import (
     ERRORS,
@@ -52,6 +53,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self,
         path: str | os.PathLike[str] | None = None,
         *,
+        url: str | None = None,
+        backend: Backend | None = None,
         app_name: str = "octocode",
         flush_interval: float = 60.0,
         force_new: bool = False,
@@ -62,10 +65,15 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         max_tools: int = DEFAULT_MAX_TOOLS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path: Path = resolve_path(path, app_name)
         self._flush_interval = _positive("flush_interval", flush_interval)
         self._close_timeout = _positive("close_timeout", close_timeout)
-        self._lock_timeout = _positive("lock_timeout", lock_timeout)
+        #: Where the session lives: a file (the default), Redis, or a backend of your own.
+        self.backend: Backend = resolve_backend(
+            path, url, backend, app_name, _positive("lock_timeout", lock_timeout)
+        )
+        #: The session file, for the file backend; None for any other.
+        self.path: Path | None = getattr(self.backend, "path", None)
+        self._where = self.backend.description
         self._force_new = force_new
         #: Exceptions that ``tool_call`` counts as rate limits rather than errors.
         self.rate_limit_errors = rate_limit_errors
@@ -80,11 +88,11 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._flusher_task: asyncio.Task[None] | None = None
         self._pid = os.getpid()  # a forked child must not flush its parent's counts
         self._pending = Pending(check_max_tools(max_tools))
-        self._writer = Writer(self.path, self._pending, self._lock, clock, self._lock_timeout)
+        self._writer = Writer(self.backend, self._pending, self._lock, clock)
 
     def __repr__(self) -> str:
         state = "open" if self._open else "closed"
-        return f"<{type(self).__name__} {str(self.path)!r} {state}>"
+        return f"<{type(self).__name__} {self.backend!r} {state}>"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -120,7 +128,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
                 signal_hub.add(self, self._bounded_flush, self._flush_sync)
             self._flusher = anyio.CancelScope()
             self._flusher_task = asyncio.get_running_loop().create_task(
-                self._run_flusher(self._flusher), name=f"aiosessionstore flusher for {self.path}"
+                self._run_flusher(self._flusher), name=f"aiosessionstore flusher for {self._where}"
             )
         finally:
             self._opened.set()
@@ -137,7 +145,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         """
         first = self._closing is None
         if self._closing is None:
-            name = f"aiosessionstore close of {self.path}"
+            name = f"aiosessionstore close of {self._where}"
             self._closing = asyncio.get_running_loop().create_task(self._close(), name=name)
         closing = self._closing
         with anyio.CancelScope(shield=True):  # a cancelled block still waits for its close
@@ -159,7 +167,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         try:
             flushed = await self._bounded_flush()
         except Exception:
-            logger.error("final flush of %s failed; not saved: %s", self.path, self._pending)
+            logger.error("final flush of %s failed; not saved: %s", self._where, self._pending)
             raise
         finally:
             await self._flusher_ended()
@@ -191,9 +199,9 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         with anyio.CancelScope(shield=True):
             await asyncio.wait((task,), timeout=self._close_timeout)
         if not task.done():
-            logger.error("the background flush of %s did not stop; left behind", self.path)
+            logger.error("the background flush of %s did not stop; left behind", self._where)
         elif not task.cancelled() and task.exception() is not None:
-            logger.error("the background flush of %s died: %r", self.path, task.exception())
+            logger.error("the background flush of %s died: %r", self._where, task.exception())
 
     async def _load(self) -> None:
         """Load or create the session and write it at once, as the seed's getOrCreateSession."""
@@ -211,7 +219,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             except Exception as exc:
                 logger.warning(
                     "background flush of %s failed, will retry in %s s: %s",
-                    self.path,
+                    self._where,
                     self._flush_interval,
                     exc,
                 )
@@ -224,7 +232,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             logger.error(
                 "flushing %s took longer than %s s; stopped waiting: the write goes on in the "
                 "background, and the exit hook waits for it once more",
-                self.path,
+                self._where,
                 self._close_timeout,
             )
             return False
@@ -253,7 +261,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         """The current session id; still readable after the store is closed."""
         record = self._writer.record
         if record is None:
-            raise StoreClosedError(f"the session store for {self.path} was never opened")
+            raise StoreClosedError(f"the session store for {self._where} was never opened")
         return record.session.session_id
 
     # -- the hot path: memory only ---------------------------------------------------------
@@ -434,7 +442,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
 
     def _check_open(self) -> None:
         if not self._open:
-            raise StoreClosedError(f"the session store for {self.path} is not open")
+            raise StoreClosedError(f"the session store for {self._where} is not open")
 
 
 def _positive(name: str, value: float) -> float:
