@@ -16,7 +16,12 @@ from typing import Any
 import anyio
 import pytest
 
-from aiosessionstore import SessionStoreError, _file
+from aiosessionstore import SessionNotFoundError, SessionStoreError
+from aiosessionstore._backend import Backend
+from aiosessionstore._change import Change
+from aiosessionstore._codec import decode, encode
+from aiosessionstore._file import FileBackend
+from aiosessionstore._session import Record
 
 #: Worker processes for the process, signal and crash tests: ``workers.py MODE PATH ...``.
 WORKER = Path(__file__).with_name("workers.py")
@@ -108,48 +113,180 @@ def wait_for_line(worker: subprocess.Popen[str], expected: str) -> None:
         raise AssertionError(f"expected {expected!r} from the worker, got {line!r}: {err}")
 
 
-def replace_transaction(
-    monkeypatch: pytest.MonkeyPatch, make: Callable[[Callable[..., Any]], Callable[..., Any]]
-) -> None:
-    """Swap the store's file transaction for ``make(real_commit)``; it still runs on the
-    store's thread, so the stand-in can hold or fail a real write."""
-    monkeypatch.setattr(_file, "commit", make(_file.commit))
+class Interposed(FileBackend):
+    """A real file backend that a test can hold, fail or count from the store's thread:
+    ``before`` runs there ahead of each write (the first one too), as a slow or full disk
+    would."""
 
-
-def failing_with(message: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A stand-in transaction that always fails, as a full or read-only disk would."""
-
-    def make(commit: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any) -> Any:
-            raise SessionStoreError(message)
-
-        return run
-
-    return make
-
-
-class Transactions:
-    """The store's file transactions, observed from its thread: counted, and made to fail
-    the first ``failures`` times, as a full disk would."""
-
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.before: Callable[[], None] | None = None
         self.calls = 0
-        self._failures = failures
-        self._wrote = threading.Event()  # set from the store's thread, so a threading.Event
+        self.written = 0
+        self._changed = threading.Condition()  # told from the store's thread
 
-    def wrap(self, commit: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any) -> Any:
-            self.calls += 1
-            if self.calls <= self._failures:
-                raise SessionStoreError("disk on fire")
-            result = commit(*args)
-            self._wrote.set()
-            return result
+    def open(self, change: Change) -> Record:
+        return self.commit(change)
 
-        return run
+    def commit(self, change: Change) -> Record:
+        self.calls += 1
+        if self.before is not None:
+            self.before()
+        record = super().commit(change)
+        with self._changed:
+            self.written += 1
+            self._changed.notify_all()
+        return record
 
-    async def wait_for_a_write(self) -> None:
-        assert await anyio.to_thread.run_sync(self._wrote.wait, 30), "no write landed in 30 s"
+    def fail_first(self, failures: int, message: str = "disk on fire") -> None:
+        """Make the next ``failures`` writes fail, as a full disk would."""
+        left = [failures]
+
+        def fail() -> None:
+            if left[0] > 0:
+                left[0] -= 1
+                raise SessionStoreError(message)
+
+        self.before = fail
+
+    def hold(self, started: threading.Event, release: threading.Event) -> None:
+        """Make each write say it started, then wait for ``release`` before it goes on."""
+
+        def held() -> None:
+            started.set()
+            release.wait(30)
+
+        self.before = held
+
+    async def wait_for_writes(self, count: int) -> None:
+        """Wait until ``count`` writes in all have landed (the store's open is the first)."""
+
+        def wait() -> bool:
+            with self._changed:
+                return self._changed.wait_for(lambda: self.written >= count, 30)
+
+        assert await anyio.to_thread.run_sync(wait), f"{self.written} of {count} writes in 30 s"
+
+
+@pytest.fixture
+def interposed(session_path: Path) -> Interposed:
+    """A file backend at ``session_path`` whose writes the test can hold or fail."""
+    return Interposed(session_path)
+
+
+class MemoryBackend:
+    """A session held in memory: the Backend protocol in its least, for tests of the store's
+    own logic (and proof that the seam needs no file). Remembers numbered changes."""
+
+    description = "session in memory"
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+        self.applied: dict[str, int] = {}
+        self._mutex = threading.Lock()
+
+    def open(self, change: Change) -> Record:
+        return self.commit(change)
+
+    def commit(self, change: Change) -> Record:
+        with self._mutex:
+            if change.number and self.applied.get(change.writer, 0) >= change.number:
+                return self.peek()  # applied already: its reply was lost
+            base = change.base_when_missing(self.description) if self.data is None else self.peek()
+            record = change.apply(base)
+            self.data = encode(record)
+            self.applied[change.writer] = change.number
+            return record
+
+    def read(self) -> Record:
+        return self.peek()
+
+    def peek(self) -> Record:
+        if self.data is None:
+            raise SessionNotFoundError(f"no {self.description}")
+        return decode(self.data)
+
+    def remove(self) -> bool:
+        with self._mutex:
+            existed, self.data = self.data is not None, None
+            return existed
+
+    def close(self) -> None:
+        pass
+
+
+class RepliesLost(MemoryBackend):
+    """A backend that applies the first ``losses`` writes and then fails them, as a
+    connection that drops after the server applied a write but before its reply came."""
+
+    def __init__(self, losses: int) -> None:
+        super().__init__()
+        self.losses = losses
+        self.calls = 0
+
+    def commit(self, change: Change) -> Record:
+        self.calls += 1
+        record = super().commit(change)
+        if self.losses > 0:
+            self.losses -= 1
+            raise SessionStoreError("connection lost before the reply")
+        return record
+
+
+class Place:
+    """One place a session lives, as the shared behaviour suite sees it: new backends on it,
+    and its raw bytes, to plant bad data and to find what was set aside."""
+
+    kind = ""
+
+    def backend(self) -> Backend:
+        """A new backend on this place, as a new process would open."""
+        raise NotImplementedError
+
+    def put(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def get(self) -> bytes | None:
+        raise NotImplementedError
+
+    def set_aside(self) -> list[bytes]:
+        """What was moved aside, oldest first."""
+        raise NotImplementedError
+
+
+class FilePlace(Place):
+    kind = "file"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def backend(self) -> Backend:
+        return FileBackend(self.path)
+
+    def put(self, data: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_bytes(data)
+
+    def get(self) -> bytes | None:
+        return self.path.read_bytes() if self.path.exists() else None
+
+    def set_aside(self) -> list[bytes]:
+        return [p.read_bytes() for p in sorted(self.path.parent.glob("session.json.corrupt-*"))]
+
+
+def _file_place(tmp_path: Path) -> Place:
+    return FilePlace(tmp_path / "home" / "session.json")
+
+
+PLACES: dict[str, Callable[[pytest.FixtureRequest, Path], Place]] = {
+    "file": lambda request, tmp_path: _file_place(tmp_path),
+}
+
+
+@pytest.fixture(params=list(PLACES))
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> Place:
+    """Each backend that passes the shared behaviour suite, on a place of its own."""
+    return PLACES[request.param](request, tmp_path)
 
 
 def _blocking_guard(name: str, original: Callable[..., Any]) -> Callable[..., Any]:

@@ -8,10 +8,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -20,9 +19,9 @@ from aiosessionstore import AsyncSessionStore, _lock
 
 from .conftest import (
     WORKER,
+    Interposed,
     posix_only,
     read_json,
-    replace_transaction,
     start_worker,
     tool_calls_on_disk,
     wait_for_line,
@@ -295,23 +294,15 @@ class TestStuckDisk:
     async def test_closing_gives_up_after_close_timeout(
         self,
         session_path: Path,
-        monkeypatch: pytest.MonkeyPatch,
+        interposed: Interposed,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A write that never ends cannot hang shutdown: close returns after close_timeout."""
         release = threading.Event()
-
-        def stuck(commit: Callable[..., Any]) -> Callable[..., Any]:
-            def run(*args: Any) -> Any:
-                release.wait(30)
-                return commit(*args)
-
-            return run
-
         try:
             with anyio.fail_after(10):
-                async with AsyncSessionStore(session_path, close_timeout=0.05) as store:
-                    replace_transaction(monkeypatch, stuck)
+                async with AsyncSessionStore(backend=interposed, close_timeout=0.05) as store:
+                    interposed.hold(threading.Event(), release)
                     await store.increment_tool_calls()
         finally:
             release.set()

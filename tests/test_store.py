@@ -26,10 +26,8 @@ from aiosessionstore import (
 
 from .conftest import (
     FakeClock,
-    Transactions,
-    failing_with,
+    Interposed,
     read_on_disk,
-    replace_transaction,
 )
 
 pytestmark = pytest.mark.anyio
@@ -286,22 +284,13 @@ class TestClosed:
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 7
 
     async def test_closing_twice_at_once_waits_for_the_first(
-        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, session_path: Path, interposed: Interposed
     ) -> None:
         """A second aclose() returns only once the first one's final flush is on disk."""
         started, release = threading.Event(), threading.Event()
-
-        def held(commit: Callable[..., Any]) -> Callable[..., Any]:
-            def run(*args: Any) -> Any:
-                started.set()
-                release.wait(30)
-                return commit(*args)
-
-            return run
-
-        async with AsyncSessionStore(session_path, close_timeout=60) as store:
+        async with AsyncSessionStore(backend=interposed, close_timeout=60) as store:
             await store.increment_tool_calls(3)
-            replace_transaction(monkeypatch, held)
+            interposed.hold(started, release)
             first = asyncio.ensure_future(store.aclose())
             await anyio.to_thread.run_sync(started.wait)
             second = asyncio.ensure_future(store.aclose())
@@ -328,22 +317,6 @@ class TestClosed:
                 scope.cancel()
                 await anyio.sleep_forever()
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 4
-
-
-def held_until(
-    started: threading.Event, release: threading.Event
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A stand-in transaction that says it started, then waits for ``release``."""
-
-    def make(commit: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any) -> Any:
-            started.set()
-            release.wait(30)
-            return commit(*args)
-
-        return run
-
-    return make
 
 
 class TestHostLifecycles:
@@ -380,12 +353,12 @@ class TestHostLifecycles:
         assert (await read_on_disk(tmp_path / "second.json"))["stats"]["errors"] == 1
 
     async def test_closed_from_another_task_while_still_opening(
-        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, session_path: Path, interposed: Interposed
     ) -> None:
         """An aclose() that comes while open() is writing waits for it, then closes."""
         started, release = threading.Event(), threading.Event()
-        replace_transaction(monkeypatch, held_until(started, release))
-        store = AsyncSessionStore(session_path)
+        interposed.hold(started, release)
+        store = AsyncSessionStore(backend=interposed)
         opening = asyncio.ensure_future(store.open())
         await anyio.to_thread.run_sync(started.wait)
         closing = asyncio.ensure_future(store.aclose())
@@ -398,13 +371,13 @@ class TestHostLifecycles:
             await store.increment_tool_calls()
 
     async def test_a_close_interrupted_natively_still_ends(
-        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, session_path: Path, interposed: Interposed
     ) -> None:
         """A native task.cancel() of aclose() leaves the close running to its end."""
         started, release = threading.Event(), threading.Event()
-        store = await AsyncSessionStore(session_path).open()
+        store = await AsyncSessionStore(backend=interposed).open()
         await store.increment_tool_calls(3)
-        replace_transaction(monkeypatch, held_until(started, release))
+        interposed.hold(started, release)
         closing = asyncio.ensure_future(store.aclose())
         await anyio.to_thread.run_sync(started.wait)
         closing.cancel()
@@ -466,40 +439,36 @@ class TestConfiguration:
 
 class TestBackgroundFlush:
     async def test_changes_are_flushed_every_interval(
-        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, session_path: Path, interposed: Interposed
     ) -> None:
         """With changes pending, the background task writes them without being asked."""
-        transactions = Transactions()
-        async with AsyncSessionStore(session_path, flush_interval=0.001) as store:
-            replace_transaction(monkeypatch, transactions.wrap)
+        async with AsyncSessionStore(backend=interposed, flush_interval=0.001) as store:
             await store.increment_tool_calls(2)
-            await transactions.wait_for_a_write()
+            await interposed.wait_for_writes(2)
             assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 2
 
     async def test_nothing_pending_writes_nothing(
-        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+        self, session_path: Path, interposed: Interposed
     ) -> None:
         """A flush with no change since the last one does no I/O at all."""
-        transactions = Transactions()
-        async with AsyncSessionStore(session_path) as store:
-            replace_transaction(monkeypatch, transactions.wrap)
+        async with AsyncSessionStore(backend=interposed) as store:
+            opened = interposed.calls
             await store.flush()
             await store.flush()
-        assert transactions.calls == 0
+        assert interposed.calls == opened
 
     async def test_a_failed_background_flush_is_logged_and_retried(
         self,
         session_path: Path,
-        monkeypatch: pytest.MonkeyPatch,
+        interposed: Interposed,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         """A failing write keeps the counts pending; the next flush writes them."""
-        transactions = Transactions(failures=1)
-        async with AsyncSessionStore(session_path, flush_interval=0.001) as store:
-            replace_transaction(monkeypatch, transactions.wrap)
+        async with AsyncSessionStore(backend=interposed, flush_interval=0.001) as store:
+            interposed.fail_first(1)
             await store.increment_errors(3)
-            await transactions.wait_for_a_write()
-            assert transactions.calls == 2
+            await interposed.wait_for_writes(2)
+            assert interposed.calls == 3  # the open, the failed write, the one sent again
             assert (await read_on_disk(session_path))["stats"]["errors"] == 3
         assert "background flush" in caplog.text
         assert "disk on fire" in caplog.text
@@ -509,16 +478,15 @@ class TestBackgroundFlush:
 class TestExplicitFlush:
     @pytest.mark.parametrize("operation", ["flush", "reset_stats", "new_session"])
     async def test_a_failed_write_raises_and_keeps_the_counts(
-        self, session_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str
+        self, session_path: Path, interposed: Interposed, operation: str
     ) -> None:
         """A write that fails changed nothing: it raises, and the counts stay pending."""
-        async with AsyncSessionStore(session_path) as store:
+        async with AsyncSessionStore(backend=interposed) as store:
             session_id = store.session_id
             await store.increment_tool_calls(5)
-            with monkeypatch.context() as patch:
-                replace_transaction(patch, failing_with("no space left on device"))
-                with pytest.raises(SessionStoreError, match="no space"):
-                    await getattr(store, operation)()
+            interposed.fail_first(1, "no space left on device")
+            with pytest.raises(SessionStoreError, match="no space"):
+                await getattr(store, operation)()
             assert store.session.stats.tool_calls == 5
             assert store.session_id == session_id
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 5
@@ -538,32 +506,28 @@ class TestExplicitFlush:
 
     @pytest.mark.parametrize("outcome", ["written", "failed"])
     async def test_a_cancelled_flush_is_all_or_nothing(
-        self, session_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+        self, session_path: Path, interposed: Interposed, outcome: str
     ) -> None:
         """Cancelled mid-write, a flush lands exactly once or stays pending, never both."""
         started, release = threading.Event(), threading.Event()
 
-        def held(commit: Callable[..., Any]) -> Callable[..., Any]:
-            def run(*args: Any) -> Any:
-                started.set()
-                release.wait(10)
-                if outcome == "failed":
-                    raise SessionStoreError("disk full")
-                return commit(*args)
+        def held() -> None:
+            started.set()
+            release.wait(10)
+            if outcome == "failed":
+                raise SessionStoreError("disk full")
 
-            return run
-
-        async with AsyncSessionStore(session_path) as store:
+        async with AsyncSessionStore(backend=interposed) as store:
             await store.increment_tool_calls(6)
-            with monkeypatch.context() as patch:
-                replace_transaction(patch, held)
-                flush = asyncio.ensure_future(store.flush())
-                await anyio.to_thread.run_sync(started.wait)
-                flush.cancel()
-                await asyncio.sleep(0)  # deliver the cancellation while the write is held
-                release.set()
-                with pytest.raises(asyncio.CancelledError):
-                    await flush
+            interposed.before = held
+            flush = asyncio.ensure_future(store.flush())
+            await anyio.to_thread.run_sync(started.wait)
+            flush.cancel()
+            await asyncio.sleep(0)  # deliver the cancellation while the write is held
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await flush
+            interposed.before = None
             assert store.session.stats.tool_calls == 6
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 6
 

@@ -172,8 +172,12 @@ class Pending:
         self.add(taken.counts, taken.active_at)
 
     def __str__(self) -> str:
-        tool_calls, prompt_calls, errors, rate_limits = self.counts
-        return (
-            f"{tool_calls} tool calls, {prompt_calls} prompt calls, "
-            f"{errors} errors, {rate_limits} rate limits"
-        )
+        return describe(SessionStats(*self.counts))
+
+
+def describe(stats: SessionStats) -> str:
+    """Counts as a log line names them."""
+    return (
+        f"{stats.tool_calls} tool calls, {stats.prompt_calls} prompt calls, "
+        f"{stats.errors} errors, {stats.rate_limits} rate limits"
+    )

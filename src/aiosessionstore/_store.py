@@ -167,7 +167,9 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         try:
             flushed = await self._bounded_flush()
         except Exception:
-            logger.error("final flush of %s failed; not saved: %s", self._where, self._pending)
+            logger.error(
+                "final flush of %s failed; not saved: %s", self._where, self._writer.unsaved()
+            )
             raise
         finally:
             await self._flusher_ended()

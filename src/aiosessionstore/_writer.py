@@ -32,7 +32,7 @@ import aiofiles.os
 from ._backend import Backend
 from ._change import Change, Mode
 from ._names import add_counts
-from ._pending import Pending, Taken, moment
+from ._pending import Pending, Taken, describe, moment
 from ._session import Counts, Record, Session, timestamp
 from ._worker import WorkerThread
 
@@ -200,6 +200,13 @@ class Writer:
             )
         return session
 
+    def unsaved(self) -> str:
+        """The counts not yet stored, as a log line names them."""
+        stats = self._pending.snapshot().stats
+        if self._unsent is not None:
+            stats += self._unsent[1].counts.stats
+        return describe(stats)
+
     def _prepare(self, mode: Mode, now: float) -> tuple[Change, Taken] | None:
         """Take the pending counts into a numbered change; None for a merge of nothing."""
         assert self.record is not None
@@ -289,7 +296,7 @@ class Writer:
                 logger.error(
                     "writing %s failed; its counts will be written later (%s): %s",
                     self.backend.description,
-                    self._pending,
+                    describe(flight.taken.counts.stats),
                     flight.error,
                 )
 
