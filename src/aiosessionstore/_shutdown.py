@@ -18,9 +18,9 @@ import threading
 import warnings
 from collections.abc import Awaitable, Callable
 from types import FrameType
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
-__all__ = ("SignalHub", "register", "signal_hub", "unregister")
+__all__ = ("SignalHub", "protect", "signal_hub")
 
 logger = logging.getLogger("aiosessionstore")
 
@@ -32,53 +32,80 @@ SIGNALS: tuple[signal.Signals, ...] = tuple(
 _Handler = Callable[[int, FrameType | None], object] | int | None
 
 
-class _Closable(Protocol):
-    _open: bool
+class _Guard(NamedTuple):
+    """What the exit and fork hooks need of one open store."""
 
-    def _flush_sync(self) -> None: ...
+    owner: object  # the store: held, so that an unclosed store lives to exit
+    is_open: Callable[[], bool]
+    flush_sync: Callable[[], None]
+    detach: Callable[[], None]
 
-    def _detach(self) -> None: ...
 
-
-_open_stores: dict[int, _Closable] = {}  # id -> store; strong, so an unclosed store lives to exit
+_guards: dict[int, _Guard] = {}  # id -> guard, for the exit and fork hooks
 _hooks_installed = False
 
 
-def register(store: _Closable) -> None:
-    """Track an open store, so that exit flushes it and a forked child leaves it alone."""
+def protect(
+    owner: object,
+    *,
+    flush: Callable[[], Awaitable[object]],
+    flush_sync: Callable[[], None],
+    detach: Callable[[], None],
+    is_open: Callable[[], bool],
+    signals: bool,
+) -> contextlib.ExitStack:
+    """Make the end of the process save an open store's counts, all in one place.
+
+    The exit hook flushes it if it was never closed; a forked child drops its copy of the
+    parent's counts instead; SIGTERM and SIGHUP (with ``signals``, from the main thread)
+    flush it before the signal does what it would have done. Closing the returned stack,
+    once the counts are stored, undoes all of it.
+    """
+    pid = os.getpid()
+
+    def flush_here() -> None:
+        if os.getpid() == pid:  # in a forked child, the counts are the parent's
+            flush_sync()
+
+    guard = _Guard(owner, is_open, flush_here, detach)
+    stack = contextlib.ExitStack()
+    _register(guard)
+    stack.callback(_guards.pop, id(guard), None)
+    if signals and signal_hub.available():
+        signal_hub.add(guard, flush, flush_here)
+        stack.callback(signal_hub.discard, guard)
+    return stack
+
+
+def _register(guard: _Guard) -> None:
     global _hooks_installed
     if not _hooks_installed:
         atexit.register(_flush_at_exit)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_detach_in_child)
         _hooks_installed = True
-    _open_stores[id(store)] = store
-
-
-def unregister(store: _Closable) -> None:
-    """Forget a store whose counts are all on disk."""
-    _open_stores.pop(id(store), None)
+    _guards[id(guard)] = guard
 
 
 def _flush_at_exit() -> None:
     """Last chance for a store that was never closed, or whose loop stopped: flush in sync."""
-    for store in list(_open_stores.values()):
-        if store._open:
+    for guard in list(_guards.values()):
+        if guard.is_open():
             warnings.warn(
-                f"{store!r} was never closed; flushing it at interpreter exit",
+                f"{guard.owner!r} was never closed; flushing it at interpreter exit",
                 ResourceWarning,
                 stacklevel=1,
             )
-            logger.warning("%r was never closed; flushing it at interpreter exit", store)
-        store._flush_sync()
-    _open_stores.clear()
+            logger.warning("%r was never closed; flushing it at interpreter exit", guard.owner)
+        guard.flush_sync()
+    _guards.clear()
 
 
 def _detach_in_child() -> None:
     """In a forked child the parent's pending counts are the parent's to flush, not ours."""
-    for store in list(_open_stores.values()):
-        store._detach()
-    _open_stores.clear()
+    for guard in list(_guards.values()):
+        guard.detach()
+    _guards.clear()
     signal_hub.forget_all()
 
 

@@ -30,7 +30,6 @@ from ._pending import (
     Pending,
 )
 from ._session import Counts, Session, SessionStats
-from ._shutdown import signal_hub
 from ._tools import Outcome, ToolCall
 from ._writer import Writer
 
@@ -86,7 +85,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._closing: asyncio.Task[None] | None = None  # the close, once asked for
         self._flusher: anyio.CancelScope | None = None  # the background flush, while open
         self._flusher_task: asyncio.Task[None] | None = None
-        self._pid = os.getpid()  # a forked child must not flush its parent's counts
+        #: The exit hook, fork handling and signal handlers, while the store is open.
+        self._guards = contextlib.ExitStack()
         self._pending = Pending(check_max_tools(max_tools))
         self._writer = Writer(self.backend, self._pending, self._lock, clock)
 
@@ -123,9 +123,14 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             raise
         else:
             self._open = True
-            _shutdown.register(self)
-            if self._handle_signals and signal_hub.available():
-                signal_hub.add(self, self._bounded_flush, self._flush_sync)
+            self._guards = _shutdown.protect(
+                self,
+                flush=self._bounded_flush,
+                flush_sync=self._flush_sync,
+                detach=self._detach,
+                is_open=lambda: self._open,
+                signals=self._handle_signals,
+            )
             self._flusher = anyio.CancelScope()
             self._flusher_task = asyncio.get_running_loop().create_task(
                 self._run_flusher(self._flusher), name=f"aiosessionstore flusher for {self._where}"
@@ -175,8 +180,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             await self._flusher_ended()
             self._writer.close()
             if flushed:  # else a signal, or the exit hook, makes one more attempt
-                _shutdown.unregister(self)
-                signal_hub.discard(self)
+                self._guards.close()
 
     async def _run_flusher(self, scope: anyio.CancelScope) -> None:
         """The background flush, in a task group of a task of its own.
@@ -210,7 +214,6 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         now = self._clock()
         self._writer.start(now)
         self._pending.active_at = now  # opening marks the session active, so it writes
-        self._pid = os.getpid()
         await self._writer.commit(Mode.NEW if self._force_new else Mode.MERGE, opening=True)
 
     async def _flush_periodically(self) -> None:
@@ -242,8 +245,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
 
     def _flush_sync(self) -> None:
         """Flush without an event loop: at interpreter exit, or on a signal once it is gone."""
-        if self._pid == os.getpid():  # in a forked child, the counts are the parent's
-            self._writer.commit_sync(self._close_timeout)
+        self._writer.commit_sync(self._close_timeout)
 
     def _detach(self) -> None:
         """In a forked child: drop the parent's pending counts and refuse further use."""
