@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._backend import Backend
 from ._errors import (
     CorruptSessionError,
     LockTimeoutError,
@@ -10,6 +11,7 @@ from ._errors import (
     StoreClosedError,
     UnsupportedVersionError,
 )
+from ._file import FileBackend
 from ._mcp import SessionLifespan, SessionState, session_lifespan, session_store
 from ._session import ClientStats, Session, SessionStats, ToolStats
 from ._store import AsyncSessionStore
@@ -18,8 +20,10 @@ from ._version import __version__ as __version__
 
 __all__ = (
     "AsyncSessionStore",
+    "Backend",
     "ClientStats",
     "CorruptSessionError",
+    "FileBackend",
     "LockTimeoutError",
     "Session",
     "SessionLifespan",
