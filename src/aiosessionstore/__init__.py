@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._errors import (
     CorruptSessionError,
     LockTimeoutError,
+    SessionExistsError,
     SessionNotFoundError,
     SessionStoreError,
     StoreClosedError,
@@ -22,6 +23,7 @@ __all__ = (
     "CorruptSessionError",
     "LockTimeoutError",
     "Session",
+    "SessionExistsError",
     "SessionLifespan",
     "SessionNotFoundError",
     "SessionState",
