@@ -137,7 +137,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write it to FILE (atomically, mode 0600) rather than to standard output",
     )
-    export.add_argument("--force", action="store_true", help="replace an existing FILE")
+    export.add_argument(
+        "--force", action="store_true", help="replace an existing FILE (without it: exit 6)"
+    )
     import_ = _add_command(
         add,
         "import",
@@ -146,7 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     import_.add_argument("file", metavar="FILE", help="a session file; - reads standard input")
     import_.add_argument(
-        "--force", action="store_true", help="replace a session that is already stored"
+        "--force",
+        action="store_true",
+        help="replace a session that is already stored (without it: exit 6)",
     )
     return parser
 
