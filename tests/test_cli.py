@@ -1,4 +1,5 @@
-"""The aiosessionstore command: show, path, reset, new, delete, and its exit statuses."""
+"""The aiosessionstore command: show, path, reset, new, delete, export, import, and its exit
+statuses."""
 
 from __future__ import annotations
 
@@ -18,8 +19,20 @@ from typing import IO, Any
 import anyio
 import pytest
 
-from aiosessionstore import AsyncSessionStore, CorruptSessionError, _file
+from aiosessionstore import (
+    AsyncSessionStore,
+    CorruptSessionError,
+    SessionExistsError,
+    SessionNotFoundError,
+    _cli,
+    _file,
+)
+from aiosessionstore._backend import Backend
+from aiosessionstore._change import Change, Mode
 from aiosessionstore._cli import EXIT_CODES, main
+from aiosessionstore._codec import decode, encode
+from aiosessionstore._location import resolve_backend
+from aiosessionstore._session import Counts, Record
 
 from .conftest import read_json
 
@@ -346,7 +359,7 @@ class TestNotARegularFile:
     @pytest.mark.parametrize("kind", ["directory", "device"])
     @pytest.mark.parametrize(
         "command",
-        [["show"], ["show", "--json"], ["reset"], ["new"], ["delete", "--yes"]],
+        [["show"], ["show", "--json"], ["reset"], ["new"], ["delete", "--yes"], ["export"]],
         ids=" ".join,
     )
     def test_it_is_refused_and_left_alone(
@@ -534,7 +547,7 @@ class TestDeletePrompt:
         done = cli("delete", "--path", session_file, stdin=None, input=b"n\n")
         assert done.returncode == EXIT_CODES["error"]
         assert done.stdout == b""
-        assert f"delete {session_file}? [y/N] ".encode() in done.stderr
+        assert f"delete session file {session_file}? [y/N] ".encode() in done.stderr
         assert b"not deleted" in done.stderr
         assert session_file.exists()
 
@@ -572,7 +585,9 @@ class TestDeletePrompt:
         """What is about to be deleted cannot be disguised by control characters."""
         path = write_session(tmp_path / "a\rsafe.json")
         assert run("delete", "--path", str(path), answer="n\n") == EXIT_CODES["error"]
-        assert "delete " + str(tmp_path / "a\\rsafe.json") + "? [y/N] " in capsys.readouterr().err
+        assert "delete session file " + str(tmp_path / "a\\rsafe.json") + "? [y/N] " in (
+            capsys.readouterr().err
+        )
 
 
 def read_until(stream: IO[bytes], marker: bytes) -> bytes:
@@ -678,7 +693,9 @@ class TestCommands:
         assert "app_name" in capsys.readouterr().err
 
 
-COMMANDS = [["show"], ["show", "--json"], ["path"], ["reset"], ["new"], ["delete", "--yes"]]
+COMMANDS = [
+    ["show"], ["show", "--json"], ["path"], ["reset"], ["new"], ["delete", "--yes"], ["export"]
+]  # fmt: skip
 
 
 class TestOptions:
@@ -817,3 +834,444 @@ class TestVersion:
         """``--version`` names the installed package's version, as its metadata has it."""
         assert run("--version") == 0
         assert capsys.readouterr().out == f"aiosessionstore {version('aiosessionstore')}\n"
+
+
+#: A session file as a store writes it, which export must give back byte for byte.
+def stored_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def session_id(path: Path) -> str:
+    value = read_json(path)["sessionId"]
+    assert isinstance(value, str)
+    return value
+
+
+def newer(path: Path) -> Path:
+    """A session file from a newer format version."""
+    return write_session(path, version=9)
+
+
+def corrupt(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{oops")
+    return path
+
+
+BAD_SOURCES = {"corrupt": (corrupt, "corrupt"), "newer": (newer, "newer")}
+
+
+class TestExport:
+    def test_stdout_is_the_files_bytes(self, session_file: Path) -> None:
+        """To a pipe, export writes exactly the bytes the store wrote: no line break added."""
+        done = cli("export", "--path", session_file)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == stored_bytes(session_file)
+
+    def test_a_hand_written_file_comes_out_as_a_store_writes_it(self, session_path: Path) -> None:
+        """Export is encode(record): the TypeScript tool's layout, whatever the file's own."""
+        write_session(session_path, tools={"café": tool()}, theme={"dark": True})
+        done = cli("export", "--path", session_path)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == encode(decode(session_path.read_bytes()))
+        assert "café" in done.stdout.decode()  # UTF-8, as JSON.stringify writes it, not \\u00e9
+
+    def test_output_is_the_files_bytes_and_private(self, session_file: Path) -> None:
+        """--output gets the same bytes, mode 0600, and leaves no temp file beside it."""
+        output = session_file.parent / "out" / "copy.json"
+        output.parent.mkdir()
+        assert run("export", "--path", str(session_file), "--output", str(output)) == 0
+        assert output.read_bytes() == stored_bytes(session_file)
+        assert os.listdir(output.parent) == ["copy.json"]
+        if sys.platform != "win32":
+            assert output.stat().st_mode & 0o777 == 0o600
+
+    def test_output_refuses_an_existing_file(self, session_file: Path, tmp_path: Path) -> None:
+        """An existing --output file is exit status 6 and stays as it was; --force replaces it."""
+        output = tmp_path / "copy.json"
+        output.write_text("mine")
+        argv = ["export", "--path", str(session_file), "--output", str(output)]
+        assert run(*argv) == EXIT_CODES["exists"] == 6
+        assert output.read_text() == "mine"
+        assert sorted(os.listdir(tmp_path)) == ["copy.json", "home", "user"]
+        assert run(*argv, "--force") == 0
+        assert output.read_bytes() == stored_bytes(session_file)
+
+    @posix_only
+    def test_a_symlink_is_not_followed(self, session_file: Path, tmp_path: Path) -> None:
+        """An --output that is a link is neither written through nor replaced, even with --force."""
+        target = tmp_path / "target.json"
+        target.write_text("theirs")
+        link = tmp_path / "link.json"
+        link.symlink_to(target)
+        argv = ["export", "--path", str(session_file), "--output", str(link)]
+        assert run(*argv) == EXIT_CODES["exists"]
+        assert run(*argv, "--force") == EXIT_CODES["error"]
+        assert link.is_symlink()
+        assert target.read_text() == "theirs"
+
+    def test_a_directory_is_not_replaced(self, session_file: Path, tmp_path: Path) -> None:
+        """An --output that is a directory: exit 6, or 1 with --force, and it stays as it was."""
+        directory = tmp_path / "out"
+        directory.mkdir()
+        argv = ["export", "--path", str(session_file), "--output", str(directory)]
+        assert run(*argv) == EXIT_CODES["exists"]
+        assert run(*argv, "--force") == EXIT_CODES["error"]
+        assert directory.is_dir()
+        assert os.listdir(directory) == []
+
+    @pytest.mark.parametrize("spelling", ["{file}", "{dir}/../home/session.json", "{link}"])
+    def test_the_session_file_itself_is_refused(
+        self, session_file: Path, tmp_path: Path, spelling: str
+    ) -> None:
+        """--output naming the session file, however spelled, is exit 2 even with --force."""
+        link = tmp_path / "alias.json"
+        link.symlink_to(session_file)
+        before = stored_bytes(session_file), listing(session_file.parent)
+        output = spelling.format(file=session_file, dir=session_file.parent, link=link)
+        argv = ["export", "--path", str(session_file), "--output", output, "--force"]
+        assert run(*argv) == EXIT_CODES["usage"]
+        assert (stored_bytes(session_file), listing(session_file.parent)) == before
+
+    def test_a_lock_file_is_refused(self, session_file: Path) -> None:
+        """--output session.json.lock with --force is exit 2: the lock file must stay put."""
+        lock = session_file.with_name("session.json.lock")
+        inode = lock.stat().st_ino
+        argv = ["export", "--path", str(session_file), "--output", str(lock), "--force"]
+        assert run(*argv) == EXIT_CODES["usage"]
+        assert lock.stat().st_ino == inode
+
+    @pytest.mark.parametrize(("make", "status"), BAD_SOURCES.values(), ids=BAD_SOURCES.keys())
+    def test_a_bad_source_moves_nothing(
+        self, session_path: Path, tmp_path: Path, make: Any, status: str
+    ) -> None:
+        """A corrupt or newer session: exit 4 or 5, the file where it was, no output made."""
+        make(session_path)
+        before = listing(session_path.parent), session_path.read_bytes()
+        output = tmp_path / "copy.json"
+        assert run("export", "--path", str(session_path), "-o", str(output)) == EXIT_CODES[status]
+        assert (listing(session_path.parent), session_path.read_bytes()) == before
+        assert not output.exists()
+
+    def test_a_missing_session(self, session_path: Path, tmp_path: Path) -> None:
+        """No session: exit 3, and neither the session's directory nor an output appears."""
+        output = tmp_path / "copy.json"
+        assert run("export", "--path", str(session_path), "-o", str(output)) == 3
+        assert not session_path.parent.exists()
+        assert not output.exists()
+
+    @posix_only
+    def test_a_terminal_gets_escapes(self, session_path: Path) -> None:
+        """On a terminal, export shows the session as show --json does, escaped."""
+        write_session(session_path, tools={"\x1b]0;x\x07": tool()})
+        primary, secondary = os.openpty()
+        try:
+            done = cli("export", "--path", session_path, stdout=secondary)
+        finally:
+            os.close(secondary)
+        shown = b""
+        while chunk := read_terminal(primary):
+            shown += chunk
+        os.close(primary)
+        assert done.returncode == 0, done.stderr
+        assert b"\x1b" not in shown
+        assert b"\\u001b]0;x\\u0007" in shown
+
+
+def exported(path: Path, into: Path) -> Path:
+    """The session exported through a real process, as a user would save it."""
+    done = cli("export", "--path", path)
+    assert done.returncode == 0, done.stderr
+    into.write_bytes(done.stdout)
+    return into
+
+
+class TestImport:
+    def test_export_then_import_round_trips(self, session_file: Path, tmp_path: Path) -> None:
+        """Into an empty location (no directory yet): the same bytes, so the same id, stored."""
+        saved = exported(session_file, tmp_path / "saved.json")
+        target = tmp_path / "elsewhere" / "session.json"
+        done = cli("import", "--path", target, saved)
+        assert done.returncode == 0, done.stderr
+        assert target.read_bytes() == stored_bytes(session_file)
+        assert session_id(target) in done.stderr.decode()
+
+    def test_an_existing_session_is_kept(self, session_file: Path, tmp_path: Path) -> None:
+        """Over a valid session: exit 6, and it is left byte for byte as it was."""
+        other = write_session(tmp_path / "other.json", session_id="other-id")
+        before = stored_bytes(session_file), session_file.stat().st_mtime_ns
+        assert run("import", "--path", str(session_file), str(other)) == EXIT_CODES["exists"]
+        assert (stored_bytes(session_file), session_file.stat().st_mtime_ns) == before
+
+    def test_force_replaces_it(self, session_file: Path, tmp_path: Path) -> None:
+        """--force stores the imported session in place of a valid one, id and all."""
+        other = write_session(tmp_path / "other.json", session_id="other-id", theme="dark")
+        assert run("import", "--force", "--path", str(session_file), str(other)) == 0
+        assert read_json(session_file) == read_json(other)
+
+    def test_a_corrupt_session_is_moved_aside(self, session_path: Path, tmp_path: Path) -> None:
+        """A corrupt session is no session: it is moved aside, as new does, and the import done."""
+        corrupt(session_path)
+        other = write_session(tmp_path / "other.json", session_id="other-id")
+        assert run("import", "--path", str(session_path), str(other)) == 0
+        assert session_id(session_path) == "other-id"
+        (aside,) = session_path.parent.glob("session.json.corrupt-*")
+        assert aside.read_text() == "{oops"
+
+    @pytest.mark.parametrize(("make", "status"), BAD_SOURCES.values(), ids=BAD_SOURCES.keys())
+    def test_a_bad_file_creates_nothing(
+        self, tmp_path: Path, session_path: Path, make: Any, status: str
+    ) -> None:
+        """A corrupt or newer file to import: exit 4 or 5, it stays as it was, nothing is made."""
+        source = make(tmp_path / "source" / "session.json")
+        before = listing(source.parent), source.read_bytes()
+        assert (
+            run("import", "--force", "--path", str(session_path), str(source))
+            == (EXIT_CODES[status])
+        )
+        assert (listing(source.parent), source.read_bytes()) == before
+        assert not session_path.parent.exists()
+
+    def test_a_bad_file_leaves_an_existing_session(
+        self, session_file: Path, tmp_path: Path
+    ) -> None:
+        """Even with --force, a corrupt file to import changes nothing where it would go."""
+        source = corrupt(tmp_path / "bad.json")
+        before = stored_bytes(session_file), listing(session_file.parent)
+        assert run("import", "--force", "--path", str(session_file), str(source)) == 4
+        assert (stored_bytes(session_file), listing(session_file.parent)) == before
+
+    def test_a_missing_file(self, tmp_path: Path, session_path: Path) -> None:
+        """No file to import: exit 3, and nothing is made."""
+        assert run("import", "--path", str(session_path), str(tmp_path / "nope.json")) == 3
+        assert not session_path.parent.exists()
+
+    def test_a_huge_file_is_refused_unread(self, tmp_path: Path, session_path: Path) -> None:
+        """A file over the size limit is corrupt (exit 4), as the file backend judges one."""
+        source = tmp_path / "huge.json"
+        with source.open("wb") as out:
+            out.truncate(_file.MAX_FILE_SIZE + 1)
+        assert run("import", "--path", str(session_path), str(source)) == EXIT_CODES["corrupt"]
+        assert not session_path.parent.exists()
+
+    @posix_only
+    def test_a_fifo_is_refused_without_waiting(self, tmp_path: Path, session_path: Path) -> None:
+        """A FIFO to import is not opened (that would wait for a writer): exit 1."""
+        source = tmp_path / "fifo"
+        os.mkfifo(source)
+        done = cli("import", "--path", session_path, source)
+        assert done.returncode == EXIT_CODES["error"]
+        assert b"FIFO" in done.stderr
+        assert not session_path.parent.exists()
+
+    @pytest.mark.parametrize("spelling", ["{file}", "{dir}/./session.json"])
+    def test_the_session_file_itself_is_refused(self, session_file: Path, spelling: str) -> None:
+        """Importing the session file into itself is exit 2, even with --force."""
+        source = spelling.format(file=session_file, dir=session_file.parent)
+        before = stored_bytes(session_file)
+        assert run("import", "--force", "--path", str(session_file), source) == 2
+        assert stored_bytes(session_file) == before
+
+    def test_standard_input(self, session_file: Path, session_path: Path, tmp_path: Path) -> None:
+        """`import -` reads the session from a pipe, judged as a file is."""
+        target = tmp_path / "piped.json"
+        done = cli("import", "--path", target, "-", stdin=None, input=stored_bytes(session_file))
+        assert done.returncode == 0, done.stderr
+        assert target.read_bytes() == stored_bytes(session_file)
+        done = cli("import", "--path", tmp_path / "bad.json", "-", stdin=None, input=b"{oops")
+        assert done.returncode == EXIT_CODES["corrupt"]
+        assert not (tmp_path / "bad.json").exists()
+
+    def test_the_change_refuses_any_record_but_its_own(self, session_file: Path) -> None:
+        """Mode.IMPORT tells "none stored" by identity: an equal record found is one stored."""
+        record = decode(stored_bytes(session_file))
+        change = Change(Mode.IMPORT, Counts(), record.session.last_active_at, record, False)
+        assert change.apply(change.base_when_missing("nowhere")) is record
+        with pytest.raises(SessionExistsError):
+            change.apply(decode(stored_bytes(session_file)))
+        replace = Change(Mode.REPLACE, Counts(), record.session.last_active_at, record, False)
+        assert replace.apply(decode(stored_bytes(session_file))) is record
+
+    @pytest.mark.anyio
+    async def test_while_a_store_is_open(self, session_path: Path, tmp_path: Path) -> None:
+        """Refused over a live session; with --force, counts made afterwards land on the import."""
+        source = write_session(tmp_path / "other.json", session_id="other-id")  # 3 tool calls
+        argv = ["import", "--path", str(session_path), str(source)]
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls(5)
+            await store.flush()
+            assert await anyio.to_thread.run_sync(lambda: run(*argv)) == EXIT_CODES["exists"]
+            assert await anyio.to_thread.run_sync(lambda: run(*argv, "--force")) == 0
+            await store.increment_tool_calls(2)
+        document = await anyio.to_thread.run_sync(read_json, session_path)
+        assert (document["sessionId"], document["stats"]["toolCalls"]) == ("other-id", 5)
+
+
+class MemoryBackend:
+    """A session held in memory: a backend that is no file, as Redis will be."""
+
+    description = "memory session test"
+
+    def __init__(self) -> None:
+        self.stored: Record | None = None
+        self.closed = 0
+
+    def open(self, change: Change) -> Record:
+        return self.commit(change)
+
+    def commit(self, change: Change) -> Record:
+        base = self.stored or change.base_when_missing(self.description)
+        self.stored = change.apply(base)
+        return self.stored
+
+    def read(self) -> Record:
+        return self.peek()
+
+    def peek(self) -> Record:
+        if self.stored is None:
+            raise SessionNotFoundError(f"no session in {self.description}")
+        return self.stored
+
+    def remove(self) -> bool:
+        had, self.stored = self.stored is not None, None
+        return had
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.fixture
+def memory(monkeypatch: pytest.MonkeyPatch) -> MemoryBackend:
+    """--url memory://x (or $OCTOCODE_SESSION_URL) selects an in-memory backend."""
+    backend = MemoryBackend()
+    assert isinstance(backend, Backend)
+    real = resolve_backend
+
+    def resolve(
+        path: str | None, url: str | None, given: Any, app_name: str, lock_timeout: float
+    ) -> Backend:
+        url = url or os.environ.get("OCTOCODE_SESSION_URL") if path is None else url
+        if url == "memory://x":
+            return backend
+        return real(path, url, given, app_name, lock_timeout)
+
+    monkeypatch.setattr(_cli, "resolve_backend", resolve)
+    return backend
+
+
+class TestUrl:
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            ["--url", "memory://x", "--path", "a.json", "show"],
+            ["show", "--url", "memory://x", "--path", "a.json"],
+            ["--path", "a.json", "export", "--url", "memory://x"],
+            ["--url", "memory://x", "show", "--url", "memory://y"],
+            ["--url", "", "show"],
+            ["--ur", "memory://x", "show"],
+        ],
+        ids=" ".join,
+    )
+    def test_a_conflict_is_refused(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        memory: MemoryBackend,
+        argv: list[str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """--url with --path, two URLs, an empty or abbreviated one: exit 2, nothing made."""
+        monkeypatch.chdir(tmp_path)
+        before = listing(tmp_path)
+        assert run(*argv) == EXIT_CODES["usage"]
+        assert listing(tmp_path) == before
+        assert memory.closed == 0
+        assert "error" in capsys.readouterr().err
+
+    def test_two_urls_are_not_quoted(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A URL may hold a password: the usage error does not repeat either URL."""
+        argv = ["--url", "redis://:hunter2@a", "show", "--url", "redis://:hunter3@b"]
+        assert run(*argv) == EXIT_CODES["usage"]
+        assert "hunter" not in capsys.readouterr().err
+
+    def test_an_unknown_scheme(self, tmp_path: Path) -> None:
+        """A URL no backend takes: exit 2 and a message, its password masked, no traceback."""
+        (tmp_path / "cwd").mkdir()
+        done = cli("--url", "nosuch://user:hunter2@host/0", "show", cwd=tmp_path / "cwd")
+        assert done.returncode == EXIT_CODES["usage"]
+        assert b"nosuch://user:***@host/0" in done.stderr
+        assert b"hunter2" not in done.stderr
+        assert b"Traceback" not in done.stderr
+        assert os.listdir(tmp_path / "cwd") == []
+
+    def test_the_environment_variable(self, session_file: Path, user_home: Path) -> None:
+        """$OCTOCODE_SESSION_URL is used without --path, and named when it is bad; --path wins."""
+        env = os.environ | {"OCTOCODE_SESSION_URL": "nosuch://:hunter2@host"}
+        done = cli("show", env=env)
+        assert done.returncode == EXIT_CODES["usage"]
+        assert b"$OCTOCODE_SESSION_URL" in done.stderr
+        assert b"hunter2" not in done.stderr
+        assert cli("show", "--path", session_file, env=env).returncode == 0
+        assert os.listdir(user_home) == []
+
+    @pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
+    @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+    def test_every_command_takes_it(
+        self,
+        memory: MemoryBackend,
+        session_file: Path,
+        user_home: Path,
+        before: bool,
+        command: list[str],
+    ) -> None:
+        """--url before or after any command acts on that backend, and closes it once."""
+        memory.stored = decode(stored_bytes(session_file))
+        argv = ["--url", "memory://x", *command] if before else [*command, "--url", "memory://x"]
+        expected = EXIT_CODES["usage"] if command == ["path"] else 0
+        assert run(*argv) == expected
+        assert memory.closed == 1
+        assert not (user_home / ".octocode").exists()
+
+
+class TestOtherBackends:
+    def test_path_says_there_is_no_file(
+        self,
+        memory: MemoryBackend,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A session in no file has no path: exit 2, nothing on stdout, and why on stderr."""
+        monkeypatch.setenv("OCTOCODE_SESSION_URL", "memory://x")
+        assert run("path") == EXIT_CODES["usage"]
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert "memory session test, which is not a file" in err
+
+    def test_show_names_the_store(
+        self, memory: MemoryBackend, session_file: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The summary says where the session is with the backend's description."""
+        memory.stored = decode(stored_bytes(session_file))
+        assert run("show", "--url", "memory://x") == 0
+        assert "store        memory session test" in capsys.readouterr().out.splitlines()
+
+    def test_export_and_import(
+        self,
+        memory: MemoryBackend,
+        session_file: Path,
+        tmp_path: Path,
+        capsysbinary: pytest.CaptureFixture[bytes],
+    ) -> None:
+        """A file imported into a backend is exported as the same bytes; a second import is 6."""
+        assert run("import", "--url", "memory://x", str(session_file)) == 0
+        assert run("import", "--url", "memory://x", str(session_file)) == EXIT_CODES["exists"]
+        capsysbinary.readouterr()
+        assert run("export", "--url", "memory://x") == 0
+        assert capsysbinary.readouterr().out == stored_bytes(session_file)
+        assert memory.closed == 3
+
+    def test_reset_and_delete_of_nothing(self, memory: MemoryBackend) -> None:
+        """With no session stored, reset and delete are exit 3, and the backend still closed."""
+        assert run("reset", "--url", "memory://x") == EXIT_CODES["missing"]
+        assert run("delete", "--yes", "--url", "memory://x") == EXIT_CODES["missing"]
+        assert memory.closed == 2

@@ -6,6 +6,7 @@ from ._backend import Backend
 from ._errors import (
     CorruptSessionError,
     LockTimeoutError,
+    SessionExistsError,
     SessionNotFoundError,
     SessionStoreError,
     StoreClosedError,
@@ -26,6 +27,7 @@ __all__ = (
     "FileBackend",
     "LockTimeoutError",
     "Session",
+    "SessionExistsError",
     "SessionLifespan",
     "SessionNotFoundError",
     "SessionState",

@@ -13,9 +13,9 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from ._errors import SessionNotFoundError
+from ._errors import SessionExistsError, SessionNotFoundError
 from ._names import DEFAULT_MAX_TOOLS, add_counts
-from ._session import Counts, Record, Session, SessionStats
+from ._session import Counts, Record, Session, SessionStats, shown
 
 __all__ = ("Change", "Mode")
 
@@ -26,6 +26,8 @@ class Mode(enum.Enum):
     MERGE = "merge"  # add our pending counts
     RESET = "reset"  # zero the counts, keep the id
     NEW = "new"  # start a new session id
+    IMPORT = "import"  # store ``known`` where no valid session is, else SessionExistsError
+    REPLACE = "replace"  # store ``known`` whatever is there
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,8 @@ class Change:
     counts: Counts
     active_at: datetime
     #: The session its writer last saw, stored in place of a corrupt one; None: the session
-    #: must exist and be valid (the command line's reset), else the write raises.
+    #: must exist and be valid (the command line's reset), else the write raises. For an
+    #: import or a replace: the session to store, as it is.
     known: Record | None
     #: Whether ``known`` was ever stored: a saved session that has since disappeared was
     #: deleted on purpose, and its identity must not come back.
@@ -52,7 +55,22 @@ class Change:
     number: int = 0
 
     def apply(self, base: Record) -> Record:
-        """The record to store, given the one found."""
+        """The record to store, given the one found.
+
+        ``base is self.known`` means the backend found no valid session (none, or a corrupt
+        one it moved aside) and built on what ``base_when_missing`` or ``base_when_corrupt``
+        gave it: the only case in which an import may store its session.
+        """
+        if self.mode is Mode.IMPORT or self.mode is Mode.REPLACE:
+            known = self.known
+            if known is None:
+                raise ValueError(f"a {self.mode.value} change needs the session to store")
+            if self.mode is Mode.IMPORT and base is not known:
+                raise SessionExistsError(
+                    f"a session ({shown(base.session.session_id)}) is already stored there; "
+                    "nothing was changed"
+                )
+            return known
         session = base.session
         active_at = max(session.last_active_at, self.active_at)
         if self.mode is Mode.MERGE:
@@ -68,6 +86,7 @@ class Change:
                 prompts=nothing,
                 clients=nothing,
             )
+        assert self.mode is Mode.NEW
         return Record(Session.new(self.active_at), base.extra)
 
     def base_when_missing(self, where: str) -> Record:

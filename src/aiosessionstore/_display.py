@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 
 from ._session import ClientStats, Session, ToolStats
 
@@ -19,12 +18,13 @@ _MAX_CELL = 64  # the longest tool name most model APIs accept
 _CALL_COLUMNS = ("calls", "errors", "limited", "avg ms", "p50 ms", "p95 ms", "p99 ms", "max ms")
 
 
-def summary(session: Session, path: Path, now: float) -> str:
-    """Id, age, last activity, counters, and the busiest tools, prompts and clients."""
+def summary(session: Session, where: str, now: float, label: str = "file") -> str:
+    """Id, where it is stored (``label``: "file", or "store" for a backend without a file),
+    age, last activity, counters, and the busiest tools, prompts and clients."""
     stats = session.stats
     lines = [
         f"session      {cell(session.session_id)}",
-        f"file         {visible(str(path))}",
+        f"{label:<13}{visible(where)}",
         f"created      {_when(session.created_at, now)}",
         f"last active  {_when(session.last_active_at, now)}",
         f"tool calls   {stats.tool_calls}",

@@ -7,6 +7,7 @@ from pathlib import Path
 __all__ = (
     "CorruptSessionError",
     "LockTimeoutError",
+    "SessionExistsError",
     "SessionNotFoundError",
     "SessionStoreError",
     "StoreClosedError",
@@ -37,6 +38,10 @@ class CorruptSessionError(SessionStoreError):
 
 class SessionNotFoundError(SessionStoreError):
     """There is no session file where one was expected."""
+
+
+class SessionExistsError(SessionStoreError):
+    """An import found a valid session where it would store one; nothing was changed."""
 
 
 class LockTimeoutError(SessionStoreError):

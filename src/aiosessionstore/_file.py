@@ -29,7 +29,16 @@ from ._errors import (
 from ._lock import describe, held
 from ._session import Record
 
-__all__ = ("MAX_FILE_SIZE", "FileBackend", "commit", "open_session", "peek", "read", "remove")
+__all__ = (
+    "MAX_FILE_SIZE",
+    "FileBackend",
+    "commit",
+    "decode_bounded",
+    "open_session",
+    "peek",
+    "read",
+    "remove",
+)
 
 logger = logging.getLogger("aiosessionstore")
 
@@ -224,13 +233,18 @@ def _decode_file(path: Path) -> Record:
     FileNotFoundError if there is none; SessionStoreError for a FIFO, device, socket or
     directory (a link to one too), which is left alone; CorruptSessionError for the rest.
     """
-    data = _read_bounded(path)
+    return decode_bounded(_read_bounded(path), str(path))
+
+
+def decode_bounded(data: bytes, where: str) -> Record:
+    """A session file's bytes, however read, judged as the file's are: at most MAX_FILE_SIZE,
+    of a version we know (else UnsupportedVersionError, naming ``where``), else corrupt."""
     if len(data) > MAX_FILE_SIZE:
         raise CorruptSessionError(f"larger than {MAX_FILE_SIZE} bytes")
     try:
         return decode(data)
     except UnsupportedVersionError as exc:
-        raise UnsupportedVersionError(f"{path}: {exc}; the file is left as it is") from None
+        raise UnsupportedVersionError(f"{where}: {exc}; the file is left as it is") from None
     except RecursionError:  # json's parser recurses once per nested array or object
         raise CorruptSessionError("nested too deeply to parse") from None
 
