@@ -86,6 +86,9 @@ class RedisServer:
                 if READY in line:
                     break
             else:
+                process.kill()
+                process.wait()
+                self._close_pipe()
                 raise RuntimeError(f"redis-server did not start: {''.join(self._log)}")
         finally:
             timer.cancel()
@@ -139,12 +142,9 @@ class RedisCluster:
     """Three primaries with ``--cluster-enabled yes``, joined by ``redis-cli --cluster``."""
 
     def __init__(self, directory: Path) -> None:
+        # The bus port is set apart: its default, the port + 10000, may be past 65535.
         self.nodes = [
-            RedisServer(
-                directory / f"node{index}",
-                extra=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-            )
-            for index in range(3)
+            RedisServer(directory / f"node{index}", extra=_cluster_options()) for index in range(3)
         ]
 
     @property
@@ -152,6 +152,14 @@ class RedisCluster:
         return self.nodes[0]
 
     def start(self) -> RedisCluster:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         for node in self.nodes:
             node.start()
         subprocess.run(
@@ -163,7 +171,6 @@ class RedisCluster:
             check=True, capture_output=True, timeout=START_TIMEOUT,
         )  # fmt: skip
         self._wait_until_ok()
-        return self
 
     def _wait_until_ok(self) -> None:
         """Poll CLUSTER INFO on every node until each says the cluster is ok."""
@@ -177,6 +184,13 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def _cluster_options() -> tuple[str, ...]:
+    return (
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+        "--cluster-port", str(free_port()),
+    )  # fmt: skip
 
 
 def _cli(port: int, *command: str) -> str:

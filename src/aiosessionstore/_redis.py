@@ -271,6 +271,7 @@ class RedisBackend:
         loop = self._loop
         if loop is None:
             return
+        _refuse_a_running_loop(None)
         self._loop = None
         try:
             loop.run_until_complete(asyncio.wait_for(self.client.aclose(), self.timeout))
@@ -284,6 +285,7 @@ class RedisBackend:
 
     def _run(self, work: Coroutine[Any, Any, _T]) -> _T:
         """Run ``work`` to its end on our loop, within ``timeout``, with errors translated."""
+        _refuse_a_running_loop(work)
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
         try:
@@ -443,6 +445,20 @@ class RedisBackend:
         return await reply
 
 
+def _refuse_a_running_loop(work: Coroutine[Any, Any, Any] | None) -> None:
+    """The methods block: on an event loop's thread they would stall it, and cannot run."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if work is not None:
+        work.close()
+    raise RuntimeError(
+        "RedisBackend's methods block: call them from a thread with no running event loop "
+        "(the store runs them on its own thread)"
+    )
+
+
 def _check_app_name(app_name: str) -> None:
     if not isinstance(app_name, str):
         raise TypeError(f"app_name must be a str, not {type(app_name).__name__}")
@@ -456,7 +472,7 @@ def _check_app_name(app_name: str) -> None:
 def _describe(client: Client) -> str:
     """Where the client connects, for messages: never its password."""
     if isinstance(client, RedisCluster):
-        nodes = client.get_nodes() or list(getattr(client, "startup_nodes", {}).values())
+        nodes = client.get_nodes() or list(getattr(client, "startup_nodes", []))
         first = f"{nodes[0].host}:{nodes[0].port}" if nodes else "?"
         return f"redis-cluster://{first}"
     pool = client.connection_pool
