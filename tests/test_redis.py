@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from aiosessionstore._session import (
 from aiosessionstore.redis import RedisBackend
 
 from .conftest import FakeClock, start_worker
-from .servers import RedisServer, ReplyLoser
+from .servers import RedisServer, ReplyLoser, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -502,6 +503,24 @@ class TestOutages:
         own_server.resume()
 
 
+class TestAfterClose:
+    def test_the_exit_flush_after_close(self, redis_url: str, direct: redis.Redis) -> None:
+        """A commit after close (the exit hook's, once close gave up) opens a new loop."""
+        now = timestamp(1_764_000_000)
+        known = Record(Session.new(now))
+
+        def change(number: int) -> Change:
+            return Change(Mode.MERGE, Counts(SessionStats(1)), now, known, False, 64, "w", number)
+
+        backend = RedisBackend.from_url(redis_url)
+        backend.commit(change(1))
+        backend.close()
+        assert backend.commit(change(2)).session.stats.tool_calls == 2
+        assert backend.commit(change(2)).session.stats.tool_calls == 2  # sent again: once
+        backend.close()
+        assert stored(direct).session.stats.tool_calls == 2
+
+
 class TestConfiguration:
     def test_the_url_variable(self, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
         """$OCTOCODE_SESSION_URL puts a store with no path in Redis."""
@@ -556,6 +575,45 @@ class TestConfiguration:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert result.returncode != 0
         assert "pip install 'aiosessionstore[redis]'" in result.stderr
+
+
+class TestTLS:
+    async def test_rediss_with_a_ca_of_its_own(self, tmp_path: Path, redis_server: Any) -> None:
+        """rediss:// with ssl_ca_certs in the URL, against a TLS-only redis-server."""
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl is not installed")
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        await asyncio.to_thread(
+            subprocess.run,
+            [
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", str(key), "-out", str(cert),
+            ],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        port = free_port()
+        tls = (
+            "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+            "--tls-auth-clients", "no",
+        )  # fmt: skip
+        server = await asyncio.to_thread(RedisServer(tmp_path / "tls", extra=tls).start)
+        try:
+            url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+            async with store_at(url) as store:
+                await store.increment_tool_calls(2)
+            assert store.backend.description.startswith(f"rediss://127.0.0.1:{port}/0 ")
+            backend = RedisBackend.from_url(url)
+            try:
+                record = await asyncio.to_thread(backend.peek)
+            finally:
+                await asyncio.to_thread(backend.close)
+            assert record.session.stats.tool_calls == 2
+            with pytest.raises(SessionStoreError):  # not trusted without the CA
+                await store_at(f"rediss://127.0.0.1:{port}/0").open()
+        finally:
+            await asyncio.to_thread(server.stop)
 
 
 @pytest.mark.slow
