@@ -307,3 +307,49 @@ def no_blocking_file_io_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail any test in which the event loop thread itself opens, syncs or replaces a file."""
     for name in ("open", "fsync", "replace", "rename", "unlink"):
         monkeypatch.setattr(os, name, _blocking_guard(name, getattr(os, name)))
+
+
+# -- Redis: real servers, started once per session ------------------------------------------
+
+
+def _need_redis_server() -> None:
+    """Skip where redis-server is missing, except in CI, which must run these tests."""
+    from .servers import redis_server_path
+
+    if redis_server_path() is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed; .ci/run installs it")
+        pytest.skip("redis-server is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One redis-server, without persistence, for the whole test session."""
+    _need_redis_server()
+    from .servers import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The URL of an empty database on the session's server (FLUSHALL before each test)."""
+    subprocess.run(
+        ["redis-cli", "-p", str(redis_server.port), "FLUSHALL"],
+        check=True, capture_output=True, timeout=10,
+    )  # fmt: skip
+    url: str = redis_server.url
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Three primaries joined into a cluster, for the whole test session."""
+    _need_redis_server()
+    from .servers import RedisCluster
+
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()

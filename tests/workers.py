@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from aiosessionstore import AsyncSessionStore, _file, _lock
+from aiosessionstore import AsyncSessionStore, SessionStoreError, _file, _lock
 from aiosessionstore._codec import decode
 
 
@@ -367,6 +367,39 @@ def signal_as_the_loop_stops(path: str, total: str) -> None:
     time.sleep(60)
 
 
+async def count_url(url: str, total: str, every: str, pause: str = "no") -> None:
+    """On the store at ``url``: say "open", wait for a line, then ``total`` times count a
+    tool call and a timed call of tool "search" by client "worker", flushing every ``every``
+    (a failed flush is said and sent again later). With ``pause``, say "counted" and wait for
+    a line before the last flush, which is tried until it lands."""
+    async with AsyncSessionStore(url=url, flush_interval=3600, handle_signals=False) as store:
+        say("open")
+        await asyncio.to_thread(sys.stdin.readline)
+        for number in range(1, int(total) + 1):
+            await store.increment_tool_calls()
+            async with store.tool_call("search", client="worker"):
+                pass
+            if number % int(every) == 0:
+                await flush_once(store, number)
+        if pause == "yes":
+            say("counted")
+            await asyncio.to_thread(sys.stdin.readline)
+        for _ in range(100):  # each failure is a reply the test's proxy lost
+            if await flush_once(store, int(total)):
+                break
+    say(f"session {store.session_id}")
+
+
+async def flush_once(store: AsyncSessionStore, number: int) -> bool:
+    try:
+        await store.flush()
+    except SessionStoreError:
+        say("failed")
+        return False
+    say(f"flushed {number}")
+    return True
+
+
 MODES: dict[str, Callable[..., object]] = {
     "count": count,
     "wait-for-signal": wait_for_signal,
@@ -383,6 +416,7 @@ MODES: dict[str, Callable[..., object]] = {
     "handler-saved-and-put-back": handler_saved_and_put_back,
     "signal-as-the-loop-stops": signal_as_the_loop_stops,
     "ctrl-c-while-asleep": ctrl_c_while_asleep,
+    "count-url": count_url,
 }
 
 if __name__ == "__main__":

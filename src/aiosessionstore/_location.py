@@ -37,7 +37,9 @@ def resolve_backend(
         _check_app_name(app_name)
         url = os.environ.get(url_variable(app_name)) or None
     if url is not None:
-        raise ValueError(f"url= needs a backend for URLs, and there is none yet: {url!r}")
+        from .redis import RedisBackend  # imported only when used: redis-py is optional
+
+        return RedisBackend.from_url(url, app_name=app_name, timeout=lock_timeout)
     return FileBackend(resolve_path(path, app_name), lock_timeout)
 
 

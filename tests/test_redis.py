@@ -1,0 +1,641 @@
+"""The Redis backend against real redis-servers: the file's format, its merge rules, and each
+change applied exactly once through lost replies, cancelled callers and a killed server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from aiosessionstore import (
+    AsyncSessionStore,
+    CorruptSessionError,
+    SessionNotFoundError,
+    SessionStoreError,
+    UnsupportedVersionError,
+)
+from aiosessionstore._change import Change, Mode
+from aiosessionstore._codec import decode, encode
+from aiosessionstore._file import MAX_FILE_SIZE, FileBackend
+from aiosessionstore._latency import bucket
+from aiosessionstore._session import (
+    ClientStats,
+    Counts,
+    Record,
+    Session,
+    SessionStats,
+    ToolStats,
+    timestamp,
+)
+from aiosessionstore.redis import RedisBackend
+
+from .conftest import FakeClock, start_worker
+from .servers import RedisServer, ReplyLoser, free_port
+
+pytestmark = pytest.mark.anyio
+
+BASE = "aiosessionstore:{octocode}"
+SESSION, REV = f"{BASE}:session", f"{BASE}:rev"
+
+
+@pytest.fixture
+def direct(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client on the test's empty database, to look at (and spoil) the keys."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path, redis_server: Any) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, to stop, pause or kill (durable: AOF, fsync always)."""
+    server = RedisServer(tmp_path / "own", durable=True).start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.resume()  # a paused server must take its SIGTERM
+    server.stop()
+
+
+@pytest.fixture
+def loser(redis_server: Any, redis_url: str) -> Iterator[ReplyLoser]:
+    """A proxy to the test's empty database that can hold or lose the server's replies."""
+    proxy = ReplyLoser(redis_server.port)
+    yield proxy
+    proxy.close()
+
+
+def store_at(url: str, **options: Any) -> AsyncSessionStore:
+    return AsyncSessionStore(url=url, flush_interval=3600, handle_signals=False, **options)
+
+
+def stored(client: redis.Redis) -> Record:
+    data = client.get(SESSION)
+    assert isinstance(data, bytes)
+    return decode(data)
+
+
+def aside_keys(client: redis.Redis) -> list[bytes]:
+    return sorted(_bytes(key) for key in client.keys(f"{BASE}:session:corrupt-*"))
+
+
+def _bytes(value: object) -> bytes:
+    assert isinstance(value, bytes)
+    return value
+
+
+def read_until(worker: subprocess.Popen[str], prefix: str) -> list[str]:
+    """The worker's lines up to and including the first that starts with ``prefix``."""
+    assert worker.stdout is not None
+    lines = []
+    while True:
+        line = worker.stdout.readline()
+        assert line, f"the worker ended before {prefix!r}: {worker.communicate()[1]}"
+        lines.append(line.strip())
+        if line.startswith(prefix):
+            return lines
+
+
+def run_workers(
+    url: str, processes: int, increments: int, every: int, pause: bool = False
+) -> list[subprocess.Popen[str]]:
+    """Start count-url workers, wait until each has opened the store, and let them go."""
+    workers = [
+        start_worker("count-url", url, increments, every, "yes" if pause else "no")
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        read_until(worker, "open")
+    return workers
+
+
+def go(workers: list[subprocess.Popen[str]]) -> None:
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+
+
+def finish(workers: list[subprocess.Popen[str]]) -> set[str]:
+    """Wait for every worker; the session ids they ended with."""
+    ids = set()
+    for worker in workers:
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        ids.add(out.splitlines()[-1].split()[1])
+    return ids
+
+
+def assert_counted(client: redis.Redis, processes: int, increments: int) -> None:
+    """Each worker's increments and timed calls, each counted exactly once."""
+    session = stored(client).session
+    calls = processes * increments
+    assert session.stats.tool_calls == 2 * calls
+    assert session.tools["search"].calls == calls
+    assert sum(session.tools["search"].latency.values()) == calls
+    assert session.clients["worker"].tool_calls == calls
+
+
+class TestFormat:
+    async def test_the_value_is_the_files_bytes(self, redis_url: str, direct: redis.Redis) -> None:
+        """The stored value decodes, and is exactly what encode writes for that record."""
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls(3)
+            async with store.tool_call("search", client="cli"):
+                pass
+        data = direct.get(SESSION)
+        assert isinstance(data, bytes)
+        record = decode(data)
+        assert encode(record) == data
+        assert record.session.session_id == store.session_id
+        assert record.session.stats.tool_calls == 4
+        assert json.loads(data)["tools"]["search"]["calls"] == 1
+
+    async def test_keys_share_one_hash_tag(self, redis_url: str, direct: redis.Redis) -> None:
+        """Every key is under aiosessionstore:{app}: one cluster slot."""
+        async with store_at(redis_url, app_name="my-tool") as store:
+            await store.increment_tool_calls()
+        keys = {_bytes(key).decode() for key in direct.keys("*")}
+        assert {"aiosessionstore:{my-tool}:session", "aiosessionstore:{my-tool}:rev"} <= keys
+        assert all(key.startswith("aiosessionstore:{my-tool}:") for key in keys)
+        applied = [key for key in keys if ":applied:" in key]
+        assert len(applied) == 1
+        assert 0 < direct.pttl(applied[0]) <= 7 * 24 * 3600 * 1000
+
+    async def test_several_stores_open_one_session(self, redis_url: str) -> None:
+        """Stores opened at once on an empty database agree on one session id."""
+        stores = [store_at(redis_url) for _ in range(6)]
+        await asyncio.gather(*(store.open() for store in stores))
+        await asyncio.gather(*(store.aclose() for store in stores))
+        assert len({store.session_id for store in stores}) == 1
+
+    async def test_read_and_peek(self, redis_url: str, direct: redis.Redis) -> None:
+        """read() and peek() return the stored session; with none, SessionNotFoundError."""
+        backend = RedisBackend.from_url(redis_url)
+        try:
+            with pytest.raises(SessionNotFoundError):
+                await asyncio.to_thread(backend.peek)
+            async with store_at(redis_url) as store:
+                await store.increment_prompt_calls(2)
+            read, peeked = await asyncio.to_thread(lambda: (backend.read(), backend.peek()))
+            assert read == peeked == stored(direct)
+            assert read.session.stats.prompt_calls == 2
+            with pytest.raises(RuntimeError, match="no running event loop"):
+                backend.read()
+        finally:
+            await asyncio.to_thread(backend.close)
+
+
+class TestModes:
+    async def test_reset_keeps_the_id(self, redis_url: str, direct: redis.Redis) -> None:
+        """reset_stats zeroes the stored counts and keeps the session id."""
+        async with store_at(redis_url) as store:
+            await store.increment_errors(2)
+            await store.flush()
+            session = await store.reset_stats()
+        assert stored(direct).session.stats == SessionStats()
+        assert stored(direct).session.session_id == session.session_id
+
+    async def test_new_session(self, redis_url: str, direct: redis.Redis) -> None:
+        """new_session stores a fresh id with zero counts."""
+        async with store_at(redis_url) as store:
+            first = store.session_id
+            await store.increment_tool_calls()
+            await store.new_session()
+        assert stored(direct).session.session_id == store.session_id != first
+        assert stored(direct).session.stats == SessionStats()
+
+    async def test_a_deleted_session_never_comes_back(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """Once another store deletes it, a store that saw it saved starts a new id."""
+        async with store_at(redis_url) as saw, store_at(redis_url) as deleter:
+            old = saw.session_id
+            assert await deleter.delete() is True
+            assert direct.get(SESSION) is None
+            assert await deleter.delete() is False
+            await saw.increment_tool_calls()
+            await saw.flush()
+            assert saw.session_id != old
+        assert stored(direct).session.session_id == saw.session_id
+        assert stored(direct).session.stats.tool_calls == 1
+
+
+class TestBadValues:
+    async def test_a_newer_version_is_left_alone(self, redis_url: str, direct: redis.Redis) -> None:
+        """A session of a newer format is refused and left byte for byte."""
+        newer = b'{"version": 2, "sessionId": "x", "future": true}'
+        direct.set(SESSION, newer)
+        with pytest.raises(UnsupportedVersionError, match="left as it is"):
+            await store_at(redis_url).open()
+        assert direct.get(SESSION) == newer
+        assert aside_keys(direct) == []
+
+    @pytest.mark.parametrize(
+        "value", [b"{not json", b"x" * (MAX_FILE_SIZE + 1)], ids=["malformed", "too-large"]
+    )
+    async def test_a_corrupt_value_is_moved_aside(
+        self, redis_url: str, direct: redis.Redis, value: bytes
+    ) -> None:
+        """Malformed or too large: renamed to a key of its own, and a valid session stored."""
+        direct.set(SESSION, value)  # set by hand: the revision does not change
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls()
+        [aside] = aside_keys(direct)
+        assert direct.get(aside) == value
+        assert stored(direct).session.session_id == store.session_id
+
+    async def test_a_key_of_the_wrong_type_is_moved_aside(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """A hash where the session should be is renamed, never overwritten."""
+        direct.hset(SESSION, "a", "b")
+        async with store_at(redis_url):
+            pass
+        [aside] = aside_keys(direct)
+        assert direct.hgetall(aside) == {b"a": b"b"}
+        assert stored(direct).session.stats == SessionStats()
+
+    async def test_spoiled_after_a_write_is_moved_aside(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """A value replaced by hand after our write (same revision) is not overwritten."""
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls()
+            await store.flush()
+            direct.set(SESSION, b"[]")
+            await store.increment_tool_calls()
+        assert [direct.get(key) for key in aside_keys(direct)] == [b"[]"]
+        assert stored(direct).session.session_id == store.session_id
+        assert stored(direct).session.stats.tool_calls == 2
+
+    def test_read_moves_aside_and_peek_does_not(self, redis_url: str, direct: redis.Redis) -> None:
+        """peek leaves a corrupt value in place; read moves it aside and names the key."""
+        direct.set(SESSION, b"{")
+        backend = RedisBackend.from_url(redis_url)
+        try:
+            with pytest.raises(CorruptSessionError, match="left in place"):
+                backend.peek()
+            assert direct.get(SESSION) == b"{"
+            with pytest.raises(CorruptSessionError, match="corrupt-") as caught:
+                backend.read()
+            [aside] = aside_keys(direct)
+            assert aside.decode() in str(caught.value)
+            assert direct.get(SESSION) is None
+        finally:
+            backend.close()
+
+    async def test_a_bad_revision_is_refused(self, redis_url: str, direct: redis.Redis) -> None:
+        """A revision key that holds no number is an error, and nothing is written."""
+        direct.set(REV, b"many")
+        with pytest.raises(SessionStoreError, match="holds no revision"):
+            await store_at(redis_url).open()
+        assert direct.get(SESSION) is None
+
+
+def merge(tool_ms: float, calls: int) -> Counts:
+    """Counts with a tool, a prompt and a client, timed into latency buckets."""
+    tool = ToolStats(
+        calls, 1, 1, tool_ms * calls, tool_ms, MappingProxyType({bucket(tool_ms): calls})
+    )
+    return Counts(
+        SessionStats(calls, 1, 1, 1),
+        MappingProxyType({"search": tool, f"only-{calls}": tool}),
+        MappingProxyType({"summarize": tool}),
+        MappingProxyType({"cli": ClientStats(calls, 1)}),
+    )
+
+
+class TestMerging:
+    def test_stats_merge_as_in_the_file(self, redis_url: str, tmp_path: Path) -> None:
+        """The same changes give the same record in Redis as in the file."""
+        now = timestamp(1_764_000_000)
+        known = Record(Session.new(now))
+        changes = [
+            Change(Mode.MERGE, merge(ms, calls), now, known, False, 64, writer, 1)
+            for ms, calls, writer in ((3.0, 2, "a"), (250.0, 5, "b"), (0.5, 1, "c"))
+        ]
+        file = FileBackend(tmp_path / "session.json")
+        backend = RedisBackend.from_url(redis_url)
+        try:
+            for change in changes:
+                file.commit(change)
+                backend.commit(change)
+            assert backend.read() == file.read()
+            assert backend.read().session.tools["search"].calls == 8
+        finally:
+            backend.close()
+
+
+class TestExactlyOnce:
+    async def test_a_lost_reply_is_applied_once(
+        self, loser: ReplyLoser, direct: redis.Redis
+    ) -> None:
+        """The server applies a merge whose reply is lost; sent again, it is not re-applied."""
+        async with store_at(loser.url) as store:
+            await store.increment_tool_calls(5)
+            loser.lose_next_reply()
+            with pytest.raises(SessionStoreError):
+                await store.flush()
+            assert stored(direct).session.stats.tool_calls == 5  # applied all the same
+            rev = direct.get(REV)
+            assert store.session.stats.tool_calls == 5
+            await store.flush()  # sends the same change again: already applied
+            assert direct.get(REV) == rev
+            assert stored(direct).session.stats.tool_calls == 5
+            await store.increment_tool_calls()
+        assert stored(direct).session.stats.tool_calls == 6
+        assert loser.lost == 1
+
+    async def test_a_cancelled_caller_does_not_cancel_the_write(
+        self, loser: ReplyLoser, direct: redis.Redis
+    ) -> None:
+        """A flush cancelled while its request is at the server still lands, once."""
+        async with store_at(loser.url) as store:
+            await store.increment_tool_calls(3)
+            loser.hold()
+            flush = asyncio.ensure_future(store.flush())
+            assert await asyncio.to_thread(loser.request_seen.wait, 10)
+            flush.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await flush
+            loser.release()
+            await store.increment_tool_calls()
+        assert stored(direct).session.stats.tool_calls == 4
+
+    async def test_a_cancelled_caller_and_a_lost_reply(
+        self, loser: ReplyLoser, direct: redis.Redis
+    ) -> None:
+        """Cancelled, and its reply lost: sent again at the next flush, applied once."""
+        async with store_at(loser.url) as store:
+            await store.increment_tool_calls(3)
+            loser.hold()
+            loser.lose_next_reply()
+            flush = asyncio.ensure_future(store.flush())
+            assert await asyncio.to_thread(loser.request_seen.wait, 10)
+            flush.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await flush
+            loser.release()
+            await store.increment_tool_calls()
+        assert stored(direct).session.stats.tool_calls == 4
+        assert loser.lost == 1
+
+    @pytest.mark.slow
+    def test_processes_add_up_through_lost_replies(
+        self, loser: ReplyLoser, direct: redis.Redis
+    ) -> None:
+        """4 processes, one reply in 5 lost after the server acted: totals exact."""
+        workers = run_workers(loser.url, processes=4, increments=200, every=10)
+        loser.lose_every = 5
+        go(workers)
+        ids = finish(workers)
+        assert loser.lost > 10
+        assert ids == {stored(direct).session.session_id}
+        assert_counted(direct, 4, 200)
+
+    @pytest.mark.slow
+    def test_a_killed_and_restarted_server(self, own_server: RedisServer) -> None:
+        """SIGKILL of a durable redis-server mid-run, then a restart: totals exact."""
+        workers = run_workers(own_server.url, processes=3, increments=300, every=10, pause=True)
+        go(workers)
+        read_until(workers[0], "flushed 50")
+        own_server.kill()
+        for worker in workers:
+            read_until(worker, "counted")
+        own_server.restart()
+        go(workers)
+        finish(workers)
+        client = redis.Redis.from_url(own_server.url)
+        try:
+            assert_counted(client, 3, 300)
+        finally:
+            client.close()
+
+
+class TestOutages:
+    async def test_counts_wait_for_redis_to_return(self, own_server: RedisServer) -> None:
+        """Flushes fail while Redis is down; the counts show, and land once it is back."""
+        async with store_at(own_server.url) as store:
+            own_server.kill()
+            for _ in range(3):
+                await store.increment_tool_calls(2)
+                with pytest.raises(SessionStoreError, match=r"127\.0\.0\.1"):
+                    await store.flush()
+            assert store.session.stats.tool_calls == 6
+            await asyncio.to_thread(own_server.restart)
+            await store.flush()
+        client = redis.Redis.from_url(own_server.url)
+        try:
+            assert stored(client).session.stats.tool_calls == 6
+        finally:
+            client.close()
+
+    async def test_memory_does_not_grow_with_the_counts(self, own_server: RedisServer) -> None:
+        """Pending counts held through an outage take the same memory for 10k as for 100k."""
+        async with store_at(own_server.url) as store:
+            own_server.kill()
+
+            async def peak(increments: int) -> int:
+                tracemalloc.start()
+                try:
+                    for number in range(increments):
+                        await store.increment_tool_calls()
+                        if number % 5000 == 0:
+                            with pytest.raises(SessionStoreError):
+                                await store.flush()
+                    return tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+
+            small, large = await peak(10_000), await peak(100_000)
+            assert large < small * 2 + 64 * 1024
+            await asyncio.to_thread(own_server.restart)
+        client = redis.Redis.from_url(own_server.url)
+        try:
+            assert stored(client).session.stats.tool_calls == 110_000
+        finally:
+            client.close()
+
+    async def test_unreachable_at_open(self) -> None:
+        """A server that accepts and never answers fails the open within its timeouts."""
+        with socket.create_server(("127.0.0.1", 0)) as silent:
+            port = silent.getsockname()[1]
+            url = f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.5&socket_timeout=0.5"
+            started = time.monotonic()
+            with pytest.raises(SessionStoreError):
+                await store_at(url).open()
+            assert time.monotonic() - started < 2.0
+
+    async def test_refused_at_open(self) -> None:
+        """No server at all: SessionStoreError at once, naming where, never the password."""
+        with socket.create_server(("127.0.0.1", 0)) as closed:
+            port = closed.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(SessionStoreError, match=rf"127\.0\.0\.1:{port}") as caught:
+            await store_at(f"redis://user:s3cret@127.0.0.1:{port}/0").open()
+        assert time.monotonic() - started < 2.0
+        assert "s3cret" not in str(caught.value)
+
+    async def test_close_is_bounded_against_a_paused_server(
+        self, own_server: RedisServer, clock: FakeClock
+    ) -> None:
+        """A server that stopped answering holds the close for close_timeout, no longer."""
+        store = store_at(own_server.url, close_timeout=0.3, clock=clock)
+        await store.open()
+        await store.increment_tool_calls()
+        own_server.pause()
+        started = time.monotonic()
+        await store.aclose()
+        assert 0.3 <= time.monotonic() - started < 2.0
+        own_server.resume()
+
+
+class TestAfterClose:
+    def test_the_exit_flush_after_close(self, redis_url: str, direct: redis.Redis) -> None:
+        """A commit after close (the exit hook's, once close gave up) opens a new loop."""
+        now = timestamp(1_764_000_000)
+        known = Record(Session.new(now))
+
+        def change(number: int) -> Change:
+            return Change(Mode.MERGE, Counts(SessionStats(1)), now, known, False, 64, "w", number)
+
+        backend = RedisBackend.from_url(redis_url)
+        backend.commit(change(1))
+        backend.close()
+        assert backend.commit(change(2)).session.stats.tool_calls == 2
+        assert backend.commit(change(2)).session.stats.tool_calls == 2  # sent again: once
+        backend.close()
+        assert stored(direct).session.stats.tool_calls == 2
+
+
+class TestConfiguration:
+    def test_the_url_variable(self, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """$OCTOCODE_SESSION_URL puts a store with no path in Redis."""
+        monkeypatch.setenv("OCTOCODE_SESSION_URL", redis_url)
+        store = AsyncSessionStore()
+        assert isinstance(store.backend, RedisBackend)
+        assert store.path is None
+        assert store.backend.description.endswith("key aiosessionstore:{octocode}")
+
+    def test_path_and_url_together(self, redis_url: str, tmp_path: Path) -> None:
+        """path= and url= together are refused."""
+        with pytest.raises(ValueError, match="not path and url"):
+            AsyncSessionStore(tmp_path / "s.json", url=redis_url)
+
+    @pytest.mark.parametrize("url", ["http://localhost", "unix:///tmp/redis.sock", "localhost"])
+    def test_other_schemes(self, url: str) -> None:
+        """Only redis:// and rediss:// are session URLs."""
+        with pytest.raises(ValueError, match="redis://"):
+            AsyncSessionStore(url=url)
+
+    @pytest.mark.parametrize("name", ["a{b", "a}b", ""])
+    def test_app_names_that_break_the_hash_tag(self, name: str) -> None:
+        """An app name with braces would split the keys across slots."""
+        with pytest.raises(ValueError, match="app_name"):
+            RedisBackend.from_url("redis://localhost", app_name=name)
+
+    def test_no_password_in_description(self) -> None:
+        """The description and repr name the server and keys, not the password."""
+        backend = RedisBackend.from_url("rediss://alice:s3cret@example.invalid:6380/2")
+        assert (
+            backend.description == "rediss://example.invalid:6380/2 key aiosessionstore:{octocode}"
+        )
+        assert "s3cret" not in repr(backend)
+        backend.close()
+
+    async def test_acl_user_and_password(self, redis_url: str, direct: redis.Redis) -> None:
+        """An ACL user and password in the URL; a wrong password is a clean error."""
+        direct.acl_setuser(
+            "fleet", enabled=True, passwords=["+pw-ok"], keys=["*"], commands=["+@all"]
+        )
+        host_and_db = redis_url.removeprefix("redis://")
+        async with store_at(f"redis://fleet:pw-ok@{host_and_db}") as store:
+            await store.increment_tool_calls()
+        assert stored(direct).session.stats.tool_calls == 1
+        with pytest.raises(SessionStoreError) as caught:
+            await store_at(f"redis://fleet:pw-bad@{host_and_db}").open()
+        assert "pw-bad" not in str(caught.value)
+
+    def test_import_error_without_redis(self) -> None:
+        """Without redis-py, importing the backend says what to install."""
+        code = "import sys; sys.modules['redis'] = None; import aiosessionstore.redis"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode != 0
+        assert "pip install 'aiosessionstore[redis]'" in result.stderr
+
+
+class TestTLS:
+    async def test_rediss_with_a_ca_of_its_own(self, tmp_path: Path, redis_server: Any) -> None:
+        """rediss:// with ssl_ca_certs in the URL, against a TLS-only redis-server."""
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl is not installed")
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        await asyncio.to_thread(
+            subprocess.run,
+            [
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", str(key), "-out", str(cert),
+            ],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        port = free_port()
+        tls = (
+            "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+            "--tls-auth-clients", "no",
+        )  # fmt: skip
+        server = await asyncio.to_thread(RedisServer(tmp_path / "tls", extra=tls).start)
+        try:
+            url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+            async with store_at(url) as store:
+                await store.increment_tool_calls(2)
+            assert store.backend.description.startswith(f"rediss://127.0.0.1:{port}/0 ")
+            backend = RedisBackend.from_url(url)
+            try:
+                record = await asyncio.to_thread(backend.peek)
+            finally:
+                await asyncio.to_thread(backend.close)
+            assert record.session.stats.tool_calls == 2
+            with pytest.raises(SessionStoreError):  # not trusted without the CA
+                await store_at(f"rediss://127.0.0.1:{port}/0").open()
+        finally:
+            await asyncio.to_thread(server.stop)
+
+
+@pytest.mark.slow
+class TestCluster:
+    async def test_a_store_on_a_cluster(self, redis_cluster: Any) -> None:
+        """On three primaries: every key in one slot, and the counts add up."""
+        port = redis_cluster.first.port
+        client = redis.asyncio.RedisCluster(host="127.0.0.1", port=port)
+        backend = RedisBackend(client, app_name=f"cluster-{time.monotonic_ns()}")
+        async with AsyncSessionStore(backend=backend, flush_interval=3600) as store:
+            await store.increment_tool_calls(2)
+            await store.flush()
+            await store.increment_tool_calls(3)
+        check = redis.RedisCluster(host="127.0.0.1", port=port)
+        try:
+            tag = f"aiosessionstore:{{{backend.app_name}}}"
+            keys = [_bytes(key).decode() for key in check.keys(target_nodes="all")]
+            ours = [key for key in keys if key.startswith(tag)]
+            assert len(ours) == 3
+            slots = {check.cluster_keyslot(key) for key in ours}
+            assert len(slots) == 1
+            data = _bytes(check.get(f"{tag}:session"))
+            assert decode(data).session.stats.tool_calls == 5
+        finally:
+            check.close()
