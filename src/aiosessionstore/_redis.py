@@ -234,7 +234,7 @@ class RedisBackend:
         scheme = urlsplit(url).scheme
         if scheme not in _SCHEMES:
             raise ValueError(
-                f"a session URL must start with redis:// or rediss://, not {scheme or url!r}://"
+                f"a session URL must start with redis:// or rediss://, not {scheme}://"
                 if scheme
                 else "a session URL must start with redis:// or rediss://"
             )
