@@ -278,8 +278,41 @@ def _file_place(tmp_path: Path) -> Place:
     return FilePlace(tmp_path / "home" / "session.json")
 
 
+class RedisPlace(Place):
+    """The session of app ``octocode`` in a fresh Redis database."""
+
+    kind = "redis"
+    key = "aiosessionstore:{octocode}:session"
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.url = url
+        self.raw = redis.Redis.from_url(url)
+
+    def backend(self) -> Backend:
+        from aiosessionstore.redis import RedisBackend
+
+        return RedisBackend.from_url(self.url)
+
+    def put(self, data: bytes) -> None:
+        self.raw.set(self.key, data)
+
+    def get(self) -> bytes | None:
+        data = self.raw.get(self.key)
+        assert data is None or isinstance(data, bytes)
+        return data
+
+    def set_aside(self) -> list[bytes]:
+        keys = sorted(self.raw.scan_iter(match=self.key + ":corrupt-*"))
+        values = [self.raw.get(key) for key in keys]
+        assert all(isinstance(value, bytes) for value in values)
+        return values  # type: ignore[return-value]
+
+
 PLACES: dict[str, Callable[[pytest.FixtureRequest, Path], Place]] = {
     "file": lambda request, tmp_path: _file_place(tmp_path),
+    "redis": lambda request, tmp_path: RedisPlace(request.getfixturevalue("redis_url")),
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +26,6 @@ from aiosessionstore import (
     CorruptSessionError,
     SessionNotFoundError,
     SessionStoreError,
-    UnsupportedVersionError,
 )
 from aiosessionstore._change import Change, Mode
 from aiosessionstore._codec import decode, encode
@@ -42,7 +42,7 @@ from aiosessionstore._session import (
 )
 from aiosessionstore.redis import RedisBackend
 
-from .conftest import FakeClock, start_worker
+from .conftest import WORKER, FakeClock, posix_only, start_worker, wait_for_line
 from .servers import RedisServer, ReplyLoser, free_port
 
 pytestmark = pytest.mark.anyio
@@ -174,13 +174,6 @@ class TestFormat:
         assert len(applied) == 1
         assert 0 < direct.pttl(applied[0]) <= 7 * 24 * 3600 * 1000
 
-    async def test_several_stores_open_one_session(self, redis_url: str) -> None:
-        """Stores opened at once on an empty database agree on one session id."""
-        stores = [store_at(redis_url) for _ in range(6)]
-        await asyncio.gather(*(store.open() for store in stores))
-        await asyncio.gather(*(store.aclose() for store in stores))
-        assert len({store.session_id for store in stores}) == 1
-
     async def test_read_and_peek(self, redis_url: str, direct: redis.Redis) -> None:
         """read() and peek() return the stored session; with none, SessionNotFoundError."""
         backend = RedisBackend.from_url(redis_url)
@@ -198,58 +191,12 @@ class TestFormat:
             await asyncio.to_thread(backend.close)
 
 
-class TestModes:
-    async def test_reset_keeps_the_id(self, redis_url: str, direct: redis.Redis) -> None:
-        """reset_stats zeroes the stored counts and keeps the session id."""
-        async with store_at(redis_url) as store:
-            await store.increment_errors(2)
-            await store.flush()
-            session = await store.reset_stats()
-        assert stored(direct).session.stats == SessionStats()
-        assert stored(direct).session.session_id == session.session_id
-
-    async def test_new_session(self, redis_url: str, direct: redis.Redis) -> None:
-        """new_session stores a fresh id with zero counts."""
-        async with store_at(redis_url) as store:
-            first = store.session_id
-            await store.increment_tool_calls()
-            await store.new_session()
-        assert stored(direct).session.session_id == store.session_id != first
-        assert stored(direct).session.stats == SessionStats()
-
-    async def test_a_deleted_session_never_comes_back(
+class TestBadValues:
+    async def test_a_value_too_large_is_moved_aside(
         self, redis_url: str, direct: redis.Redis
     ) -> None:
-        """Once another store deletes it, a store that saw it saved starts a new id."""
-        async with store_at(redis_url) as saw, store_at(redis_url) as deleter:
-            old = saw.session_id
-            assert await deleter.delete() is True
-            assert direct.get(SESSION) is None
-            assert await deleter.delete() is False
-            await saw.increment_tool_calls()
-            await saw.flush()
-            assert saw.session_id != old
-        assert stored(direct).session.session_id == saw.session_id
-        assert stored(direct).session.stats.tool_calls == 1
-
-
-class TestBadValues:
-    async def test_a_newer_version_is_left_alone(self, redis_url: str, direct: redis.Redis) -> None:
-        """A session of a newer format is refused and left byte for byte."""
-        newer = b'{"version": 2, "sessionId": "x", "future": true}'
-        direct.set(SESSION, newer)
-        with pytest.raises(UnsupportedVersionError, match="left as it is"):
-            await store_at(redis_url).open()
-        assert direct.get(SESSION) == newer
-        assert aside_keys(direct) == []
-
-    @pytest.mark.parametrize(
-        "value", [b"{not json", b"x" * (MAX_FILE_SIZE + 1)], ids=["malformed", "too-large"]
-    )
-    async def test_a_corrupt_value_is_moved_aside(
-        self, redis_url: str, direct: redis.Redis, value: bytes
-    ) -> None:
-        """Malformed or too large: renamed to a key of its own, and a valid session stored."""
+        """A value past the size bound is renamed to a key of its own, never read whole."""
+        value = b"x" * (MAX_FILE_SIZE + 1)
         direct.set(SESSION, value)  # set by hand: the revision does not change
         async with store_at(redis_url) as store:
             await store.increment_tool_calls()
@@ -639,3 +586,30 @@ class TestCluster:
             assert decode(data).session.stats.tool_calls == 5
         finally:
             check.close()
+
+
+@posix_only
+class TestShutdown:
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+    def test_the_signal_flushes_to_redis_then_kills(
+        self, redis_url: str, direct: redis.Redis, signum: int
+    ) -> None:
+        """SIGTERM or SIGHUP stores the pending counts in Redis, then the process dies of it."""
+        worker = start_worker("wait-for-signal", redis_url, "25")
+        wait_for_line(worker, "ready")
+        worker.send_signal(signum)
+        _, err = worker.communicate(timeout=30)
+        assert worker.returncode == -signum, err
+        assert stored(direct).session.stats.tool_calls == 25
+
+    def test_an_unclosed_store_is_flushed_to_redis_at_exit(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """A store whose loop was abandoned is flushed by the exit hook, on its own loop."""
+        done = subprocess.run(
+            [sys.executable, str(WORKER), "never-closed", redis_url, "13"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "never closed" in done.stderr
+        assert stored(direct).session.stats.tool_calls == 13

@@ -30,6 +30,13 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def store_at(where: str, **options: Any) -> AsyncSessionStore:
+    """A store on a session file, or on Redis where ``where`` is a URL."""
+    if "://" in where:
+        return AsyncSessionStore(url=where, **options)
+    return AsyncSessionStore(where, **options)
+
+
 async def count(path: str, total: str, every: str) -> None:
     """Count ``total`` tool calls, flushing every ``every``; print each flushed total."""
     sys.stdin.readline()
@@ -47,9 +54,7 @@ async def wait_for_signal(
 ) -> None:
     """Count with nothing flushed (with ``fork_first``, fork a child that is gone at once),
     say so, then wait to be signalled."""
-    async with AsyncSessionStore(
-        path, flush_interval=3600, handle_signals=handle_signals == "yes"
-    ) as store:
+    async with store_at(path, flush_interval=3600, handle_signals=handle_signals == "yes") as store:
         await store.increment_tool_calls(int(total))
         if fork_first == "yes":
             fork_a_short_lived_child()
@@ -146,7 +151,7 @@ def never_closed(path: str, total: str) -> None:
     """Open and count on a loop that is then abandoned, as a crashed app would leave it."""
 
     async def open_and_count() -> None:
-        store = AsyncSessionStore(path, flush_interval=3600)
+        store = store_at(path, flush_interval=3600)
         await store.__aenter__()
         await store.increment_tool_calls(int(total))
 
