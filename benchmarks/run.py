@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import aiofiles
 import aiofiles.os
 
 from aiosessionstore import AsyncSessionStore, _writer
+from aiosessionstore._codec import encode
 from aiosessionstore._lock import held
 
 HERE = Path(__file__).parent
@@ -422,8 +424,9 @@ async def open_and_close(sizes: Sizes, rows: list[Row], scratch: str) -> None:
 WORKER = """
 import asyncio, sys
 from aiosessionstore import AsyncSessionStore
-async def main(path, total, every):
-    async with AsyncSessionStore(path, flush_interval=3600, handle_signals=False) as store:
+async def main(where, total, every):
+    place = {"url": where} if "://" in where else {"path": where}
+    async with AsyncSessionStore(**place, flush_interval=3600, handle_signals=False) as store:
         sys.stdout.write("ready\\n"); sys.stdout.flush(); sys.stdin.readline()
         for number in range(1, total + 1):
             await store.increment_tool_calls()
@@ -433,12 +436,14 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
 
 
-def many_processes(sizes: Sizes, rows: list[Row], scratch: str) -> None:
+def many_processes(sizes: Sizes, rows: list[Row], scratch: str, url: str | None = None) -> float:
+    """8 processes flushing one session; the flushes per second. With ``url``, on Redis."""
     path = os.path.join(scratch, "shared", "session.json")
     processes, each, every = 8, 5000, 100
+    where = path if url is None else url
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, path, str(each), str(every)],
+            [sys.executable, "-c", WORKER, where, str(each), str(every)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -456,18 +461,107 @@ def many_processes(sizes: Sizes, rows: list[Row], scratch: str) -> None:
     for worker in workers:
         worker.wait(timeout=300)
     elapsed = time.perf_counter() - start
-    total = json.loads(Path(path).read_text())["stats"]["toolCalls"]
+    if url is None:
+        total = json.loads(Path(path).read_text())["stats"]["toolCalls"]
+    else:
+        total = stored_in_redis(url)["stats"]["toolCalls"]
     flushes = processes * each // every
     rows.append(
         Row(
-            "6",
-            f"{processes} processes x {each:,}, flushing every {every}",
+            "6" if url is None else "9",
+            f"{processes} processes x {each:,}, flushing every {every}"
+            + ("" if url is None else ", on Redis"),
             f"{flushes / elapsed:,.0f} flushes/s, {total / elapsed:,.0f} increments/s",
             None,
-            f"exactly {processes * each:,} on disk",
+            f"exactly {processes * each:,} stored",
             total == processes * each,
         )
     )
+    return flushes / elapsed
+
+
+# -- 9. Redis next to the file --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_server(scratch: str) -> Iterator[str | None]:
+    """A throwaway redis-server on a free port, its append-only file fsynced at every write
+    as the session file is; None if there is no redis-server or no redis-py."""
+    binary = shutil.which("redis-server")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        binary = None
+    if binary is None:
+        yield None
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    directory = os.path.join(scratch, "redis")
+    os.makedirs(directory)
+    server = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", directory, "--save", "",
+         "--appendonly", "yes", "--appendfsync", "always"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:
+            if "Ready to accept connections" in line:
+                break
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def stored_in_redis(url: str) -> dict[str, Any]:
+    from aiosessionstore.redis import RedisBackend
+
+    backend = RedisBackend.from_url(url)
+    try:
+        document: dict[str, Any] = json.loads(encode(backend.peek()))
+        return document
+    finally:
+        backend.close()
+
+
+async def flush_times(store: AsyncSessionStore, count: int) -> list[float]:
+    times = []
+    async with store:
+        for _ in range(count):
+            await store.increment_tool_calls()
+            start = time.perf_counter()
+            await store.flush()
+            times.append(time.perf_counter() - start)
+    return times
+
+
+async def redis_next_to_the_file(
+    sizes: Sizes, rows: list[Row], scratch: str, file_flushes_per_second: float
+) -> None:
+    with redis_server(scratch) as url:
+        if url is None:
+            rows.append(Row("9", "Redis", "skipped: no redis-server or no redis-py"))
+            return
+        count = sizes.flushes
+        on_file = await flush_times(store_at(os.path.join(scratch, "vs-redis")), count)
+        on_redis = await flush_times(
+            AsyncSessionStore(url=url, handle_signals=False, app_name="bench"), count
+        )
+        file_median, redis_median = statistics.median(on_file), statistics.median(on_redis)
+        file_p99 = percentile(on_file, 0.99)
+        rows.append(Row("9", "flush on the file: median, p99",
+                        f"{file_median * 1e3:.2f} ms, {file_p99 * 1e3:.2f} ms"))  # fmt: skip
+        rows.append(Row("9", "flush on Redis (AOF, fsync always): median, p99",
+                        f"{redis_median * 1e3:.2f} ms, {percentile(on_redis, 0.99) * 1e3:.2f} ms",
+                        redis_median / file_median, "median <= the file's",
+                        redis_median <= file_median))  # fmt: skip
+        on_redis_per_second = await asyncio.to_thread(many_processes, sizes, rows, scratch, url)
+        rows.append(Row("9", "8 processes: Redis flushes/s over the file's", "",
+                        on_redis_per_second / file_flushes_per_second, ">= 1.0x",
+                        on_redis_per_second >= file_flushes_per_second))  # fmt: skip
 
 
 # -- 7. what a user would pick instead ------------------------------------------------------
@@ -598,8 +692,9 @@ async def measure(sizes: Sizes, scratch: str) -> list[Row]:
     await flush_latency(sizes, rows, os.path.join(scratch, "flush"))
     await loop_lag(sizes, rows, os.path.join(scratch, "lag"))
     await open_and_close(sizes, rows, scratch)
-    many_processes(sizes, rows, scratch)
+    file_flushes_per_second = many_processes(sizes, rows, scratch)
     await alternatives(sizes, rows, scratch, ours)
+    await redis_next_to_the_file(sizes, rows, scratch, file_flushes_per_second)
     import_and_memory(rows)
     return rows
 
