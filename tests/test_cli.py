@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import IO, Any
 
 import anyio
 import pytest
+import redis
 
 from aiosessionstore import (
     AsyncSessionStore,
@@ -35,6 +37,7 @@ from aiosessionstore._location import resolve_backend
 from aiosessionstore._session import Counts, Record
 
 from .conftest import read_json
+from .servers import free_port
 
 #: Shells, FIFOs, pseudo-terminals and /dev/null, which the stream and file-type tests use.
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX streams and files")
@@ -1275,3 +1278,271 @@ class TestOtherBackends:
         assert run("reset", "--url", "memory://x") == EXIT_CODES["missing"]
         assert run("delete", "--yes", "--url", "memory://x") == EXIT_CODES["missing"]
         assert memory.closed == 2
+
+
+# -- Redis: the same commands against a real redis-server -----------------------------------
+
+BASE = "aiosessionstore:{octocode}"
+SESSION = f"{BASE}:session"
+
+
+@pytest.fixture
+def direct(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client on the test's empty database, to look at (and spoil) the keys."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def value(client: redis.Redis, key: str | bytes = SESSION) -> bytes | None:
+    data = client.get(key)
+    assert data is None or isinstance(data, bytes)
+    return data
+
+
+def keys(client: redis.Redis) -> list[bytes]:
+    found = [key for key in client.keys("*") if isinstance(key, bytes)]
+    assert len(found) == client.dbsize()
+    return sorted(found)
+
+
+def with_password(url: str, userinfo: str) -> str:
+    return url.replace("redis://", f"redis://{userinfo}@", 1)
+
+
+class TestRedis:
+    def test_show_and_show_json(
+        self, redis_url: str, direct: redis.Redis, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """show is exit 3 and creates no key before new, then the summary and the stored JSON."""
+        assert run("show", "--url", redis_url) == EXIT_CODES["missing"]
+        assert keys(direct) == []
+        assert run("new", "--url", redis_url) == 0
+        stored = value(direct)
+        assert stored is not None
+        session = json.loads(stored)["sessionId"]
+        capsys.readouterr()
+        assert run("show", "--url", redis_url) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert f"session      {session}" in lines
+        assert f"store        {redis_url} key {BASE}" in lines
+        assert run("show", "--json", "--url", redis_url) == 0
+        assert json.loads(capsys.readouterr().out) == json.loads(stored)
+        assert value(direct) == stored
+
+    def test_reset_and_new(self, redis_url: str, direct: redis.Redis, session_file: Path) -> None:
+        """reset keeps the id and zeroes counts and tools; new gives a new id; none: exit 3."""
+        assert run("reset", "--url", redis_url) == EXIT_CODES["missing"]
+        assert keys(direct) == []
+        direct.set(SESSION, stored_bytes(session_file))
+        assert run("reset", "--url", redis_url) == 0
+        document = json.loads(value(direct) or b"")
+        assert document["sessionId"] == session_id(session_file)
+        assert set(document["stats"].values()) == {0}
+        assert "tools" not in document
+        assert run("new", "--url", redis_url) == 0
+        assert json.loads(value(direct) or b"")["sessionId"] != session_id(session_file)
+
+    def test_delete(self, redis_url: str, direct: redis.Redis, session_file: Path) -> None:
+        """delete asks first, --yes deletes the key, and a second delete finds nothing (3)."""
+        direct.set(SESSION, stored_bytes(session_file))
+        assert run("delete", "--url", redis_url, answer="n\n") == EXIT_CODES["error"]
+        assert value(direct) == stored_bytes(session_file)
+        assert run("delete", "--yes", "--url", redis_url) == 0
+        assert value(direct) is None
+        assert run("delete", "--yes", "--url", redis_url) == EXIT_CODES["missing"]
+
+    def test_path_is_a_usage_error(
+        self, redis_url: str, direct: redis.Redis, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A session in Redis has no path: exit 2, nothing on stdout, and the store named."""
+        assert run("path", "--url", redis_url) == EXIT_CODES["usage"]
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert f"{redis_url} key {BASE}, which is not a file" in err
+        assert keys(direct) == []
+
+    @pytest.mark.anyio
+    async def test_export_is_the_stored_bytes(
+        self, redis_url: str, direct: redis.Redis, tmp_path: Path
+    ) -> None:
+        """Export gives the value a store wrote, byte for byte: what the file backend writes."""
+        async with AsyncSessionStore(url=redis_url, handle_signals=False) as store:
+            await store.increment_prompt_calls(2)
+            async with store.tool_call("café"):
+                pass
+        done = await anyio.to_thread.run_sync(lambda: cli("export", "--url", redis_url))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == value(direct)
+        saved = tmp_path / "saved.json"
+        saved.write_bytes(done.stdout)
+        file = tmp_path / "file" / "session.json"
+        status = await anyio.to_thread.run_sync(
+            lambda: run("import", "--path", str(file), str(saved))
+        )
+        assert status == 0
+        assert file.read_bytes() == done.stdout
+
+    def test_a_file_round_trips_through_redis(
+        self, redis_url: str, direct: redis.Redis, session_file: Path
+    ) -> None:
+        """A session file imported into Redis is stored and exported as the same bytes and id."""
+        done = cli("import", "--url", redis_url, session_file)
+        assert done.returncode == 0, done.stderr
+        assert session_id(session_file) in done.stderr.decode()
+        assert value(direct) == stored_bytes(session_file)
+        done = cli("export", "--url", redis_url)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == stored_bytes(session_file)
+        assert json.loads(done.stdout)["sessionId"] == session_id(session_file)
+
+    def test_an_existing_session_is_kept(
+        self, redis_url: str, direct: redis.Redis, session_file: Path, tmp_path: Path
+    ) -> None:
+        """Over a valid session: exit 6, the key and revision unchanged; --force replaces it."""
+        direct.set(SESSION, stored_bytes(session_file))
+        assert run("reset", "--url", redis_url) == 0  # a revision, as a store leaves one
+        other = write_session(tmp_path / "other.json", session_id="other-id", theme="dark")
+        before = value(direct), value(direct, f"{BASE}:rev")
+        argv = ["import", "--url", redis_url, str(other)]
+        assert run(*argv) == EXIT_CODES["exists"] == 6
+        assert (value(direct), value(direct, f"{BASE}:rev")) == before
+        assert run(*argv, "--force") == 0
+        assert value(direct) == encode(decode(other.read_bytes()))
+        assert json.loads(value(direct) or b"")["theme"] == "dark"
+
+    @pytest.mark.parametrize(("make", "status"), BAD_SOURCES.values(), ids=BAD_SOURCES.keys())
+    def test_a_bad_file_creates_no_key(
+        self, redis_url: str, direct: redis.Redis, tmp_path: Path, make: Any, status: str
+    ) -> None:
+        """A corrupt or newer file to import into Redis: exit 4 or 5, and no key at all."""
+        source = make(tmp_path / "source.json")
+        assert run("import", "--force", "--url", redis_url, str(source)) == EXIT_CODES[status]
+        assert keys(direct) == []
+
+    @pytest.mark.parametrize(
+        ("stored", "status"),
+        [(b"{oops", "corrupt"), (json.dumps({"version": 9}).encode(), "newer")],
+        ids=["corrupt", "newer"],
+    )
+    @pytest.mark.parametrize("command", [["export"], ["show"], ["show", "--json"]], ids=" ".join)
+    def test_a_bad_value_moves_nothing(
+        self,
+        redis_url: str,
+        direct: redis.Redis,
+        stored: bytes,
+        status: str,
+        command: list[str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A corrupt or newer value in Redis: exit 4 or 5, nothing printed, and nothing moved."""
+        direct.set(SESSION, stored)
+        assert run(*command, "--url", redis_url) == EXIT_CODES[status]
+        assert capsys.readouterr().out == ""
+        assert (keys(direct), value(direct)) == ([SESSION.encode()], stored)
+
+    @pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "force"])
+    def test_import_moves_a_corrupt_value_aside(
+        self, redis_url: str, direct: redis.Redis, tmp_path: Path, force: list[str]
+    ) -> None:
+        """import over a corrupt value moves it to a corrupt-* key, then stores the session."""
+        direct.set(SESSION, b"{oops")
+        other = write_session(tmp_path / "other.json", session_id="other-id")
+        assert run("import", *force, "--url", redis_url, str(other)) == 0
+        assert json.loads(value(direct) or b"")["sessionId"] == "other-id"
+        (aside,) = direct.keys(f"{SESSION}:corrupt-*")
+        assert value(direct, aside) == b"{oops"
+
+    def test_the_environment_variable(
+        self, redis_url: str, direct: redis.Redis, session_file: Path, user_home: Path
+    ) -> None:
+        """$OCTOCODE_SESSION_URL puts every command in Redis with no options; --path wins."""
+        env = os.environ | {"OCTOCODE_SESSION_URL": redis_url}
+        done = cli("new", env=env)
+        assert done.returncode == 0, done.stderr
+        in_redis = json.loads(value(direct) or b"")["sessionId"]
+        assert os.listdir(user_home) == []
+        done = cli("show", env=env)
+        assert done.returncode == 0, done.stderr
+        assert f"session      {in_redis}" in done.stdout.decode()
+        done = cli("show", "--path", session_file, env=env)
+        assert done.returncode == 0, done.stderr
+        assert f"session      {session_id(session_file)}" in done.stdout.decode()
+        assert cli("reset", "--path", session_file, env=env).returncode == 0
+        assert read_json(session_file)["stats"]["toolCalls"] == 0
+        assert json.loads(value(direct) or b"")["sessionId"] == in_redis
+        assert cli("path", env=env).returncode == EXIT_CODES["usage"]
+
+    @pytest.mark.parametrize("how", ["acl", "requirepass"])
+    def test_no_password_in_any_output(
+        self,
+        redis_url: str,
+        direct: redis.Redis,
+        session_file: Path,
+        how: str,
+    ) -> None:
+        """With a password set on the server, no command prints it, not even in an error."""
+        secret, wrong, piece = "pw-S3cret-9f2", "pw-Wr0ng-7a1", "pw-Pi3ce-4c8"
+        user = "fleet" if how == "acl" else ""
+        good, bad = (with_password(redis_url, f"{user}:{pw}") for pw in (secret, wrong))
+        if how == "acl":
+            direct.acl_setuser("fleet", enabled=True, passwords=[f"+{secret}"], keys=["*"],
+                               commands=["+@all"])  # fmt: skip
+        else:
+            direct.config_set("requirepass", secret)
+        try:
+            runs: list[tuple[list[str | Path], int]] = [
+                (["new", "--url", good], 0),
+                (["show", "--url", good], 0),
+                (["export", "--url", good], 0),
+                (["import", "--url", good, session_file], EXIT_CODES["exists"]),
+                (["path", "--url", good], EXIT_CODES["usage"]),
+                (["reset", "--url", bad], EXIT_CODES["error"]),
+                (["show", "--url", bad], EXIT_CODES["error"]),
+                (["--url", good, "show", "--url", bad], EXIT_CODES["usage"]),
+                (["show", "--url", good.replace(secret, f"{piece}/{secret}")], EXIT_CODES["usage"]),
+                (["show", "--url", good + "?no_such_option=1"], EXIT_CODES["usage"]),
+            ]
+            for argv, status in runs:
+                done = cli(*argv)
+                assert done.returncode == status, (argv, done.stderr)
+                for text in (done.stdout, done.stderr):
+                    for password in (secret, wrong, piece):
+                        assert password.encode() not in text
+                assert b"Traceback" not in done.stderr
+            env = os.environ | {"OCTOCODE_SESSION_URL": bad}
+            done = cli("show", env=env)
+            assert done.returncode == EXIT_CODES["error"]
+            assert b"AuthenticationError" in done.stderr
+            assert wrong.encode() not in done.stdout + done.stderr
+            direct.set(SESSION, b"{oops")
+            done = cli("show", "--url", good)
+            assert done.returncode == EXIT_CODES["corrupt"]
+            assert secret.encode() not in done.stdout + done.stderr
+        finally:
+            if how == "acl":
+                direct.acl_deluser("fleet")
+            else:
+                direct.config_set("requirepass", "")
+        assert direct.ping()
+
+    @pytest.mark.parametrize(
+        "command", [["show"], ["export"], ["reset"], ["new"], ["delete", "--yes"], ["import"]],
+        ids=" ".join,
+    )  # fmt: skip
+    def test_unreachable(self, session_file: Path, command: list[str]) -> None:
+        """No server at the port: exit 1 within seconds, one clear line, no traceback."""
+        port = free_port()
+        url = f"redis://user:hunter2@127.0.0.1:{port}/0"
+        argv = [*command, str(session_file)] if command == ["import"] else command
+        started = time.monotonic()
+        done = cli(*argv, "--url", url)
+        assert time.monotonic() - started < 5.0
+        assert done.returncode == EXIT_CODES["error"], done.stderr
+        assert done.stdout == b""
+        err = done.stderr.decode()
+        assert err.startswith(f"aiosessionstore: cannot use redis://127.0.0.1:{port}/0 key {BASE}")
+        assert "ConnectionError" in err
+        assert err.count("\n") == 1
+        assert "hunter2" not in err
+        assert "Traceback" not in err

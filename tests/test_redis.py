@@ -488,6 +488,30 @@ class TestConfiguration:
         with pytest.raises(ValueError, match="redis://"):
             AsyncSessionStore(url=url)
 
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "redis://u:4711/S3CRET@localhost/0",
+            "redis://:ab?S3CRET=x@localhost/0",
+            "redis://:ab#S3CRET@localhost/0",
+            "redis://localhost/0?ssl_ca_certs=/S3CRET@x",
+        ],
+    )
+    def test_an_at_after_the_host(self, url: str) -> None:
+        """A / ? or # in a password not percent-encoded is refused before any piece of it is
+        taken for the host, port, database or an option, and shown in a message."""
+        with pytest.raises(ValueError, match="percent-encode") as caught:
+            RedisBackend.from_url(url)
+        assert "S3CRET" not in str(caught.value)
+        assert "4711" not in str(caught.value)
+
+    @pytest.mark.parametrize("query", ["no_such_option=1", "ssl_cert_reqs=none"])
+    def test_an_option_redis_py_does_not_take(self, query: str) -> None:
+        """An unknown option (a TLS one on redis://, say) is a ValueError at once, not a
+        TypeError at the first command."""
+        with pytest.raises(ValueError, match="option redis-py does not take"):
+            RedisBackend.from_url(f"redis://localhost/0?{query}")
+
     @pytest.mark.parametrize("name", ["a{b", "a}b", ""])
     def test_app_names_that_break_the_hash_tag(self, name: str) -> None:
         """An app name with braces would split the keys across slots."""

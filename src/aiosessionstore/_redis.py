@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeAlias, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -231,19 +231,28 @@ class RedisBackend:
         ``socket_timeout``; redis-py does not retry on its own (the store's writer does, at
         its next flush), so an unreachable server fails within about the connect timeout.
         """
-        scheme = urlsplit(url).scheme
+        parts = urlsplit(url)
+        scheme = parts.scheme
         if scheme not in _SCHEMES:
             raise ValueError(
                 f"a session URL must start with redis:// or rediss://, not {scheme}://"
                 if scheme
                 else "a session URL must start with redis:// or rediss://"
             )
-        query = parse_qs(urlsplit(url).query)
+        _check_userinfo(parts)
+        query = parse_qs(parts.query)
         options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0)}
         for name in ("socket_connect_timeout", "socket_timeout"):
             if name not in query:
                 options[name] = DEFAULT_SOCKET_TIMEOUT
         client = aioredis.Redis.from_url(url, **options)
+        pool = client.connection_pool
+        try:  # redis-py passes an unknown option on, to fail at the first command: fail now
+            pool.connection_class(**pool.connection_kwargs)  # no I/O: it connects when used
+        except TypeError as exc:
+            raise ValueError(
+                f"the session URL has an option redis-py does not take ({exc})"
+            ) from None
         return cls(client, app_name=app_name, timeout=timeout)
 
     def __repr__(self) -> str:
@@ -466,6 +475,17 @@ def _check_app_name(app_name: str) -> None:
         raise ValueError(
             f"app_name must be a non-empty name without braces (the keys' cluster hash tag), "
             f"not {app_name!r}"
+        )
+
+
+def _check_userinfo(parts: SplitResult) -> None:
+    """Refuse an ``@`` after the host when none is before it: a password with a ``/``, ``?`` or
+    ``#`` not percent-encoded, which ends the host early and would put pieces of the password
+    in the host, port or database that messages show."""
+    if "@" not in parts.netloc and "@" in f"{parts.path}?{parts.query}#{parts.fragment}":
+        raise ValueError(
+            "a session URL has an @ after its host: percent-encode a /, ?, # or @ in the "
+            "password (%2F, %3F, %23, %40), or in an option"
         )
 
 
