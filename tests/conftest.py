@@ -183,6 +183,7 @@ class MemoryBackend:
     def __init__(self) -> None:
         self.data: bytes | None = None
         self.applied: dict[str, int] = {}
+        self.closed = 0
         self._mutex = threading.Lock()
 
     def open(self, change: Change) -> Record:
@@ -212,7 +213,7 @@ class MemoryBackend:
             return existed
 
     def close(self) -> None:
-        pass
+        self.closed += 1
 
 
 class RepliesLost(MemoryBackend):

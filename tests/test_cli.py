@@ -25,7 +25,7 @@ from aiosessionstore import (
     AsyncSessionStore,
     CorruptSessionError,
     SessionExistsError,
-    SessionNotFoundError,
+    SessionStoreError,
     _cli,
     _file,
 )
@@ -34,9 +34,9 @@ from aiosessionstore._change import Change, Mode
 from aiosessionstore._cli import EXIT_CODES, main
 from aiosessionstore._codec import decode, encode
 from aiosessionstore._location import resolve_backend
-from aiosessionstore._session import Counts, Record
+from aiosessionstore._session import Counts
 
-from .conftest import read_json
+from .conftest import MemoryBackend, read_json
 from .servers import free_port
 
 #: Shells, FIFOs, pseudo-terminals and /dev/null, which the stream and file-type tests use.
@@ -1110,39 +1110,6 @@ class TestImport:
         assert (document["sessionId"], document["stats"]["toolCalls"]) == ("other-id", 5)
 
 
-class MemoryBackend:
-    """A session held in memory: a backend that is no file, as Redis will be."""
-
-    description = "memory session test"
-
-    def __init__(self) -> None:
-        self.stored: Record | None = None
-        self.closed = 0
-
-    def open(self, change: Change) -> Record:
-        return self.commit(change)
-
-    def commit(self, change: Change) -> Record:
-        base = self.stored or change.base_when_missing(self.description)
-        self.stored = change.apply(base)
-        return self.stored
-
-    def read(self) -> Record:
-        return self.peek()
-
-    def peek(self) -> Record:
-        if self.stored is None:
-            raise SessionNotFoundError(f"no session in {self.description}")
-        return self.stored
-
-    def remove(self) -> bool:
-        had, self.stored = self.stored is not None, None
-        return had
-
-    def close(self) -> None:
-        self.closed += 1
-
-
 @pytest.fixture
 def memory(monkeypatch: pytest.MonkeyPatch) -> MemoryBackend:
     """--url memory://x (or $OCTOCODE_SESSION_URL) selects an in-memory backend."""
@@ -1228,7 +1195,7 @@ class TestUrl:
         command: list[str],
     ) -> None:
         """--url before or after any command acts on that backend, and closes it once."""
-        memory.stored = decode(stored_bytes(session_file))
+        memory.data = stored_bytes(session_file)
         argv = ["--url", "memory://x", *command] if before else [*command, "--url", "memory://x"]
         expected = EXIT_CODES["usage"] if command == ["path"] else 0
         assert run(*argv) == expected
@@ -1248,15 +1215,15 @@ class TestOtherBackends:
         assert run("path") == EXIT_CODES["usage"]
         out, err = capsys.readouterr()
         assert out == ""
-        assert "memory session test, which is not a file" in err
+        assert "session in memory, which is not a file" in err
 
     def test_show_names_the_store(
         self, memory: MemoryBackend, session_file: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """The summary says where the session is with the backend's description."""
-        memory.stored = decode(stored_bytes(session_file))
+        memory.data = stored_bytes(session_file)
         assert run("show", "--url", "memory://x") == 0
-        assert "store        memory session test" in capsys.readouterr().out.splitlines()
+        assert "store        session in memory" in capsys.readouterr().out.splitlines()
 
     def test_export_and_import(
         self,
@@ -1272,6 +1239,17 @@ class TestOtherBackends:
         assert run("export", "--url", "memory://x") == 0
         assert capsysbinary.readouterr().out == stored_bytes(session_file)
         assert memory.closed == 3
+
+    def test_a_failing_close_does_not_hide_the_commands_error(
+        self, memory: MemoryBackend, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The command's own failure decides the exit status, even if closing fails too."""
+
+        def close() -> None:
+            raise SessionStoreError("connection reset while closing")
+
+        monkeypatch.setattr(memory, "close", close)
+        assert run("show", "--url", "memory://x") == EXIT_CODES["missing"]
 
     def test_reset_and_delete_of_nothing(self, memory: MemoryBackend) -> None:
         """With no session stored, reset and delete are exit 3, and the backend still closed."""

@@ -76,9 +76,13 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     try:
         command: Command = arguments.command
         try:
-            return command(arguments, backend, sys.stdin if stdin is None else stdin)
-        finally:
-            backend.close()
+            status = command(arguments, backend, sys.stdin if stdin is None else stdin)
+        except BaseException:
+            with contextlib.suppress(SessionStoreError):  # the command's error says more
+                backend.close()
+            raise
+        backend.close()
+        return status
     except _UsageError as exc:
         _say(f"aiosessionstore: error: {exc}")
         return EXIT_CODES["usage"]
