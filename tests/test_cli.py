@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -1509,13 +1508,11 @@ class TestRedis:
         ids=" ".join,
     )  # fmt: skip
     def test_unreachable(self, session_file: Path, command: list[str]) -> None:
-        """No server at the port: exit 1 within seconds, one clear line, no traceback."""
+        """No server at the port: exit 1, one clear line, no traceback, no password."""
         port = free_port()
         url = f"redis://user:hunter2@127.0.0.1:{port}/0"
         argv = [*command, str(session_file)] if command == ["import"] else command
-        started = time.monotonic()
         done = cli(*argv, "--url", url)
-        assert time.monotonic() - started < 5.0
         assert done.returncode == EXIT_CODES["error"], done.stderr
         assert done.stdout == b""
         err = done.stderr.decode()
