@@ -159,6 +159,12 @@ class TestBackendChoice:
         with pytest.raises(ValueError, match="path and backend"):
             AsyncSessionStore("session.json", backend=MemoryBackend())
 
+    @pytest.mark.parametrize("place", [{"url": ""}, {"path": ""}, {"path": "", "url": "redis://h"}])
+    def test_an_empty_place_is_refused(self, place: dict[str, str]) -> None:
+        """An empty path or URL (an unset variable, say) is a mistake, not "use the default"."""
+        with pytest.raises(ValueError, match="is empty"):
+            AsyncSessionStore(**place)  # type: ignore[arg-type]
+
     def test_the_memory_backend_is_a_backend(self) -> None:
         """The seam needs no file: the test double implements the protocol."""
         assert isinstance(MemoryBackend(), Backend)

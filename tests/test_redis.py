@@ -258,12 +258,57 @@ class TestBadValues:
         finally:
             backend.close()
 
-    async def test_a_bad_revision_is_refused(self, redis_url: str, direct: redis.Redis) -> None:
-        """A revision key that holds no number is an error, and nothing is written."""
-        direct.set(REV, b"many")
-        with pytest.raises(SessionStoreError, match="holds no revision"):
-            await store_at(redis_url).open()
-        assert direct.get(SESSION) is None
+    @pytest.mark.parametrize("rev", [b"many", b"0123", b"99999999999999999999", b"-1"])
+    async def test_a_bad_revision_is_refused_before_any_write(
+        self, redis_url: str, direct: redis.Redis, rev: bytes
+    ) -> None:
+        """A revision INCR cannot take is an error at every flush, and nothing is written:
+        a script that wrote first and failed at INCR would count each retry again."""
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls(10)
+            await store.flush()
+            before = direct.get(SESSION)
+            direct.set(REV, rev)
+            await store.increment_tool_calls(5)
+            for _ in range(3):
+                with pytest.raises(SessionStoreError, match="holds no revision"):
+                    await store.flush()
+            assert direct.get(SESSION) == before
+            direct.set(REV, b"7")  # repaired by hand
+        assert stored(direct).session.stats.tool_calls == 15
+
+    @pytest.mark.parametrize("number", [b"1e999", b"inf", b"0x10", b"12.5"])
+    async def test_a_bad_change_number_is_refused(
+        self, redis_url: str, direct: redis.Redis, number: bytes
+    ) -> None:
+        """An applied-number key Lua would read as infinity (or not at all) is an error: it
+        must not make every later change look applied, dropping its counts."""
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls(2)
+            await store.flush()
+            [applied] = direct.keys(f"{BASE}:applied:*")
+            direct.set(applied, number)
+            await store.increment_tool_calls(3)
+            with pytest.raises(SessionStoreError, match="holds no change number"):
+                await store.flush()
+            direct.set(applied, b"1")  # repaired by hand
+        assert stored(direct).session.stats.tool_calls == 5
+
+    async def test_a_huge_value_set_between_flushes_is_not_read(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """A value past the bound, set by hand after our write, is moved aside unread."""
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls()
+            await store.flush()
+            huge = b"x" * (MAX_FILE_SIZE + 1)
+            direct.set(SESSION, huge)
+            slow_before = len(direct.slowlog_get(128))
+            await store.increment_tool_calls()
+        [aside] = aside_keys(direct)
+        assert direct.strlen(aside) == len(huge)
+        assert stored(direct).session.stats.tool_calls == 2
+        assert slow_before == len(direct.slowlog_get(128))  # no script read it whole
 
 
 def merge(tool_ms: float, calls: int) -> Counts:
@@ -522,6 +567,21 @@ class TestConfiguration:
         """path= and url= together are refused."""
         with pytest.raises(ValueError, match="not path and url"):
             AsyncSessionStore(tmp_path / "s.json", url=redis_url)
+
+    @pytest.mark.parametrize("path", ["/abc", "/1x", "/0/extra", "/-1"])
+    def test_a_database_that_is_no_number(self, path: str) -> None:
+        """redis-py reads /abc as database 0; a session URL refuses it."""
+        with pytest.raises(ValueError, match="database number"):
+            AsyncSessionStore(url=f"redis://127.0.0.1:6379{path}")
+
+    def test_decoded_responses_are_refused(self) -> None:
+        """The session is bytes: a client that decodes replies to str would break on any
+        value that is not UTF-8, so it is refused up front, by URL or by client."""
+        with pytest.raises(ValueError, match="decode_responses"):
+            AsyncSessionStore(url="redis://127.0.0.1:6379/0?decode_responses=true")
+        client = redis.asyncio.Redis(decode_responses=True)
+        with pytest.raises(ValueError, match="decode_responses"):
+            RedisBackend(client)
 
     @pytest.mark.parametrize("url", ["http://localhost", "unix:///tmp/redis.sock", "localhost"])
     def test_other_schemes(self, url: str) -> None:

@@ -26,6 +26,9 @@ def resolve_backend(
     With none given, ``$<APP>_SESSION_URL`` switches a deployed server to Redis with no
     change to its code; without it, the session is the file the TypeScript tool would use.
     """
+    for name, value in (("path", path), ("url", url)):
+        if value is not None and not os.fspath(value):
+            raise ValueError(f"{name}= is empty: give the session's {name}, or leave it out")
     given = [name for name, value in (("path", path), ("url", url), ("backend", backend)) if value]
     if len(given) > 1:
         raise ValueError(f"give one of path=, url= and backend=, not {' and '.join(given)}")
@@ -33,7 +36,7 @@ def resolve_backend(
         if not isinstance(backend, Backend):
             raise TypeError(f"backend must implement Backend, not be a {type(backend).__name__}")
         return backend
-    if path is None and not url:
+    if path is None and url is None:
         _check_app_name(app_name)
         url = os.environ.get(url_variable(app_name)) or None
     if url is not None:

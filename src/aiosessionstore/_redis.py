@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -68,7 +69,10 @@ local function rev_of()
   if kind == 'none' then return '' end
   if kind ~= 'string' then return nil, KEYS[2] .. ' is a ' .. kind .. ', not a revision' end
   local rev = redis.call('GET', KEYS[2])
-  if not string.match(rev, '^[0-9]+$') then return nil, KEYS[2] .. ' holds no revision' end
+  -- What INCR takes: no sign, no leading zero, below 2^63 (18 digits are far enough).
+  if not (rev == '0' or string.match(rev, '^[1-9][0-9]*$')) or #rev > 18 then
+    return nil, KEYS[2] .. ' holds no revision'
+  end
   return rev
 end
 local function state(rev, max)
@@ -109,9 +113,12 @@ local number = tonumber(ARGV[1])
 if number > 0 then
   local kind = redis.call('TYPE', KEYS[3])['ok']
   if kind ~= 'none' then
-    local done = kind == 'string' and tonumber(redis.call('GET', KEYS[3]))
-    if not done then return redis.error_reply(KEYS[3] .. ' holds no change number') end
-    if number <= done then return reply('applied', rev, max) end
+    local done = kind == 'string' and redis.call('GET', KEYS[3])
+    -- Plain digits only: tonumber would take '1e999' as infinity, and skip every change.
+    if not done or not string.match(done, '^[0-9]+$') or #done > 15 then
+      return redis.error_reply(KEYS[3] .. ' holds no change number')
+    end
+    if number <= tonumber(done) then return reply('applied', rev, max) end
   end
 end
 if rev ~= ARGV[2] then return reply('conflict', rev, max) end
@@ -119,6 +126,8 @@ if rev ~= ARGV[2] then return reply('conflict', rev, max) end
 local kind = redis.call('TYPE', KEYS[1])['ok']
 local digest = ''
 if kind == 'string' then
+  -- A value set by hand past the bound is not read whole: the reply says it is too large.
+  if redis.call('STRLEN', KEYS[1]) > max then return reply('conflict', rev, max) end
   digest = redis.sha1hex(redis.call('GET', KEYS[1]))
 elseif kind ~= 'none' then
   digest = kind
@@ -203,6 +212,11 @@ class RedisBackend:
 
     def __init__(self, client: Client, *, app_name: str = "octocode", timeout: float = 10.0):
         _check_app_name(app_name)
+        if client.get_encoder().decode_responses:
+            raise ValueError(
+                "the session is kept as bytes: give RedisBackend a client without "
+                "decode_responses (and no decode_responses option in the URL)"
+            )
         self.client = client
         self.app_name = app_name
         self.timeout = timeout
@@ -240,6 +254,8 @@ class RedisBackend:
                 else "a session URL must start with redis:// or rediss://"
             )
         _check_userinfo(parts)
+        if not re.fullmatch(r"/?[0-9]*", parts.path):  # redis-py would take /abc as /0
+            raise ValueError("a session URL's path must be a database number, as in /0")
         query = parse_qs(parts.query)
         options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0)}
         for name in ("socket_connect_timeout", "socket_timeout"):
