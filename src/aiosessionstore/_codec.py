@@ -11,6 +11,8 @@ import re
 import sys
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
+from itertools import chain, compress
+from operator import is_not
 from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 
@@ -29,7 +31,7 @@ from ._session import (
     shown,
 )
 
-__all__ = ("decode", "encode")
+__all__ = ("Encoded", "decode", "encode", "encode_after")
 
 _T = TypeVar("_T")
 
@@ -61,12 +63,63 @@ def encode(record: Record) -> bytes:
     UTF-8 that decode() accepts: a count above MAX_COUNT is written as MAX_COUNT, a time past
     the largest double as that double, and a lone surrogate as JSON.stringify's escape.
     """
+    return _encode(record, None, keep=False)[0]
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class Encoded:
+    """Bytes that ``encode`` wrote, with what lets the next encode reuse them.
+
+    ``record`` is what ``decode(data)`` returns (equal to it, field by field), built without
+    parsing: so a reader that finds exactly ``data`` on disk again may take ``record`` as
+    read. ``lines`` holds, by section, the line of each entry of ``record`` in its order: the
+    next encode of a record built on ``record`` encodes only the entries that are not the
+    very objects (held here, so no other object can take their place) that these came from.
+    """
+
+    __slots__ = ("data", "joined", "lines", "record")
+
+    def __init__(
+        self,
+        data: bytes,
+        record: Record,
+        lines: Mapping[str, list[bytes]],
+        joined: Mapping[str, bytes] = _EMPTY,
+    ) -> None:
+        self.data = data
+        self.record = record
+        self.lines = lines
+        #: Each section's lines joined, as written: a section left alone is reused whole.
+        self.joined = joined
+
+    @classmethod
+    def decoded(cls, data: bytes, record: Record) -> Encoded:
+        """``record`` as decode() returned it for ``data``: no line of it encoded yet."""
+        return cls(data, record, _NONE)
+
+
+def encode_after(record: Record, previous: Encoded | None) -> tuple[bytes, Encoded | None]:
+    """``encode(record)``, the same bytes, reusing the lines of entries unchanged since
+    ``previous``; and what the next call may reuse (None where no decode would give it)."""
+    return _encode(record, previous, keep=True)
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot hold
+        return _SURROGATE.sub(_escape, text).encode()
+
+
+def _encode(record: Record, previous: Encoded | None, keep: bool) -> tuple[bytes, Encoded | None]:
     session = record.session
     stats = session.stats
     tool_calls, prompt_calls, errors, rate_limits = map(
         _count, (stats.tool_calls, stats.prompt_calls, stats.errors, stats.rate_limits)
     )
-    text = (
+    head = (
         f'{{\n  "version": {session.version},\n'
         f'  "sessionId": {_STRING(session.session_id)},\n'
         f'  "createdAt": "{format_timestamp(session.created_at)}",\n'
@@ -75,21 +128,45 @@ def encode(record: Record) -> bytes:
         f'    "promptCalls": {prompt_calls},\n    "errors": {errors},\n'
         f'    "rateLimits": {rate_limits}{_members(record.stats_extra, _IN_STATS)}\n  }}'
     )
-    parts = [text]
+    parts = [_utf8(head)]
     extra = record.entries_extra
+    sections: dict[str, Mapping[str, Any]] = {}
+    lines: dict[str, list[bytes]] = {}
+    joined: dict[str, bytes] = {}
+    before = None if previous is None else previous.record.session
     # Each section is absent, not empty, while it has no entry: the seed's own file.
-    if session.tools:
-        parts.append(_section("tools", session.tools, _encode_calls, extra))
-    if session.prompts:
-        parts.append(_section("prompts", session.prompts, _encode_calls, extra))
-    if session.clients:
-        parts.append(_section("clients", session.clients, _encode_client, extra))
-    parts += [_members(record.extra, _AT_TOP), "\n}"]
-    text = "".join(parts)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot hold
-        return _SURROGATE.sub(_escape, text).encode()
+    for section, encode_entry, canonical_entry in _ENTRY_CODECS:
+        entries = getattr(session, section)
+        if not entries:
+            continue
+        made = _section(
+            entries,
+            encode_entry,
+            canonical_entry if keep else None,
+            extra.get(section, _NONE),
+            _NONE if before is None else getattr(before, section),
+            None if previous is None else previous.lines.get(section),
+        )
+        text = None
+        if previous is not None and made.written is previous.lines.get(section):
+            text = previous.joined.get(section)
+        if text is None:
+            text = b",\n".join(made.written)
+        parts += (_OPENING[section], text, b"\n  }")
+        if made.canonical is None:
+            keep = False
+        elif keep:
+            sections[section] = made.canonical
+            if made.own is not None:
+                lines[section] = made.own
+                if made.own is made.written:
+                    joined[section] = text
+    parts += (_utf8(_members(record.extra, _AT_TOP)), b"\n}")
+    data = b"".join(parts)
+    if not keep:
+        return data, None
+    as_read = _as_decoded(record, sections)
+    return data, None if as_read is None else Encoded(data, as_read, lines, joined)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -116,19 +193,76 @@ def _milliseconds(ms: float) -> float:
     return ms if 0.0 <= ms <= _MAX_MS else min(ms, _MAX_MS) if ms > 0.0 else 0.0
 
 
+_OPENING = {section: f',\n  "{section}": {{\n'.encode() for section in _SECTIONS}
+
+
+class _Section:
+    """A section's lines as written; and, where asked for, its entries as decode() returns
+    them, with their own lines for the next encode to reuse (None: do not reuse them)."""
+
+    __slots__ = ("canonical", "own", "written")
+
+    def __init__(
+        self, written: list[bytes], canonical: Mapping[str, Any] | None, own: list[bytes] | None
+    ) -> None:
+        self.written = written
+        self.canonical = canonical
+        self.own = own
+
+
 def _section(
-    section: str,
     entries: Mapping[str, _T],
     encode_entry: Callable[[_T, str], str],
-    entries_extra: Mapping[str, Mapping[str, Mapping[str, Any]]],
-) -> str:
-    extra = entries_extra.get(section, _NONE)
-    lines = ",\n".join(
-        f"    {_STRING(name)}: "
-        f"{encode_entry(entry, _members(extra[name], _IN_ENTRY) if name in extra else '')}"
-        for name, entry in entries.items()
-    )
-    return f',\n  "{section}": {{\n{lines}\n  }}'
+    canonical_entry: Callable[[_T], _T | None] | None,
+    extra: Mapping[str, Mapping[str, Any]],
+    before: Mapping[str, _T],
+    before_lines: list[bytes] | None,
+) -> _Section:
+    """Each entry's line. With ``canonical_entry``, also what the next encode may reuse:
+    ``before`` holds entries as decode() returned them, ``before_lines`` (if any) their lines
+    in order; the line of an entry that is the same object under the same name is reused."""
+
+    def line(name: str, entry: _T) -> bytes:
+        more = _members(extra[name], _IN_ENTRY) if name in extra else ""
+        return _utf8(f"    {_STRING(name)}: {encode_entry(entry, more)}")
+
+    if canonical_entry is None:
+        return _Section([line(name, entry) for name, entry in entries.items()], None, None)
+    reused = before_lines if before_lines is not None and not extra else []
+    if entries is before and len(reused) == len(entries):
+        return _Section(reused, before, reused)  # a section this change left alone
+    names = list(entries)
+    if len(reused) > len(names) or names[: len(reused)] != list(before)[: len(reused)]:
+        reused = []  # not the same names in the same order: nothing lines up
+    # Positions holding another entry than before: found in C, not in a loop of Python.
+    stale = compress(range(len(reused)), map(is_not, entries.values(), before.values()))
+    values = list(entries.values())
+    written = reused + [b""] * (len(names) - len(reused))
+    canonical: dict[str, _T] = {}
+    own: dict[int, bytes] = {}
+    for index in chain(stale, range(len(reused), len(names))):
+        name, entry = names[index], values[index]
+        written[index] = text = line(name, entry)
+        if before.get(name) is entry:
+            continue  # as decoded: its line is its own
+        as_read = canonical_entry(entry)
+        if as_read is None:
+            return _Section([line(name, entry) for name, entry in entries.items()], None, None)
+        canonical[name] = as_read
+        own_text = line(name, as_read)
+        if own_text != text:  # a time of 5 is written "5", read back as 5.0: written "5.0"
+            own[index] = own_text
+    if extra:  # rare (a newer tool's keys): the lines are made again each time
+        lines = None
+    elif own:
+        lines = list(written)
+        for index, text in own.items():
+            lines[index] = text
+    else:
+        lines = written
+    if not canonical:
+        return _Section(written, entries, lines)
+    return _Section(written, MappingProxyType({**entries, **canonical}), lines)
 
 
 def _encode_client(client: ClientStats, more: str) -> str:
@@ -165,6 +299,75 @@ def _encode_calls(tool: ToolStats, more: str) -> str:
         f'{{\n      "calls": {calls},\n      "errors": {errors},\n'
         f'      "rateLimits": {rate_limits},\n      "totalMs": {total_ms!r},\n'
         f'      "maxMs": {max_ms!r}{_encode_latency(tool.latency)}{more}\n    }}'
+    )
+
+
+def _decoded_calls(tool: ToolStats) -> ToolStats | None:
+    """The entry as decode() reads back what _encode_calls writes of it; None if it refuses
+    it (a latency bucket that does not exist)."""
+    latency = tool.latency
+    if latency:
+        if not all(type(index) is int and 0 <= index < BUCKETS for index in latency):
+            return None
+        latency = MappingProxyType({index: _count(latency[index]) for index in sorted(latency)})
+    return ToolStats(
+        _count(tool.calls),
+        _count(tool.errors),
+        _count(tool.rate_limits),
+        float(_milliseconds(round(tool.total_ms, 3))),
+        float(_milliseconds(round(tool.max_ms, 3))),
+        latency if latency else _NO_LATENCY,
+    )
+
+
+def _decoded_client(client: ClientStats) -> ClientStats:
+    return ClientStats(_count(client.tool_calls), _count(client.prompt_calls))
+
+
+#: Each section: how an entry is written, and what decode() reads back of what was written.
+_ENTRY_CODECS: tuple[tuple[str, Callable[[Any, str], str], Callable[[Any], Any]], ...] = (
+    ("tools", _encode_calls, _decoded_calls),
+    ("prompts", _encode_calls, _decoded_calls),
+    ("clients", _encode_client, _decoded_client),
+)
+
+
+def _as_decoded(record: Record, sections: Mapping[str, Mapping[str, Any]]) -> Record | None:
+    """What decode() returns for encode(record), given its sections as decoded; None where
+    decode would refuse it (an id it cannot read back) or cannot be foreseen cheaply."""
+    session = record.session
+    session_id = session.session_id
+    if session.version != CURRENT_VERSION or not session_id or _SURROGATE.search(session_id):
+        return None
+    try:
+        created_at = parse_timestamp(format_timestamp(session.created_at))
+        last_active_at = parse_timestamp(format_timestamp(session.last_active_at))
+    except ValueError:
+        return None
+    stats = session.stats
+    entries_extra = record.entries_extra
+    if not all(entries_extra.values()):  # decode keeps no section whose entries have none
+        kept = {section: extra for section, extra in entries_extra.items() if extra}
+        entries_extra = MappingProxyType(kept) if kept else _NONE
+    return Record(
+        Session(
+            CURRENT_VERSION,
+            session_id,
+            created_at,
+            last_active_at,
+            SessionStats(
+                _count(stats.tool_calls),
+                _count(stats.prompt_calls),
+                _count(stats.errors),
+                _count(stats.rate_limits),
+            ),
+            sections.get("tools", _NONE),
+            sections.get("prompts", _NONE),
+            sections.get("clients", _NONE),
+        ),
+        record.extra,
+        record.stats_extra,
+        entries_extra,
     )
 
 

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ._change import Change
-from ._codec import decode, encode
+from ._codec import Encoded, decode, encode, encode_after
 from ._errors import (
     CorruptSessionError,
     SessionNotFoundError,
@@ -75,20 +75,42 @@ _TEMP_SUFFIX = re.compile(rf"\.(?:{_TEMP_MARKER})?[0-9a-f]{{16}}\.tmp")
 _reported: set[str] = set()
 
 
-def commit(path: Path, change: Change, lock_timeout: float) -> Record:
-    """Apply ``change`` to the session file under the inter-process lock; return what is on disk."""
+class Written:
+    """What one FileBackend last wrote (or read) under the lock: the file's bytes, and the
+    record they decode to. Trusted only while the file holds exactly those bytes."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last: Encoded | None = None
+
+
+def commit(
+    path: Path, change: Change, lock_timeout: float, written: Written | None = None
+) -> Record:
+    """Apply ``change`` to the session file under the inter-process lock; return what is on disk.
+
+    With ``written``, what this backend wrote last: if the file still holds exactly those
+    bytes, their record is taken as read (no parse), and the lines of the entries that did
+    not change are reused (no encode), so a flush costs what changed, not the whole file.
+    """
     with _translated_errors(path), _locked(path, lock_timeout):
-        base = _read_base(path, change)
+        previous = None if written is None else written.last
+        if written is not None:
+            written.last = None  # trusted again only once this transaction has landed
+        base, known = _read_base(path, change, previous)
         record = change.apply(base)
-        data = encode(record)
+        data, encoded = encode_after(record, known)
         if len(data) > MAX_FILE_SIZE and _unwritable(base, change):
             # A file we could read but cannot write back even unchanged (compact JSON grows
             # with indents): no write would ever succeed over it, so it is treated as corrupt.
             _set_aside(path, f"it would be {len(data)} bytes written back, over the limit")
             assert change.known is not None
             record = change.apply(change.known)
-            data = encode(record)
+            data, encoded = encode(record), None
         _write_atomic(path, data)
+        if written is not None:
+            written.last = encoded
         return record
 
 
@@ -98,9 +120,11 @@ def read(path: Path, lock_timeout: float) -> Record:
         return _read_existing(path)
 
 
-def open_session(path: Path, change: Change, lock_timeout: float) -> Record:
+def open_session(
+    path: Path, change: Change, lock_timeout: float, written: Written | None = None
+) -> Record:
     """The first transaction of a store: warn about an unsafe directory, then commit."""
-    record = commit(path, change, lock_timeout)
+    record = commit(path, change, lock_timeout, written)
     with _translated_errors(path):
         _warn_if_others_can_write(path.parent)
     return record
@@ -179,13 +203,20 @@ def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def _read_base(path: Path, change: Change) -> Record:
+def _read_base(
+    path: Path, change: Change, previous: Encoded | None = None
+) -> tuple[Record, Encoded | None]:
     """The record to build on: the file's, or what the change puts in place of a missing or
-    corrupt one."""
+    corrupt one; and the file's bytes with it, if it was read. A file of exactly
+    ``previous.data`` is ``previous.record``, unparsed."""
     try:
-        return _decode_file(path)
+        data = _read_bounded(path)
+        if previous is not None and data == previous.data:
+            return previous.record, previous
+        record = decode_bounded(data, str(path))
+        return record, Encoded.decoded(data, record)
     except FileNotFoundError:
-        return change.base_when_missing(f"session file at {path}")
+        return change.base_when_missing(f"session file at {path}"), None
     except CorruptSessionError as exc:
         replacement = change.base_when_corrupt()
         if replacement is None:
@@ -194,7 +225,7 @@ def _read_base(path: Path, change: Change) -> Record:
                 f"session file {path} was corrupt ({exc}); it was moved to {aside}", aside
             ) from None
         _set_aside(path, str(exc))
-        return replacement
+        return replacement, None
 
 
 def _unwritable(base: Record, change: Change) -> bool:
@@ -418,15 +449,17 @@ class FileBackend:
         self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
         self.lock_timeout = lock_timeout
         self.description = f"session file {self.path}"
+        #: What this backend last wrote, so that a flush parses and encodes only what changed.
+        self._written = Written()
 
     def __repr__(self) -> str:
         return f"FileBackend({str(self.path)!r})"
 
     def open(self, change: Change) -> Record:
-        return open_session(self.path, change, self.lock_timeout)
+        return open_session(self.path, change, self.lock_timeout, self._written)
 
     def commit(self, change: Change) -> Record:
-        return commit(self.path, change, self.lock_timeout)
+        return commit(self.path, change, self.lock_timeout, self._written)
 
     def read(self) -> Record:
         return read(self.path, self.lock_timeout)
@@ -435,6 +468,7 @@ class FileBackend:
         return peek(self.path)
 
     def remove(self) -> bool:
+        self._written.last = None  # nothing to hold on to for a session being deleted
         return remove(self.path, self.lock_timeout)
 
     def close(self) -> None:

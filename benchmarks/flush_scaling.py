@@ -1,0 +1,289 @@
+"""How a flush scales: with the names in the file, and with the processes flushing.
+
+``python benchmarks/flush_scaling.py [--quick] [--part names|pending|processes]``
+
+- names: a flush of the same pending change (one error) into a file of 0, 10, 100 and 1,000
+  tool names (and 1,000 each of tools, prompts and clients), next to the bare floor: the same
+  bytes written, fsynced and renamed with no store. Target: a flush at the cap at most 1.5x a
+  flush at 0 names, same run.
+- pending: the loop thread's part of a flush (taking the pending counts into a change) with
+  10 to 1,000 pending names.
+- processes: 1, 2, 4, 8 and 16 processes flushing back to back into one file; each lock wait
+  is timed. Target: the worst wait at most 2x (processes x median flush time); totals exact.
+
+Every ratio is of figures measured in the same run, on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiosessionstore import AsyncSessionStore
+from aiosessionstore._change import Mode
+from aiosessionstore._pending import Pending
+
+CAP = 1000
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+# -- flush cost against the names in the file ----------------------------------------------
+
+
+def bare_write(path: str, data: bytes) -> None:
+    """The floor: write a temp file, fsync it, rename it over, fsync the directory."""
+    temp = path + ".bare.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    directory = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+async def seeded(directory: str, names: int, kinds: int) -> AsyncSessionStore:
+    store = AsyncSessionStore(
+        os.path.join(directory, "session.json"), flush_interval=3600, handle_signals=False
+    )
+    await store.open()
+    for number in range(names):
+        name = f"tool_{number:04d}_with_a_name_of_a_typical_length"
+        async with store.tool_call(name, client=f"client-{number}" if kinds > 1 else None):
+            pass
+        if kinds > 1:
+            async with store.prompt_call(name):
+                pass
+    await store.flush()
+    return store
+
+
+async def flush_times(store: AsyncSessionStore, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        await store.increment_errors()  # the same pending change at every size
+        start = time.perf_counter()
+        await store.flush()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+async def names_table(count: int, rounds: int) -> bool:
+    sizes = [(0, 1), (10, 1), (100, 1), (CAP, 1), (CAP, 3)]
+    flushes: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
+    floors: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
+    with tempfile.TemporaryDirectory() as scratch:
+        stores = {}
+        for names, kinds in sizes:
+            directory = os.path.join(scratch, f"{names}-{kinds}")
+            stores[names, kinds] = await seeded(directory, names, kinds)
+        # Interleaved rounds, so that drift on a shared machine hits every size alike.
+        for _ in range(rounds):
+            for size, store in stores.items():
+                flushes[size] += await flush_times(store, count)
+                assert store.path is not None
+                data = store.path.read_bytes()
+                bare = str(store.path.with_name("bare.json"))
+                for _ in range(count):
+                    start = time.perf_counter()
+                    await asyncio.to_thread(bare_write, bare, data)
+                    floors[size].append(time.perf_counter() - start)
+        for store in stores.values():
+            await store.aclose()
+    zero = statistics.median(flushes[0, 1])
+    print(f"\nflush of one pending error, by names in the file ({count * rounds} flushes each)")
+    print(f"{'names':>22} {'bytes':>9} {'median':>9} {'p90':>9} {'floor':>9} {'x floor':>8} "
+          f"{'x 0 names':>9}")  # fmt: skip
+    ok = True
+    for (names, kinds), times in flushes.items():
+        label = f"{names:,} tools" + (", prompts, clients" if kinds > 1 else "")
+        median, floor = statistics.median(times), statistics.median(floors[names, kinds])
+        ratio = median / zero
+        line = (
+            f"{label:>22} {'':>9} {median * 1e6:7.0f}µs {percentile(times, 0.9) * 1e6:7.0f}µs "
+            f"{floor * 1e6:7.0f}µs {median / floor:7.2f}x {ratio:8.2f}x"
+        )
+        if names == CAP:
+            good = ratio <= 1.5
+            ok = ok and good
+            line += f"  target <= 1.5x: {met(good)}"
+        print(line)
+    return ok
+
+
+# -- the loop thread's part of a flush ----------------------------------------------------
+
+
+def pending_table() -> None:
+    print("\ntaking the pending counts into a change, on the loop thread (median of 50)")
+    for names in (10, 100, 1000):
+        pending = Pending(CAP)
+        times = []
+        for _ in range(50):
+            for number in range(names):
+                calls = pending.calls(pending.tools, f"tool_{number}")
+                calls.calls += 1
+                calls.timed(1.5)
+                pending.client(f"client-{number}")[0] += 1
+            pending.active_at = time.time()
+            start = time.perf_counter()
+            pending.take()
+            times.append(time.perf_counter() - start)
+        print(f"{names:>6,} pending names: Pending.take() {statistics.median(times) * 1e6:8.1f} µs")
+    asyncio.run(prepare_table())
+
+
+async def prepare_table() -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        async with AsyncSessionStore(
+            os.path.join(scratch, "session.json"), flush_interval=3600, handle_signals=False
+        ) as store:
+            writer = store._writer
+            for names in (10, 100, 1000):
+                times = []
+                for _ in range(20):
+                    for number in range(names):
+                        async with store.tool_call(f"tool_{number}", client=f"c{number}"):
+                            pass
+                    async with store._lock:
+                        start = time.perf_counter()
+                        prepared = writer._prepare(Mode.MERGE, time.time())
+                        times.append(time.perf_counter() - start)
+                    assert prepared is not None
+                    writer._pending.give_back(prepared[1])
+                    await store.flush()
+                median = statistics.median(times)
+                print(f"{names:>6,} pending names: Writer._prepare {median * 1e6:8.1f} µs")
+
+
+# -- many processes -----------------------------------------------------------------------
+
+WORKER = """
+import asyncio, contextlib, json, sys, time
+from aiosessionstore import AsyncSessionStore, _file
+waits, holds = [], []
+real = vars(_file)["held"]
+@contextlib.contextmanager
+def timed(*arguments):
+    start = time.perf_counter()
+    with real(*arguments):
+        got = time.perf_counter()
+        waits.append(got - start)
+        try:
+            yield
+        finally:
+            holds.append(time.perf_counter() - got)
+vars(_file)["held"] = timed
+async def main(path, seconds):
+    async with AsyncSessionStore(path, flush_interval=3600, handle_signals=False) as store:
+        sys.stdout.write("ready\\n"); sys.stdout.flush(); sys.stdin.readline()
+        del waits[:], holds[:]
+        flushes, times, end = 0, [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            await store.increment_tool_calls()
+            start = time.perf_counter()
+            await store.flush()
+            times.append(time.perf_counter() - start)
+            flushes += 1
+        result = {"flushes": flushes, "waits": waits[:], "holds": holds[:], "times": times}
+    print(json.dumps(result))
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+def processes_row(scratch: str, processes: int, seconds: float, alone: float) -> tuple[bool, float]:
+    """One row: ``processes`` flushing for ``seconds``; whether it met the target, and the
+    median flush time of a process on its own (``alone``, or this row's if it is the first)."""
+    path = os.path.join(scratch, f"p{processes}", "session.json")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, path, str(seconds)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    for worker in workers:  # all imported and open: time only the flushing
+        assert worker.stdout is not None
+        assert worker.stdout.readline() == "ready\n"
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    results = [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
+    flushes = sum(result["flushes"] for result in results)
+    waits = [wait for result in results for wait in result["waits"]]
+    holds = [hold for result in results for hold in result["holds"]]
+    times = [time for result in results for time in result["times"]]
+    total = json.loads(Path(path).read_text())["stats"]["toolCalls"]
+    exact = bool(total == flushes)  # the opening transaction counts nothing
+    alone = alone or statistics.median(times)
+    worst = max(waits)
+    bound = 2 * processes * alone
+    good = worst <= bound and exact
+    print(
+        f"{processes:>3} {flushes:>8,} {total:>8,} {'yes' if exact else 'NO':>6} "
+        f"{statistics.median(waits) * 1e3:>8.2f} {percentile(waits, 0.99) * 1e3:>8.2f} "
+        f"{worst * 1e3:>8.2f} {statistics.median(holds) * 1e3:>8.2f} "
+        f"{statistics.median(times) * 1e3:>8.2f} {bound * 1e3:>9.2f}  {met(good)}"
+    )
+    return good, alone
+
+
+def processes_table(seconds: float) -> bool:
+    print(
+        f"\nprocesses flushing back to back for {seconds} s into one file (times in ms; "
+        "bound: 2 x processes x the median flush of one process alone)"
+    )
+    print(
+        f"{'procs':>5} {'flushes':>8} {'on disk':>8} {'exact':>6} {'wait p50':>8} "
+        f"{'wait p99':>8} {'worst':>8} {'held p50':>8} {'flush p50':>8} {'bound':>9}"
+    )
+    ok, alone = True, 0.0
+    with tempfile.TemporaryDirectory() as scratch:
+        for processes in (1, 2, 4, 8, 16):
+            good, alone = processes_row(scratch, processes, seconds, alone)
+            ok = ok and good
+    return ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke test")
+    parser.add_argument("--part", choices=["names", "pending", "processes"], action="append")
+    arguments = parser.parse_args()
+    parts = arguments.part or ["names", "pending", "processes"]
+    ok = True
+    if "names" in parts:
+        ok = bool(asyncio.run(names_table(10, 3 if arguments.quick else 20))) and ok
+    if "pending" in parts:
+        pending_table()
+    if "processes" in parts:
+        ok = processes_table(1.0 if arguments.quick else 4.0) and ok
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""A flush that costs what changed: the bytes last written are read back unparsed, and the
+lines of unchanged entries are reused, with the very bytes that ``encode`` writes."""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aiosessionstore._change import Change, Mode
+from aiosessionstore._codec import Encoded, decode, encode, encode_after
+from aiosessionstore._file import FileBackend
+from aiosessionstore._session import (
+    ClientStats,
+    Counts,
+    Record,
+    Session,
+    SessionStats,
+    ToolStats,
+)
+
+START = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
+
+#: A file of a newer tool: unknown keys at the top, in stats, and in some entries.
+SEEDED = b"""{
+  "version": 1,
+  "sessionId": "6f1c2a4e-9d3b-4c1a-8e2f-0a1b2c3d4e5f",
+  "createdAt": "2026-11-20T08:00:00.000Z",
+  "lastActiveAt": "2026-11-20T08:00:00.000Z",
+  "stats": {"toolCalls": 3, "promptCalls": 0, "errors": 0, "rateLimits": 0, "new": [1]},
+  "tools": {
+    "a": {"calls": 1, "errors": 0, "rateLimits": 0, "totalMs": 5, "maxMs": 5, "x": {"y": 1}},
+    "b": {"calls": 2, "errors": 0, "rateLimits": 0, "totalMs": 1.5, "maxMs": 1,
+          "latency": {"3": 2}}
+  },
+  "clients": {"c": {"toolCalls": 3, "promptCalls": 0}},
+  "later": "kept"
+}"""
+
+names = st.sampled_from(["a", "b", "c", "d", "e", "(other)", "\ud800", "é"])
+counts = st.one_of(st.integers(0, 5), st.integers(2**53 - 3, 2**60), st.integers(-3, -1))
+times = st.one_of(
+    st.floats(0, 1e6),
+    st.integers(0, 10),
+    st.sampled_from([math.nan, math.inf, -1.0, -0.0, 1e308, 0.0005, 2.0004999]),
+)
+latencies = st.dictionaries(st.integers(0, 159), counts, max_size=3).map(MappingProxyType)
+tool_stats = st.builds(ToolStats, counts, counts, counts, times, times, latencies)
+client_stats = st.builds(ClientStats, counts, counts)
+session_stats = st.builds(SessionStats, counts, counts, counts, counts)
+
+
+@st.composite
+def changes(draw: st.DrawFn) -> tuple[Mode, Counts, int]:
+    mode = draw(st.sampled_from([Mode.MERGE] * 8 + [Mode.RESET, Mode.NEW]))
+    pending = Counts(
+        draw(session_stats),
+        MappingProxyType(draw(st.dictionaries(names, tool_stats, max_size=3))),
+        MappingProxyType(draw(st.dictionaries(names, tool_stats, max_size=2))),
+        MappingProxyType(draw(st.dictionaries(names, client_stats, max_size=2))),
+    )
+    return mode, pending, draw(st.integers(0, 10**9))
+
+
+def change(mode: Mode, pending: Counts, milliseconds: int, known: Record) -> Change:
+    active_at = START + timedelta(milliseconds=milliseconds)
+    return Change(mode, pending, active_at, known, True, max_tools=4)
+
+
+class TestEncodeAfter:
+    @settings(max_examples=300, deadline=None)
+    @given(st.booleans(), st.lists(changes(), min_size=1, max_size=8))
+    def test_is_encode_and_foresees_decode(
+        self, seeded: bool, steps: list[tuple[Mode, Counts, int]]
+    ) -> None:
+        """Along any run of changes, the reusing encoder writes encode's very bytes, and the
+        record it keeps is the one decode reads back from them."""
+        record = decode(SEEDED) if seeded else Record(Session.new(START))
+        previous: Encoded | None = Encoded.decoded(SEEDED, record) if seeded else None
+        for mode, pending, milliseconds in steps:
+            base = record if previous is None else previous.record
+            record = change(mode, pending, milliseconds, base).apply(base)
+            data, encoded = encode_after(record, previous)
+            assert data == encode(record)
+            if encoded is not None:
+                assert encoded.data == data
+                assert encoded.record == decode(data)
+                assert encode(encoded.record) == encode(decode(data))
+            previous = encoded
+
+    def test_reuses_the_line_of_an_entry_left_alone(self) -> None:
+        """An entry that is the same object as last time is not encoded again."""
+        tools = MappingProxyType({"a": ToolStats(1, 0, 0, 1.0, 1.0), "b": ToolStats(2)})
+        record = Record(Session.new(START)).with_session(tools=tools)
+        _, previous = encode_after(record, None)
+        assert previous is not None
+        marked = [line.replace(b'"calls": 1', b'"calls": 7') for line in previous.lines["tools"]]
+        previous.lines["tools"][:] = marked  # a reused line shows as the marked one
+        more = Counts(tools=MappingProxyType({"b": ToolStats(1)}))
+        after = change(Mode.MERGE, more, 0, previous.record).apply(previous.record)
+        assert b'"calls": 7' in encode_after(after, previous)[0]
+
+
+def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every decode a transaction makes, by the bytes it parsed."""
+    seen: list[bytes] = []
+    real = decode
+
+    def counted(data: bytes) -> Record:
+        seen.append(data)
+        return real(data)
+
+    monkeypatch.setattr("aiosessionstore._file.decode", counted)
+    return seen
+
+
+def merge(backend: FileBackend, known: Record, tool: str = "t", calls: int = 1) -> Record:
+    pending = Counts(
+        SessionStats(tool_calls=calls), MappingProxyType({tool: ToolStats(calls, 0, 0, 0.5)})
+    )
+    return backend.commit(Change(Mode.MERGE, pending, START, known, True))
+
+
+@pytest.fixture
+def opened(tmp_path: Path) -> tuple[FileBackend, Record]:
+    backend = FileBackend(tmp_path / "session.json")
+    known = Record(Session.new(START))
+    return backend, backend.open(Change(Mode.MERGE, Counts(), START, known, False))
+
+
+def on_disk(backend: FileBackend) -> Record:
+    return decode(backend.path.read_bytes())
+
+
+class TestFileBackend:
+    def test_its_own_bytes_are_not_parsed_again(
+        self, opened: tuple[FileBackend, Record], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A flush over the bytes this backend wrote last reads them without decoding them."""
+        backend, known = opened
+        decodes = counting_decodes(monkeypatch)
+        for _ in range(3):
+            known = merge(backend, known)
+        assert decodes == []
+        assert on_disk(backend).session.tools["t"].calls == 3
+
+    def test_another_writers_bytes_are_parsed(self, opened: tuple[FileBackend, Record]) -> None:
+        """After another backend on the same file wrote, the counts of both add up."""
+        backend, known = opened
+        other = FileBackend(backend.path)
+        known = merge(backend, known)
+        merge(other, on_disk(other), calls=10)
+        merge(backend, known)
+        assert on_disk(backend).session.tools["t"].calls == 12
+
+    def test_a_same_size_file_with_the_same_times_is_parsed(
+        self, opened: tuple[FileBackend, Record]
+    ) -> None:
+        """A file replaced by one of the same size and modification time is still read."""
+        backend, known = opened
+        known = merge(backend, known, calls=1)
+        before = os.stat(backend.path)
+        data = backend.path.read_bytes()
+        assert data.count(b'"calls": 1,') == 1
+        backend.path.write_bytes(data.replace(b'"calls": 1,', b'"calls": 5,'))
+        os.utime(backend.path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert os.stat(backend.path).st_size == before.st_size
+        merge(backend, known)
+        assert on_disk(backend).session.tools["t"].calls == 6
+
+    def test_a_corrupt_file_set_aside_is_not_mistaken_for_ours(
+        self, opened: tuple[FileBackend, Record]
+    ) -> None:
+        """Over a corrupt file (set aside), the flush builds on what the store knew."""
+        backend, known = opened
+        known = merge(backend, known, calls=2)
+        backend.path.write_bytes(b"{not json")
+        known = merge(backend, known, calls=1)
+        assert len(list(backend.path.parent.glob("session.json.corrupt-*"))) == 1
+        merge(backend, known, calls=1)
+        assert on_disk(backend).session.tools["t"].calls == 4
+
+    def test_a_deleted_session_starts_anew(self, opened: tuple[FileBackend, Record]) -> None:
+        """After a delete, even by another backend, the next flush starts a new session."""
+        backend, known = opened
+        known = merge(backend, known, calls=2)
+        FileBackend(backend.path).remove()
+        merge(backend, known, calls=1)
+        assert on_disk(backend).session.session_id != known.session.session_id
+        assert on_disk(backend).session.tools["t"].calls == 1
+
+    def test_a_reset_then_a_merge_writes_what_encode_writes(
+        self, opened: tuple[FileBackend, Record]
+    ) -> None:
+        """Through a reset, each file holds exactly encode's bytes of what was stored."""
+        backend, known = opened
+        known = merge(backend, known, tool="a")
+        known = backend.commit(Change(Mode.RESET, Counts(), START, known, True))
+        assert backend.path.read_bytes() == encode(known)
+        known = merge(backend, known, tool="b")
+        assert backend.path.read_bytes() == encode(known)
+        assert list(on_disk(backend).session.tools) == ["b"]
+
+
+def test_nothing_else_is_kept(opened: tuple[FileBackend, Record]) -> None:
+    """What a backend keeps is the last file's bytes and record, and no more."""
+    backend, known = opened
+    merge(backend, known)
+    kept: Any = backend._written.last
+    assert kept is not None
+    assert kept.data == backend.path.read_bytes()
+    assert kept.record == on_disk(backend)
