@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
 from datetime import datetime
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from . import _latency
 from ._names import OTHER
@@ -163,8 +164,24 @@ class Pending:
             self.active_at = active_at
 
     def take(self) -> Taken:
-        """Move the pending counts out, for a write to store (or, for a reset, to drop)."""
-        taken = Taken(self.snapshot(), self.active_at)
+        """Move the pending counts out, for a write to store (or, for a reset, to drop).
+
+        O(1) on the loop's thread, however many names are pending: the dicts themselves are
+        handed over (and fresh ones made for what comes next), to be turned into stats where
+        they are first read, on the store's thread.
+        """
+        if self.active_at is None:
+            taken = Taken(_NOTHING, None)
+        else:
+            taken = Taken(
+                Counts(
+                    SessionStats(*self.counts),
+                    Handed(self.tools, Calls.stats),
+                    Handed(self.prompts, Calls.stats),
+                    Handed(self.clients, _client_stats),
+                ),
+                self.active_at,
+            )
         self.clear()
         return taken
 
@@ -173,6 +190,58 @@ class Pending:
 
     def __str__(self) -> str:
         return describe(SessionStats(*self.counts))
+
+
+def _client_stats(client: list[int]) -> ClientStats:
+    return ClientStats(*client)
+
+
+_V = TypeVar("_V")
+
+
+class Handed(Mapping[str, _V]):
+    """Pending entries handed over to a write, made into stats when first read.
+
+    Nothing mutates ``raw`` once it is handed over (the pending side has fresh dicts), so
+    reading it from either thread gives the same stats; two threads that read it at once
+    each convert it, and one of the equal results is kept.
+    """
+
+    __slots__ = ("_convert", "_converted", "_raw")
+
+    def __init__(self, raw: dict[str, Any], convert: Callable[[Any], _V]) -> None:
+        self._raw = raw
+        self._convert = convert
+        self._converted: Mapping[str, _V] | None = None
+
+    def _stats(self) -> Mapping[str, _V]:
+        converted = self._converted
+        if converted is None:
+            convert = self._convert
+            converted = MappingProxyType({name: convert(v) for name, v in self._raw.items()})
+            self._converted = converted
+        return converted
+
+    def __getitem__(self, name: str) -> _V:
+        return self._stats()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
+
+    def items(self) -> ItemsView[str, _V]:
+        return self._stats().items()
+
+    def values(self) -> ValuesView[_V]:
+        return self._stats().values()
+
+    def __repr__(self) -> str:
+        return repr(dict(self._stats()))
 
 
 def describe(stats: SessionStats) -> str:
