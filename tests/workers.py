@@ -425,9 +425,12 @@ MODES: dict[str, Callable[..., object]] = {
 }
 
 if __name__ == "__main__":
-    # A shell that starts a job in the background starts it with SIGINT ignored, and Python
-    # then leaves it ignored: Ctrl-C must reach the worker as it reaches a program run by hand.
+    # A shell that starts a job in the background starts it with SIGINT ignored, and nohup
+    # starts it with SIGHUP ignored; Python leaves both so. The signal tests need a worker
+    # that takes them as a program run by hand in a terminal does.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     mode, *arguments = sys.argv[1:]
     result = MODES[mode](*arguments)
     if asyncio.iscoroutine(result):
