@@ -263,7 +263,7 @@ class ReplyLoser:
         self._selector.close()
 
     def _serve(self) -> None:
-        held: list[tuple[socket.socket, bytes]] = []
+        held: list[tuple[socket.socket, bytes, bool]] = []  # (client, reply, to lose)
         while not self._stopping:
             for key, _ in self._selector.select():
                 sock = key.fileobj
@@ -275,7 +275,10 @@ class ReplyLoser:
                 else:
                     self._forward(sock, held)
             if self._released.is_set() and held:
-                for client, data in held:
+                for client, data, lose in held:
+                    if lose:
+                        self._lose(client)
+                        continue
                     with contextlib.suppress(OSError):
                         client.sendall(data)
                 held.clear()
@@ -288,7 +291,7 @@ class ReplyLoser:
         self._selector.register(client, selectors.EVENT_READ)
         self._selector.register(server, selectors.EVENT_READ)
 
-    def _forward(self, sock: socket.socket, held: list[tuple[socket.socket, bytes]]) -> None:
+    def _forward(self, sock: socket.socket, held: list[tuple[socket.socket, bytes, bool]]) -> None:
         try:
             data = sock.recv(1 << 20)
         except OSError:
@@ -304,15 +307,19 @@ class ReplyLoser:
             return
         with self._mutex:
             self.replies += 1
-            lose = self._lose_next or (self.lose_every and self.replies % self.lose_every == 0)
+            lose = self._lose_next or bool(self.lose_every and self.replies % self.lose_every == 0)
             self._lose_next = False
-        if lose:
-            self.lost += 1
-            self._cut(sock)  # the reply goes nowhere, and the client's connection ends
-        elif not self._released.is_set():
-            held.append((peer, data))
+        if not self._released.is_set():  # a reply to lose is lost on release, not before
+            held.append((peer, data, lose))
+        elif lose:
+            self._lose(peer)
         else:
             peer.sendall(data)
+
+    def _lose(self, client: socket.socket) -> None:
+        """The reply goes nowhere, and the client's connection ends."""
+        self.lost += 1
+        self._cut(client)
 
     def _cut(self, sock: socket.socket) -> None:
         peer = self._peers.pop(sock, None)
