@@ -44,6 +44,7 @@ class RedisServer:
         self.port = free_port()
         self.process: subprocess.Popen[str] | None = None
         self._log: list[str] = []
+        self._drainer: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -93,12 +94,14 @@ class RedisServer:
         finally:
             timer.cancel()
         # Keep reading its log, so that a full pipe never blocks the server.
-        threading.Thread(target=self._drain, args=(process,), daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, args=(process,), daemon=True)
+        self._drainer.start()
 
     def _drain(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            self._log.append(line)
+        with contextlib.suppress(ValueError, OSError):  # closed after a 10 s wait for the end
+            for line in process.stdout:
+                self._log.append(line)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no last save; what it acknowledged is in its AOF (durable)."""
@@ -119,6 +122,10 @@ class RedisServer:
         self._close_pipe()
 
     def _close_pipe(self) -> None:
+        """Once the reader has seen the end of the exited server's log: closing the pipe
+        under it would make it fail, in whatever test runs then."""
+        if self._drainer is not None:
+            self._drainer.join(10)
         if self.process is not None and self.process.stdout is not None:
             with contextlib.suppress(OSError, ValueError):
                 self.process.stdout.close()
