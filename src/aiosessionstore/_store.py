@@ -1,4 +1,4 @@
-"""AsyncSessionStore: counters in memory, merged into the shared session file in the background."""
+"""AsyncSessionStore: counters in memory, merged into the shared session in the background."""
 
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ logger = logging.getLogger("aiosessionstore")
 class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     """A persistent session whose counters many tasks and processes may update at once.
 
-    Counter updates only touch memory. A background task merges them into the session file
-    every ``flush_interval`` seconds, and leaving ``async with`` merges the rest.
+    Counter updates only touch memory. A background task merges them into the session (a
+    file, or Redis) every ``flush_interval`` seconds, and leaving ``async with`` merges the
+    rest.
     """
 
     def __init__(
@@ -420,7 +421,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     # -- writes to disk --------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Merge the pending counts into the session file; durable on disk when it returns."""
+        """Merge the pending counts into the stored session; durable when it returns."""
         self._check_open()
         await self._writer.commit(Mode.MERGE)
 
@@ -437,7 +438,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         return self.session
 
     async def delete(self) -> bool:
-        """Delete the session file and drop the pending counts; True if the file existed.
+        """Delete the stored session and drop the pending counts; True if there was one.
 
         Nothing is written again until the next change, which starts a new session.
         """
