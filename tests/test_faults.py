@@ -66,7 +66,7 @@ class TestInjectedFaults:
         async with AsyncSessionStore(session_path) as store:
             await store.increment_tool_calls(5)
             with monkeypatch.context() as patch:
-                patch.setattr(_file, "_fsync_directory", raising(errno.EACCES))
+                patch.setattr(_file, "fsync_directory", raising(errno.EACCES))
                 await store.flush()
             assert store.session.stats.tool_calls == 5
         assert read_json(session_path)["stats"]["toolCalls"] == 5

@@ -36,7 +36,7 @@ from ._errors import (
     SessionStoreError,
     UnsupportedVersionError,
 )
-from ._file import MAX_FILE_SIZE, FileBackend, decode_bounded
+from ._file import MAX_FILE_SIZE, FileBackend, decode_bounded, fsync_directory, write_new
 from ._location import resolve_backend, resolve_path, url_variable
 from ._session import Counts, Record, Session, timestamp
 from ._version import __version__
@@ -502,19 +502,8 @@ def _write_output(path: Path, data: bytes, force: bool) -> None:
         raise SessionStoreError(f"cannot write {path}: it is {what}; it was left as it is")
     temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.export.tmp")
     try:
-        fd = os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _OUTPUT_MODE
-        )
         try:
-            try:
-                if hasattr(os, "fchmod"):  # the umask may have narrowed the mode
-                    os.fchmod(fd, _OUTPUT_MODE)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_new(temp, data)
             if force:
                 os.replace(temp, path)
             else:
@@ -523,7 +512,7 @@ def _write_output(path: Path, data: bytes, force: bool) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
         with contextlib.suppress(OSError):  # the file is there; only its durability is less
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
     except FileExistsError:
         raise SessionExistsError(
             f"{path} exists; nothing was written (--force replaces it)"
@@ -541,16 +530,6 @@ def _link_new(temp: Path, path: Path) -> None:
     except OSError:  # a file system without hard links: claim the name, then fill it
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, _OUTPUT_MODE))
         os.replace(temp, path)
-
-
-def _fsync_directory(directory: Path) -> None:
-    if sys.platform == "win32":
-        return
-    fd = os.open(directory, os.O_RDONLY | _CLOEXEC | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _confirmed(question: str, stdin: TextIO | None) -> bool:

@@ -348,24 +348,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f"over the {MAX_FILE_SIZE}-byte limit"
         )
     temp = path.with_name(f"{path.name}.{_TEMP_MARKER}{secrets.token_hex(8)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _FILE_MODE)
     try:
-        try:
-            if hasattr(os, "fchmod"):  # the umask may have narrowed the mode
-                os.fchmod(fd, _FILE_MODE)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new(temp, data)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
     try:
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except OSError as exc:  # the write has landed: failing it now would count it twice
         logger.warning(
             "wrote %s but could not sync its directory (%s): a power loss may undo that write",
@@ -374,7 +365,22 @@ def _write_atomic(path: Path, data: bytes) -> None:
         )
 
 
-def _fsync_directory(directory: Path) -> None:
+def write_new(temp: Path, data: bytes) -> None:
+    """Create ``temp`` (never an existing name, never through a link), 0600 whatever the
+    umask, holding ``data`` synced to disk: the first half of an atomic replace."""
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _FILE_MODE)
+    try:
+        if hasattr(os, "fchmod"):  # the umask may have narrowed the mode
+            os.fchmod(fd, _FILE_MODE)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory: Path) -> None:
     """Make the rename itself durable (POSIX; Windows has no directory handles to sync)."""
     if sys.platform == "win32":
         return
