@@ -21,16 +21,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiofiles
 import aiofiles.os
+import loop as responsiveness
 
-from aiosessionstore import AsyncSessionStore, _writer
+from aiosessionstore import AsyncSessionStore
 from aiosessionstore._codec import encode
 from aiosessionstore._lock import held
 
@@ -258,15 +258,6 @@ async def flush_latency(sizes: Sizes, rows: list[Row], scratch: str) -> None:
                     f"{statistics.median(hops) * 1e6:.0f} µs"))  # fmt: skip
 
 
-async def ticker(stop: asyncio.Event) -> list[float]:
-    overshoots = []
-    while not stop.is_set():
-        start = time.perf_counter()
-        await asyncio.sleep(0.001)
-        overshoots.append(time.perf_counter() - start - 0.001)
-    return overshoots
-
-
 def fsynced_write(path: str, data: bytes, lasting: float = 0.0) -> None:
     """Write and fsync; then, if ``lasting`` is set, idle (GIL released) until it has passed."""
     start = time.perf_counter()
@@ -290,106 +281,13 @@ async def writing_back_to_back(path: str, lasting: float, stop: asyncio.Event) -
     return writes
 
 
-async def ticking_while(
-    seconds: float, work: Callable[[asyncio.Event], Coroutine[Any, Any, int]] | None
-) -> tuple[float, int]:
-    """The p99 overshoot of a 1 ms ticker while ``work`` runs, and how often it ran."""
-    stop = asyncio.Event()
-    ticks = asyncio.create_task(ticker(stop))
-    worker = asyncio.create_task(work(stop)) if work else None
-    await asyncio.sleep(seconds)
-    stop.set()
-    overshoots = await ticks
-    return percentile(overshoots, 0.99), (await worker if worker else 0)
-
-
-@contextlib.contextmanager
-def loop_steps() -> Iterator[list[float]]:
-    """Time every step the event loop runs (each callback, each task step), GIL waits included."""
-    durations: list[float] = []
-    original = asyncio.events.Handle._run
-
-    def timed(handle: asyncio.events.Handle) -> None:
-        start = time.perf_counter()
-        original(handle)
-        durations.append(time.perf_counter() - start)
-
-    asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]
-    try:
-        yield durations
-    finally:
-        asyncio.events.Handle._run = original  # type: ignore[method-assign]
-
-
-def polled(transaction: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    """``transaction`` on the store's thread, its end picked up by a loop timer rather than by
-    the thread waking the loop: the experiment that shows where the ticker's lag comes from."""
-
-    async def run(*args: Any, executor: Executor) -> Any:
-        done = executor.submit(transaction, *args)
-        while not done.done():  # noqa: ASYNC110 - polling is what this experiment measures
-            await asyncio.sleep(0.0005)
-        return done.result()
-
-    return run
-
-
-async def polled_prototype(seconds: float, count: int, scratch: str) -> tuple[float, int, float]:
-    """The ticker's p99 overshoot, the flushes made, and the flush median over plain sync."""
-    original = _writer._in_thread
-    _writer._in_thread = polled(_writer._fly)
-    try:
-        async with store_at(os.path.join(scratch, "polled")) as store:
-            overshoot, flushes = await ticking_while(
-                seconds, lambda stop: flushing_back_to_back(store, stop)
-            )
-            times = [await flush_and_plain(store) for _ in range(count)]
-    finally:
-        _writer._in_thread = original
-    ours, plain = zip(*times, strict=True)
-    return overshoot, flushes, statistics.median(ours) / statistics.median(plain)
-
-
 async def loop_lag(sizes: Sizes, rows: list[Row], scratch: str) -> None:
-    seconds = 0.5 if sizes.rounds < 5 else 2.0
-    control_path = os.path.join(scratch, "control.json")
-    async with store_at(scratch) as store:
-        idle, _ = await ticking_while(seconds, None)
-        busy, flushes = await ticking_while(
-            seconds, lambda stop: flushing_back_to_back(store, stop)
-        )
-        with loop_steps() as steps:
-            stop = asyncio.Event()
-            flusher = asyncio.create_task(flushing_back_to_back(store, stop))
-            await asyncio.sleep(seconds)
-            stop.set()
-            await flusher
-    period = seconds / max(flushes, 1)
-    control, writes = await ticking_while(
-        seconds, lambda stop: writing_back_to_back(control_path, period, stop)
-    )
-    rows.append(Row("4", f"1 ms ticker p99 overshoot while flushing ({flushes} flushes)",
-                    f"{busy * 1e3:.3f} ms (idle: {idle * 1e3:.3f} ms)", None,
-                    "<= idle + 0.5 ms", busy <= idle + 0.0005))  # fmt: skip
-    rows.append(
-        Row(
-            "4",
-            f"the same during bare fsync-ed writes at the same pace ({writes})",
-            f"{control * 1e3:.3f} ms",
-            None,
-            "(control: no work on the loop or GIL)",
-        )
-    )
-    rows.append(Row("4", "flushing vs that control", f"{(busy - control) * 1e3:+.3f} ms", None,
-                    "(the control varies 0.25-1.1 ms run to run)"))  # fmt: skip
-    rows.append(Row("4", f"event-loop steps while flushing ({len(steps):,}): p99, longest",
-                    f"{percentile(steps, 0.99) * 1e6:.0f} µs, {max(steps) * 1e6:.0f} µs", None,
-                    "(the loop's own work, GIL waits included)"))  # fmt: skip
-    polled, polled_flushes, latency = await polled_prototype(seconds, sizes.flushes, scratch)
-    rows.append(Row("4", f"prototype, not shipped: each flush's end seen by a loop timer, not a "
-                    f"wake ({polled_flushes} flushes)",
-                    f"{polled * 1e3:.3f} ms; its flush median {latency:.2f}x plain sync", None,
-                    "(meets 4, costs 3: see the README)"))  # fmt: skip
+    """Row 4, from benchmarks/loop.py: a readiness probe, the loop's steps, and CPU per flush,
+    at 0 names and at the cap, against bare fsync-ed writes. On a loop of its own (one that
+    times its steps), in a thread of its own."""
+    seconds, rounds = (0.1, 3) if sizes.rounds < 5 else (0.2, 20)
+    lines = await asyncio.to_thread(responsiveness.measure, scratch, seconds, rounds)
+    rows.extend(Row(*line) for line in lines)
 
 
 # -- 5. open and close ----------------------------------------------------------------------

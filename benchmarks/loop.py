@@ -1,0 +1,560 @@
+"""Row 4: the event loop's responsiveness while a store flushes back to back.
+
+``python benchmarks/loop.py [--quick]`` prints the rows; ``run.py`` shows them as its row 4.
+
+Measured on an event loop of its own (in a thread of its own, when run.py runs it), in
+interleaved rounds, each figure next to a control measured in the same round:
+
+- **A readiness probe.** Another process writes its ``CLOCK_MONOTONIC`` reading (system-wide
+  on Linux, unlike ``perf_counter``) into a pipe every millisecond; the loop watches the pipe
+  with ``loop.add_reader``, and for each message the probe takes the time its callback ran
+  minus the time written: from "readable" to "callback ran". A loop asleep in ``epoll_wait``
+  wakes for the pipe at once, so unlike the 1 ms ticker that row 4 used to be (which measured
+  epoll's timeout rounding) this sees only what holds the loop up: callbacks queued ahead of
+  the probe's, and the GIL held by another thread when the loop wakes.
+- **The loop's own steps.** Every callback the loop runs, timed (wall clock, so a wait for the
+  GIL inside a step counts). asyncio has no public hook around a step: ``Handle._run`` and
+  ``_run_once`` are private, and debug mode's ``slow_callback_duration`` only logs, and slows
+  every ``call_soon``. So ``StepTimedLoop`` wraps each callback where it is scheduled, through
+  the loop's public methods (see there).
+- **CPU per flush.** The loop thread's (``time.thread_time`` over the whole run, divided by
+  the flushes; the probe's own callbacks are in it, and in the control's), and the store's
+  thread's: its thread CPU clock (``time.pthread_getcpuclockid`` of the thread the backend's
+  ``commit`` runs on) over the run, divided by the flushes, with the user-mode part from
+  ``getrusage(RUSAGE_THREAD)`` taken around each ``commit``: user time is the thread running
+  Python (and C under the GIL), so it stands for the GIL held; the file's system calls release
+  the GIL and are system time.
+
+Sizes: no tool names; the cap (``DEFAULT_MAX_TOOLS`` tool names); and the cap of each kind
+(as many tools, prompts and clients), the largest session the library accepts in names. Each
+flush has a pending change: one error, and at the sizes with names a call of one of them.
+
+The control: the same loop hopping to a thread of its own (as the store has one) that writes
+and fsyncs a small file, with no store, no lock and no JSON, each hop lasting at least the
+mean flush of the size it is compared with (so the two wake the loop at the same pace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from resource import RUSAGE_THREAD, getrusage
+from typing import Any, NamedTuple
+
+from aiosessionstore import AsyncSessionStore, FileBackend
+from aiosessionstore._change import Change
+from aiosessionstore._names import DEFAULT_MAX_TOOLS
+from aiosessionstore._session import Record
+
+#: At most this much more probe p99 than the control's, at every size.
+PROBE_MARGIN = 0.0002
+#: No step of the loop longer than this, at any size.
+LONGEST_STEP = 0.001
+#: The probe writes this often (ns).
+PROBE_PERIOD = 1_000_000
+
+PROBE = """
+import os, struct, sys, time
+fd, period = int(sys.argv[1]), int(sys.argv[2])
+pack, clock = struct.Struct("=q").pack, time.monotonic_ns
+due = clock()
+while True:
+    due += period
+    wait = due - clock()
+    if wait > 0:
+        time.sleep(wait / 1e9)
+    else:
+        due -= wait  # late: go on at the pace from now, with no burst to catch up
+    try:
+        os.write(fd, pack(clock()))
+    except OSError:  # the reader closed the pipe: the benchmark is over
+        break
+"""
+
+_STAMP = struct.Struct("=q")
+
+
+class Step(NamedTuple):
+    """One callback the loop ran: its wall time; whether its thread blocked during it (a
+    voluntary context switch: waiting for the GIL, say); and whether the OS preempted it (an
+    involuntary one: on a shared machine, mostly other processes' doing)."""
+
+    wall: float
+    waited: bool
+    preempted: bool
+
+
+class Line(NamedTuple):
+    """A row of run.py's table."""
+
+    number: str
+    measure: str
+    result: str
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+
+
+# -- the loop's steps --------------------------------------------------------------------
+
+
+class StepTimedLoop(asyncio.SelectorEventLoop):
+    """A selector event loop that times every callback it runs, while ``steps`` is a list.
+
+    Each callback is wrapped where it is scheduled, through the loop's public methods, since
+    asyncio has no public hook around the running of one (the old row patched the private
+    ``Handle._run``): ``call_soon`` (task steps, future callbacks), ``call_soon_threadsafe``
+    (wake-ups from other threads), ``call_at`` (timers; ``call_later`` calls it) and
+    ``add_reader``/``add_writer``. The C task and future call ``loop.call_soon`` by name, so
+    they are covered. Not covered: the readers that the loop registers through its private
+    ``_add_reader``, here only its self-pipe, whose callback reads a few bytes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[Step] | None = None
+
+    def _step(self, callback: Callable[..., object], *args: Any) -> None:
+        steps = self.steps
+        if steps is None:
+            callback(*args)
+            return
+        before = getrusage(RUSAGE_THREAD)
+        start = time.perf_counter()
+        try:
+            callback(*args)
+        finally:
+            wall = time.perf_counter() - start
+            after = getrusage(RUSAGE_THREAD)
+            waited = after.ru_nvcsw != before.ru_nvcsw
+            steps.append(Step(wall, waited, after.ru_nivcsw != before.ru_nivcsw))
+
+    def call_soon(  # type: ignore[override]
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        return super().call_soon(self._step, callback, *args, context=context)
+
+    def call_soon_threadsafe(  # type: ignore[override]
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        return super().call_soon_threadsafe(self._step, callback, *args, context=context)
+
+    def call_at(  # type: ignore[override]
+        self,
+        when: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        return super().call_at(when, self._step, callback, *args, context=context)
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
+        super().add_reader(fd, self._step, callback, *args)
+
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
+        super().add_writer(fd, self._step, callback, *args)
+
+
+def run_on_own_loop(main: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run`` on a StepTimedLoop (asyncio.Runner's loop_factory needs 3.11)."""
+    loop = StepTimedLoop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
+# -- the readiness probe -----------------------------------------------------------------
+
+
+class Probe:
+    """The probe process and the loop's reader of its pipe; ``delays`` collects (ns)."""
+
+    def __init__(self) -> None:
+        self.delays: list[int] | None = None
+        self.callbacks = 0
+        self._rest = b""
+        self._fd, write_end = os.pipe()
+        os.set_blocking(self._fd, False)
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", PROBE, str(write_end), str(PROBE_PERIOD)], pass_fds=(write_end,)
+        )
+        os.close(write_end)
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        now = time.monotonic_ns()
+        try:
+            data = self._rest + os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            return
+        whole = len(data) - len(data) % _STAMP.size
+        self._rest = data[whole:]
+        delays = self.delays
+        if delays is not None:
+            self.callbacks += 1
+            delays.extend(now - stamp for (stamp,) in _STAMP.iter_unpack(data[:whole]))
+
+    def close(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.remove_reader(self._fd)
+        os.close(self._fd)  # the probe's next write fails, and it ends
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+# -- CPU time ---------------------------------------------------------------------------
+
+
+class TimedFile:
+    """A FileBackend whose writes note their thread and user CPU time, on that thread."""
+
+    def __init__(self, path: str) -> None:
+        self.inner = FileBackend(path)
+        self.path = self.inner.path
+        self.description = self.inner.description
+        self.thread: int | None = None
+        self.user = 0.0
+
+    def open(self, change: Change) -> Record:
+        return self.inner.open(change)
+
+    def commit(self, change: Change) -> Record:
+        self.thread = threading.get_ident()
+        before = getrusage(RUSAGE_THREAD).ru_utime
+        try:
+            return self.inner.commit(change)
+        finally:
+            self.user += getrusage(RUSAGE_THREAD).ru_utime - before
+
+    def read(self) -> Record:
+        return self.inner.read()
+
+    def peek(self) -> Record:
+        return self.inner.peek()
+
+    def remove(self) -> bool:
+        return self.inner.remove()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def thread_cpu(thread: int | None) -> float:
+    """The CPU time of the thread with ``threading`` ident ``thread`` (Linux, macOS)."""
+    if thread is None:
+        return 0.0
+    return time.clock_gettime(time.pthread_getcpuclockid(thread))
+
+
+# -- one run: flushing, or the control -------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What one run of flushes (or control writes) saw: summed over the rounds."""
+
+    flushes: int = 0
+    seconds: float = 0.0
+    delays: list[int] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    #: The probe's p99 in each round (ns).
+    round_p99: list[int] = field(default_factory=list)
+    probe_callbacks: int = 0
+    loop_cpu: float = 0.0
+    worker_cpu: float = 0.0
+    worker_user: float = 0.0
+
+    def per_flush(self, value: float) -> float:
+        return value / max(self.flushes, 1)
+
+
+class Timing:
+    """Starts and stops the collection of one run's figures on the current loop."""
+
+    def __init__(self, loop: StepTimedLoop, probe: Probe, run: Run) -> None:
+        self._loop, self._probe, self._run = loop, probe, run
+
+    def __enter__(self) -> None:
+        self._loop.steps, self._probe.delays = self._run.steps, self._run.delays
+        self._probe.callbacks = 0
+        self._first = len(self._run.delays)
+        self._start = time.perf_counter()
+        self._cpu = time.thread_time()
+
+    def __exit__(self, *exc: object) -> None:
+        self._run.loop_cpu += time.thread_time() - self._cpu
+        self._run.seconds += time.perf_counter() - self._start
+        self._loop.steps = self._probe.delays = None
+        self._run.probe_callbacks += self._probe.callbacks
+        self._run.round_p99.append(percentile(self._run.delays[self._first :], 0.99))
+
+
+@dataclass
+class Size:
+    label: str
+    names: int
+    kinds: int
+    store: AsyncSessionStore
+    backend: TimedFile
+    tools: list[str]
+    flushing: Run = field(default_factory=Run)
+    control: Run = field(default_factory=Run)
+
+
+def tool_name(number: int) -> str:
+    return f"tool_{number:04d}_with_a_name_of_a_typical_length"
+
+
+async def seeded(directory: str, label: str, names: int, kinds: int) -> Size:
+    """An open store whose session holds ``names`` tool names (and as many prompts and
+    clients if ``kinds`` is 3)."""
+    backend = TimedFile(os.path.join(directory, "session.json"))
+    store = AsyncSessionStore(backend=backend, flush_interval=3600, handle_signals=False)
+    await store.open()
+    for number in range(names):
+        client = f"client-{number:04d}" if kinds > 1 else None
+        async with store.tool_call(tool_name(number), client=client):
+            pass
+        if kinds > 1:
+            async with store.prompt_call(tool_name(number)):
+                pass
+    await store.flush()
+    assert len(store.session.tools) == names
+    return Size(label, names, kinds, store, backend, [tool_name(n) for n in range(names)])
+
+
+async def flushing(size: Size, seconds: float, timing: Timing) -> None:
+    """Flush back to back for ``seconds``, each flush with a change pending."""
+    store, tools, run = size.store, size.tools, size.flushing
+    await store.increment_errors()
+    await store.flush()  # the worker is running and its thread known
+    worker, user = thread_cpu(size.backend.thread), size.backend.user
+    flushes = 0
+    with timing:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            await store.increment_errors()
+            if tools:
+                async with store.tool_call(tools[flushes % len(tools)]):
+                    pass
+            await store.flush()
+            flushes += 1
+    run.flushes += flushes
+    run.worker_cpu += thread_cpu(size.backend.thread) - worker
+    run.worker_user += size.backend.user - user
+
+
+class ControlThread:
+    """The control's thread, and what it costs: it writes and fsyncs a small file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="control")
+        self.thread: int | None = None
+        self.user = 0.0
+
+    def write(self, lasting: float) -> None:
+        """Write and fsync; then idle (GIL released) until ``lasting`` has passed."""
+        start = time.perf_counter()
+        self.thread = threading.get_ident()
+        before = getrusage(RUSAGE_THREAD).ru_utime
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b'{"stats": {}}')
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.user += getrusage(RUSAGE_THREAD).ru_utime - before
+        time.sleep(max(0.0, lasting - (time.perf_counter() - start)))
+
+
+async def control(
+    size: Size, pace: float, seconds: float, timing: Timing, thread: ControlThread
+) -> None:
+    """Hops to the control's thread back to back for ``seconds``, each lasting ``pace``."""
+    loop = asyncio.get_running_loop()
+    run = size.control
+    await loop.run_in_executor(thread.executor, thread.write, 0.0)
+    worker, user = thread_cpu(thread.thread), thread.user
+    writes = 0
+    with timing:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            await loop.run_in_executor(thread.executor, thread.write, pace)
+            writes += 1
+    run.flushes += writes
+    run.worker_cpu += thread_cpu(thread.thread) - worker
+    run.worker_user += thread.user - user
+
+
+# -- the rows --------------------------------------------------------------------------
+
+
+def percentile(values: list[Any], fraction: float) -> Any:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def spread(delays: list[int]) -> str:
+    p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)
+    return f"{p50 / 1e6:.3f}, {p99 / 1e6:.3f}, {max(delays) / 1e6:.3f} ms"
+
+
+def steps_of(run: Run) -> str:
+    """p99 and longest of the steps the OS did not preempt; the longest of those it did."""
+    kept = [step.wall for step in run.steps if not step.preempted]
+    preempted = [step.wall for step in run.steps if step.preempted]
+    text = f"{percentile(kept, 0.99) * 1e6:.0f} µs, {max(kept) * 1e6:.0f} µs"
+    if preempted:
+        text += f" ({len(preempted)} preempted, up to {max(preempted) * 1e3:.1f} ms)"
+    return text
+
+
+def lines_of(size: Size) -> list[Line]:
+    ours, theirs = size.flushing, size.control
+    over = (percentile(ours.delays, 0.99) - percentile(theirs.delays, 0.99)) / 1e9
+    paired = [a - b for a, b in zip(ours.round_p99, theirs.round_p99, strict=True)]
+    longest = max(step.wall for step in ours.steps if not step.preempted)
+    waited = [step.wall for step in ours.steps if step.waited and not step.preempted]
+    callbacks = (len(ours.steps) - ours.probe_callbacks) / max(ours.flushes, 1)
+    control_callbacks = (len(theirs.steps) - theirs.probe_callbacks) / max(theirs.flushes, 1)
+
+    def cpu(run: Run) -> str:
+        return (
+            f"loop {run.per_flush(run.loop_cpu) * 1e6:.0f} µs, "
+            f"thread {run.per_flush(run.worker_cpu) * 1e6:.0f} µs "
+            f"(user {run.per_flush(run.worker_user) * 1e6:.0f} µs)"
+        )
+
+    return [
+        Line(
+            "4",
+            f"readiness probe while flushing back to back, {size.label} "
+            f"({ours.flushes:,} flushes): p50, p99, max",
+            f"{spread(ours.delays)}; p99 {over * 1e3:+.3f} ms over the control (median of "
+            f"the {len(paired)} rounds' own: {statistics.median(paired) / 1e6:+.3f} ms)",
+            None,
+            "p99 <= control + 0.2 ms",
+            over <= PROBE_MARGIN,
+        ),
+        Line(
+            "4",
+            f"the same during bare fsync-ed writes at that pace, no store "
+            f"({theirs.flushes:,} writes)",
+            spread(theirs.delays),
+            None,
+            "(control)",
+        ),
+        Line(
+            "4",
+            f"event-loop steps while flushing, {size.label} ({len(ours.steps):,}): "
+            "p99, longest (wall clock, GIL waits included)",
+            f"{steps_of(ours)}; {len(waited)} blocked, up to "
+            f"{max(waited, default=0.0) * 1e6:.0f} µs; control: {steps_of(theirs)}",
+            None,
+            "longest <= 1 ms (unless preempted by the OS)",
+            longest <= LONGEST_STEP,
+        ),
+        Line(
+            "4",
+            f"CPU per flush, {size.label}: the loop's ({callbacks:.1f} callbacks), "
+            "the store's thread's (user: GIL held)",
+            f"{cpu(ours)}; control per write: {cpu(theirs)} ({control_callbacks:.1f} callbacks)",
+            None,
+            "(the probe's callbacks are in both)",
+        ),
+    ]
+
+
+async def responsiveness(
+    scratch: str, seconds: float, rounds: int, verbose: bool = False
+) -> list[Line]:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, StepTimedLoop)
+    sizes = [
+        await seeded(os.path.join(scratch, "0"), "0 names", 0, 1),
+        await seeded(
+            os.path.join(scratch, "cap"), f"{DEFAULT_MAX_TOOLS:,} tools", DEFAULT_MAX_TOOLS, 1
+        ),
+        await seeded(
+            os.path.join(scratch, "cap3"),
+            f"{DEFAULT_MAX_TOOLS:,} each of tools, prompts, clients",
+            DEFAULT_MAX_TOOLS,
+            3,
+        ),
+    ]
+    thread = ControlThread(os.path.join(scratch, "control.json"))
+    probe = Probe()
+    probe.watch(loop)
+    try:
+        await asyncio.sleep(0.1)  # the probe process started and writing
+        for _ in range(rounds):  # interleaved: drift on a shared machine hits every run alike
+            for size in sizes:
+                flushes, spent = size.flushing.flushes, size.flushing.seconds
+                await flushing(size, seconds, Timing(loop, probe, size.flushing))
+                pace = (size.flushing.seconds - spent) / max(size.flushing.flushes - flushes, 1)
+                await control(size, pace, seconds, Timing(loop, probe, size.control), thread)
+    finally:
+        probe.close(loop)
+        thread.executor.shutdown()
+        for size in sizes:
+            await size.store.aclose()
+    if verbose:
+        for size in sizes:
+            pairs = zip(size.flushing.round_p99, size.control.round_p99, strict=True)
+            print(f"probe p99 by round, {size.label}, flushing/control (ms): "
+                  + ", ".join(f"{a / 1e6:.2f}/{b / 1e6:.2f}" for a, b in pairs))  # fmt: skip
+    return [line for size in sizes for line in lines_of(size)]
+
+
+def measure(scratch: str, seconds: float, rounds: int, verbose: bool = False) -> list[Line]:
+    """Row 4's lines, measured on a StepTimedLoop of their own (call it from a thread if an
+    event loop is running)."""
+    result: list[Line] = run_on_own_loop(responsiveness(scratch, seconds, rounds, verbose))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke test")
+    parser.add_argument("--seconds", type=float, help="each run's length")
+    parser.add_argument("--rounds", type=int)
+    arguments = parser.parse_args()
+    seconds = arguments.seconds or (0.1 if arguments.quick else 0.2)
+    rounds = arguments.rounds or (3 if arguments.quick else 20)
+    with tempfile.TemporaryDirectory() as scratch:
+        lines = measure(scratch, seconds, rounds, verbose=True)
+    for line in lines:
+        met = "" if line.met is None else ("met" if line.met else "MISSED")
+        print(f"{line.measure}\n    {line.result}  [{line.target}] {met}")
+
+
+if __name__ == "__main__":
+    main()
