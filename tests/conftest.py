@@ -31,7 +31,8 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals, 
 
 @pytest.fixture
 def anyio_backend() -> str:
-    """aiofiles runs on asyncio's executor, so asyncio is the one backend to test."""
+    """The store hops to its thread and back through asyncio's loop (and its lock is an
+    asyncio.Lock), so asyncio is the one backend to test."""
     return "asyncio"
 
 

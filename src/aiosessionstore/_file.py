@@ -1,8 +1,8 @@
 """The session file: locked read-merge-write transactions, atomic and durable.
 
 Every function here is synchronous and blocking on purpose: the store runs each whole
-transaction in one worker-thread hop (``aiofiles.os.wrap``), which costs far less than a
-hop per system call, and the same code serves a synchronous flush at interpreter exit.
+transaction in one hop to its own thread, which costs far less than a hop per system call,
+and the same code serves a synchronous flush at interpreter exit.
 """
 
 from __future__ import annotations

@@ -27,8 +27,6 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-import aiofiles.os
-
 from ._backend import Backend
 from ._change import Change, Mode
 from ._names import add_counts
@@ -73,8 +71,20 @@ def _fly(flight: _Flight, wake: Callable[[], None], write: Callable[[], Any]) ->
     wake()
 
 
-_in_thread = aiofiles.os.wrap(_fly)
-_barrier = aiofiles.os.wrap(lambda: None)
+def _waker(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> Callable[[], None]:
+    """What the store's thread calls, once done, to have ``callback`` run on ``loop``: the
+    one wake-up of the loop that a write makes."""
+
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: commit_sync settles it
+            loop.call_soon_threadsafe(callback)
+
+    return wake
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # else its waiter was cancelled
+        future.set_result(None)
 
 
 class Writer:
@@ -234,23 +244,29 @@ class Writer:
         await self._run(flight, partial(write, flight.change))
 
     async def _run(self, flight: _Flight, write: Callable[[], Any]) -> Any:
-        """Run ``flight`` on the store's thread; its outcome settles it, awaited or not."""
+        """Run ``flight`` on the store's thread; its outcome settles it, awaited or not.
+
+        The thread wakes the loop once, to settle the flight and end the wait together.
+        """
         loop = asyncio.get_running_loop()
-
-        def wake() -> None:  # on the store's thread, once the outcome is known
-            with contextlib.suppress(RuntimeError):  # a closed loop: commit_sync settles it
-                loop.call_soon_threadsafe(self._settle_finished)
-
+        landed: asyncio.Future[None] = loop.create_future()
+        wake = _waker(loop, partial(self._landed, landed))
         self._flights.append(flight)
         try:
-            await _in_thread(flight, wake, write, executor=self._thread)
+            self._thread.call(partial(_fly, flight, wake, write))
+            await landed
         except BaseException:
             flight.abandoned = True  # cancelled: the flight goes on, and settles when done
             raise
-        self._settle_finished()
         if flight.error is not None:
             raise flight.error
         return flight.result
+
+    def _landed(self, landed: asyncio.Future[None]) -> None:
+        """On the loop, once a flight is done: settle it (and any before it), then wake its
+        caller, if it still waits."""
+        self._settle_finished()
+        _resolve(landed)
 
     def _send_sync(self, flight: _Flight, deadline: float, timeout: float) -> bool:
         """Submit a merge from outside the loop and wait for it; True once it is stored."""
@@ -276,7 +292,10 @@ class Writer:
     async def _drain(self) -> None:
         """Let the writes of cancelled callers land first: a failed one is sent again."""
         if self._flights:
-            await _barrier(executor=self._thread)  # the thread runs in order: they are done
+            passed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            # The thread runs in order: once it runs this, they are done.
+            self._thread.call(_waker(asyncio.get_running_loop(), partial(_resolve, passed)))
+            await passed
             self._settle_finished()
 
     def _settle_finished(self) -> None:
