@@ -107,6 +107,24 @@ class TestEncodeAfter:
         after = change(Mode.MERGE, more, 0, previous.record).apply(previous.record)
         assert b'"calls": 7' in encode_after(after, previous)[0]
 
+    @pytest.mark.parametrize(
+        "moment",
+        [
+            START,
+            START + timedelta(microseconds=1500),  # finer than a millisecond
+            START.astimezone(timezone(timedelta(hours=-3))),  # another zone
+            datetime(9999, 12, 31, 23, 59, 59, 999999, timezone.utc),
+        ],
+    )
+    def test_foresees_the_times_as_decode_reads_them(self, moment: datetime) -> None:
+        """The record kept holds each time as decode() reads back what encode() wrote."""
+        session = Session.new(START)
+        record = Record(session).with_session(created_at=moment, last_active_at=moment)
+        data, encoded = encode_after(record, None)
+        assert encoded is not None
+        assert encoded.record == decode(data)
+        assert encoded.record.session.created_at.tzinfo is timezone.utc
+
 
 def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every decode a transaction makes, by the bytes it parsed."""

@@ -10,7 +10,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Collection, Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from itertools import chain, compress
 from operator import is_not
 from types import MappingProxyType
@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 from ._errors import CorruptSessionError, UnsupportedVersionError
 from ._latency import BUCKETS
+from ._names import copied
 from ._session import (
     CURRENT_VERSION,
     MAX_COUNT,
@@ -79,7 +80,7 @@ class Encoded:
     very objects (held here, so no other object can take their place) that these came from.
     """
 
-    __slots__ = ("data", "joined", "lines", "record")
+    __slots__ = ("data", "joined", "lines", "names", "record")
 
     def __init__(
         self,
@@ -87,12 +88,16 @@ class Encoded:
         record: Record,
         lines: Mapping[str, list[bytes]],
         joined: Mapping[str, bytes] = _EMPTY,
+        names: Mapping[str, list[str]] = _EMPTY,
     ) -> None:
         self.data = data
         self.record = record
         self.lines = lines
         #: Each section's lines joined, as written: a section left alone is reused whole.
         self.joined = joined
+        #: The names of each section in ``lines``, in order: the next encode compares its
+        #: own with them, rather than list them again.
+        self.names = names
 
     @classmethod
     def decoded(cls, data: bytes, record: Record) -> Encoded:
@@ -133,6 +138,7 @@ def _encode(record: Record, previous: Encoded | None, keep: bool) -> tuple[bytes
     sections: dict[str, Mapping[str, Any]] = {}
     lines: dict[str, list[bytes]] = {}
     joined: dict[str, bytes] = {}
+    names: dict[str, list[str]] = {}
     before = None if previous is None else previous.record.session
     # Each section is absent, not empty, while it has no entry: the seed's own file.
     for section, encode_entry, canonical_entry in _ENTRY_CODECS:
@@ -146,6 +152,7 @@ def _encode(record: Record, previous: Encoded | None, keep: bool) -> tuple[bytes
             extra.get(section, _NONE),
             _NONE if before is None else getattr(before, section),
             None if previous is None else previous.lines.get(section),
+            None if previous is None else previous.names.get(section),
         )
         text = None
         if previous is not None and made.written is previous.lines.get(section):
@@ -159,6 +166,7 @@ def _encode(record: Record, previous: Encoded | None, keep: bool) -> tuple[bytes
             sections[section] = made.canonical
             if made.own is not None:
                 lines[section] = made.own
+                names[section] = made.names
                 if made.own is made.written:
                     joined[section] = text
     parts += (_utf8(_members(record.extra, _AT_TOP)), b"\n}")
@@ -166,7 +174,7 @@ def _encode(record: Record, previous: Encoded | None, keep: bool) -> tuple[bytes
     if not keep:
         return data, None
     as_read = _as_decoded(record, sections)
-    return data, None if as_read is None else Encoded(data, as_read, lines, joined)
+    return data, None if as_read is None else Encoded(data, as_read, lines, joined, names)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -198,16 +206,22 @@ _OPENING = {section: f',\n  "{section}": {{\n'.encode() for section in _SECTIONS
 
 class _Section:
     """A section's lines as written; and, where asked for, its entries as decode() returns
-    them, with their own lines for the next encode to reuse (None: do not reuse them)."""
+    them, with their own lines (and names) for the next encode to reuse (None: do not reuse
+    them)."""
 
-    __slots__ = ("canonical", "own", "written")
+    __slots__ = ("canonical", "names", "own", "written")
 
     def __init__(
-        self, written: list[bytes], canonical: Mapping[str, Any] | None, own: list[bytes] | None
+        self,
+        written: list[bytes],
+        canonical: Mapping[str, Any] | None,
+        own: list[bytes] | None,
+        names: list[str] | None = None,
     ) -> None:
         self.written = written
         self.canonical = canonical
         self.own = own
+        self.names = names if names is not None else list(canonical or ())
 
 
 def _section(
@@ -217,10 +231,13 @@ def _section(
     extra: Mapping[str, Mapping[str, Any]],
     before: Mapping[str, _T],
     before_lines: list[bytes] | None,
+    before_names: list[str] | None = None,
 ) -> _Section:
     """Each entry's line. With ``canonical_entry``, also what the next encode may reuse:
     ``before`` holds entries as decode() returned them, ``before_lines`` (if any) their lines
-    in order; the line of an entry that is the same object under the same name is reused."""
+    in order, and ``before_names`` its names in order (with the lines, from the encode that
+    made them); the line of an entry that is the same object under the same name is reused.
+    """
 
     def line(name: str, entry: _T) -> bytes:
         more = _members(extra[name], _IN_ENTRY) if name in extra else ""
@@ -230,10 +247,17 @@ def _section(
         return _Section([line(name, entry) for name, entry in entries.items()], None, None)
     reused = before_lines if before_lines is not None and not extra else []
     if entries is before and len(reused) == len(entries):
-        return _Section(reused, before, reused)  # a section this change left alone
+        return _Section(reused, before, reused, before_names)  # a section left alone
     names = list(entries)
-    if len(reused) > len(names) or names[: len(reused)] != list(before)[: len(reused)]:
-        reused = []  # not the same names in the same order: nothing lines up
+    if reused:
+        if before_names is None or len(before_names) != len(reused):
+            before_names = list(before)
+        if len(reused) > len(names) or (
+            names != before_names
+            if len(reused) == len(names)
+            else names[: len(reused)] != before_names
+        ):
+            reused = []  # not the same names in the same order: nothing lines up
     # Positions holding another entry than before: found in C, not in a loop of Python.
     stale = compress(range(len(reused)), map(is_not, entries.values(), before.values()))
     values = list(entries.values())
@@ -261,8 +285,10 @@ def _section(
     else:
         lines = written
     if not canonical:
-        return _Section(written, entries, lines)
-    return _Section(written, MappingProxyType({**entries, **canonical}), lines)
+        return _Section(written, entries, lines, names)
+    merged = copied(entries)  # in one go: {**entries} goes key by key (60 µs at 1,000)
+    merged.update(canonical)
+    return _Section(written, MappingProxyType(merged), lines, names)
 
 
 def _encode_client(client: ClientStats, more: str) -> str:
@@ -340,8 +366,8 @@ def _as_decoded(record: Record, sections: Mapping[str, Mapping[str, Any]]) -> Re
     if session.version != CURRENT_VERSION or not session_id or _SURROGATE.search(session_id):
         return None
     try:
-        created_at = parse_timestamp(format_timestamp(session.created_at))
-        last_active_at = parse_timestamp(format_timestamp(session.last_active_at))
+        created_at = _as_read(session.created_at)
+        last_active_at = _as_read(session.last_active_at)
     except ValueError:
         return None
     stats = session.stats
@@ -369,6 +395,13 @@ def _as_decoded(record: Record, sections: Mapping[str, Mapping[str, Any]]) -> Re
         record.stats_extra,
         entries_extra,
     )
+
+
+def _as_read(moment: datetime) -> datetime:
+    """What decode() reads back of the timestamp that encode() writes of ``moment``."""
+    if moment.tzinfo is timezone.utc and moment.microsecond % 1000 == 0:
+        return moment  # already what parsing its text gives: a UTC time to the millisecond
+    return parse_timestamp(format_timestamp(moment))
 
 
 def decode(data: bytes) -> Record:
