@@ -9,11 +9,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aiosessionstore import _codec
 from aiosessionstore._change import Change, Mode
 from aiosessionstore._codec import Encoded, decode, encode, encode_after
 from aiosessionstore._file import FileBackend
@@ -75,37 +77,61 @@ def change(mode: Mode, pending: Counts, milliseconds: int, known: Record) -> Cha
 
 
 class TestEncodeAfter:
-    @settings(max_examples=300, deadline=None)
-    @given(st.booleans(), st.lists(changes(), min_size=1, max_size=8))
+    @pytest.mark.parametrize("block", [1, 2, 32])  # lines per joined block (32 ships)
+    @settings(max_examples=200, deadline=None)
+    @given(st.booleans(), st.booleans(), st.lists(changes(), min_size=1, max_size=8))
     def test_is_encode_and_foresees_decode(
-        self, seeded: bool, steps: list[tuple[Mode, Counts, int]]
+        self, block: int, seeded: bool, hinted: bool, steps: list[tuple[Mode, Counts, int]]
     ) -> None:
         """Along any run of changes, the reusing encoder writes encode's very bytes, and the
-        record it keeps is the one decode reads back from them."""
-        record = decode(SEEDED) if seeded else Record(Session.new(START))
-        previous: Encoded | None = Encoded.decoded(SEEDED, record) if seeded else None
-        for mode, pending, milliseconds in steps:
-            base = record if previous is None else previous.record
-            record = change(mode, pending, milliseconds, base).apply(base)
-            data, encoded = encode_after(record, previous)
-            assert data == encode(record)
-            if encoded is not None:
-                assert encoded.data == data
-                assert encoded.record == decode(data)
-                assert encode(encoded.record) == encode(decode(data))
-            previous = encoded
+        record it keeps is the one decode reads back from them; told the names each merge
+        touched, or comparing every entry."""
+        with patch.object(_codec, "_BLOCK", block):
+            record = decode(SEEDED) if seeded else Record(Session.new(START))
+            previous: Encoded | None = Encoded.decoded(SEEDED, record) if seeded else None
+            for mode, pending, milliseconds in steps:
+                base = record if previous is None else previous.record
+                made = change(mode, pending, milliseconds, base)
+                record = made.apply(base)
+                touched = made.touched() if hinted and previous is not None else None
+                data, encoded = encode_after(record, previous, touched)
+                assert data == encode(record)
+                if encoded is not None:
+                    assert encoded.data == data
+                    assert encoded.record == decode(data)
+                    assert encode(encoded.record) == encode(decode(data))
+                previous = encoded
 
-    def test_reuses_the_line_of_an_entry_left_alone(self) -> None:
+    @pytest.mark.parametrize("hinted", [False, True])
+    def test_reuses_the_line_of_an_entry_left_alone(self, hinted: bool) -> None:
         """An entry that is the same object as last time is not encoded again."""
         tools = MappingProxyType({"a": ToolStats(1, 0, 0, 1.0, 1.0), "b": ToolStats(2)})
         record = Record(Session.new(START)).with_session(tools=tools)
         _, previous = encode_after(record, None)
         assert previous is not None
-        marked = [line.replace(b'"calls": 1', b'"calls": 7') for line in previous.lines["tools"]]
-        previous.lines["tools"][:] = marked  # a reused line shows as the marked one
+        lines = previous.sections["tools"].lines
+        lines[:] = [line.replace(b'"calls": 1', b'"calls": 7') for line in lines]  # marked
         more = Counts(tools=MappingProxyType({"b": ToolStats(1)}))
-        after = change(Mode.MERGE, more, 0, previous.record).apply(previous.record)
-        assert b'"calls": 7' in encode_after(after, previous)[0]
+        merge = change(Mode.MERGE, more, 0, previous.record)
+        after = merge.apply(previous.record)
+        data, _ = encode_after(after, previous, merge.touched() if hinted else None)
+        assert b'"calls": 7' in data  # the reused line, as marked
+
+    def test_builds_on_an_encoding_once(self) -> None:
+        """An encoding that one encode built on is not built on again: the second gets
+        nothing from it, and still writes encode's bytes."""
+        tools = MappingProxyType({"a": ToolStats(1), "b": ToolStats(2)})
+        record = Record(Session.new(START)).with_session(tools=tools)
+        _, previous = encode_after(record, None)
+        assert previous is not None
+        for calls in (5, 6):
+            more = Counts(tools=MappingProxyType({"b": ToolStats(calls)}))
+            merge = change(Mode.MERGE, more, 0, previous.record)
+            after = merge.apply(previous.record)
+            data, encoded = encode_after(after, previous, merge.touched())
+            assert data == encode(after)
+            assert encoded is not None
+            assert encoded.record == decode(data)
 
     @pytest.mark.parametrize(
         "moment",
@@ -225,6 +251,27 @@ class TestFileBackend:
         known = merge(backend, known, tool="b")
         assert backend.path.read_bytes() == encode(known)
         assert list(on_disk(backend).session.tools) == ["b"]
+
+
+@pytest.mark.parametrize("block", [2, 32])
+def test_flushes_over_many_names_write_what_encode_writes(
+    opened: tuple[FileBackend, Record], block: int
+) -> None:
+    """Merges that touch names in many blocks, and add names, each write encode's bytes of
+    what they stored, and keep the record that decode reads back."""
+    backend, known = opened
+    with patch.object(_codec, "_BLOCK", block):
+        for step in range(16):
+            tools = {
+                f"t{(step * 37 + k * 53) % 150}": ToolStats(1, 0, 0, 0.25 * k) for k in range(4)
+            }
+            pending = Counts(SessionStats(tool_calls=4), MappingProxyType(tools))
+            known = backend.commit(Change(Mode.MERGE, pending, START, known, True))
+            assert backend.path.read_bytes() == encode(known)
+            kept = backend._written.last
+            assert kept is not None
+            assert kept.record == on_disk(backend)
+    assert on_disk(backend).session.stats.tool_calls == 64
 
 
 def test_nothing_else_is_kept(opened: tuple[FileBackend, Record]) -> None:

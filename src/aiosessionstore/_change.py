@@ -7,14 +7,14 @@ the record to store instead; it never decides by itself what a write means.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
 from ._errors import SessionExistsError, SessionNotFoundError
-from ._names import DEFAULT_MAX_TOOLS, add_counts
+from ._names import DEFAULT_MAX_TOOLS, OTHER, add_counts
 from ._session import Counts, Record, Session, SessionStats, shown
 
 __all__ = ("Change", "Mode")
@@ -88,6 +88,20 @@ class Change:
             )
         assert self.mode is Mode.NEW
         return Record(Session.new(self.active_at), base.extra)
+
+    def touched(self) -> Mapping[str, Collection[str]] | None:
+        """For a merge: by section, the names whose entries ``apply`` may replace or add,
+        those of the counts and OTHER (where names past the cap go). It leaves every other
+        entry the very object it was, in its place, and adds names after the others. None
+        for a change that may change any entry."""
+        if self.mode is not Mode.MERGE:
+            return None
+        counts = self.counts
+        return {
+            "tools": {*counts.tools, OTHER},
+            "prompts": {*counts.prompts, OTHER},
+            "clients": {*counts.clients, OTHER},
+        }
 
     def base_when_missing(self, where: str) -> Record:
         """What to build on where no session is stored (``where``: "session file at ...").

@@ -9,9 +9,9 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Reversible
 from datetime import datetime, timezone
-from itertools import chain, compress
+from itertools import chain, compress, islice
 from operator import is_not
 from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
@@ -69,46 +69,84 @@ def encode(record: Record) -> bytes:
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
+_MISSING = object()
+
+#: Entries per block: a section's lines are kept joined in blocks of this many, so that a
+#: change joins again only the blocks it falls in, and the file is joined from the blocks.
+_BLOCK = 32
+
+
+class _Kept:
+    """What an encode keeps of one section for the next: each entry's own line (what encode
+    writes of the entry as decode reads it back), the names in order, and the lines joined
+    in blocks of ``_BLOCK``."""
+
+    __slots__ = ("blocks", "lines", "names", "positions")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.names: list[str] = []
+        self.blocks: list[bytes] = []
+        #: Each name's index in ``names``; made when first needed, then kept up to date.
+        self.positions: dict[str, int] | None = None
+
+    def position(self, name: str) -> int | None:
+        positions = self.positions
+        if positions is None:
+            names = self.names
+            positions = self.positions = dict(zip(names, range(len(names)), strict=True))
+        return positions.get(name)
+
 
 class Encoded:
     """Bytes that ``encode`` wrote, with what lets the next encode reuse them.
 
     ``record`` is what ``decode(data)`` returns (equal to it, field by field), built without
     parsing: so a reader that finds exactly ``data`` on disk again may take ``record`` as
-    read. ``lines`` holds, by section, the line of each entry of ``record`` in its order: the
-    next encode of a record built on ``record`` encodes only the entries that are not the
-    very objects (held here, so no other object can take their place) that these came from.
+    read. ``sections`` holds, by section, the line of each entry of ``record`` in its order
+    (and the lines joined in blocks): the next encode of a record built on ``record`` encodes
+    only the entries that are not the very objects (held here, so no other object can take
+    their place) that these came from.
+
+    One encode may build on it, once: that encode takes its sections over and changes them
+    in place, so that a flush costs what changed, not a copy of every line.
     """
 
-    __slots__ = ("data", "joined", "lines", "names", "record")
+    __slots__ = ("data", "record", "sections", "spent")
 
-    def __init__(
-        self,
-        data: bytes,
-        record: Record,
-        lines: Mapping[str, list[bytes]],
-        joined: Mapping[str, bytes] = _EMPTY,
-        names: Mapping[str, list[str]] = _EMPTY,
-    ) -> None:
+    def __init__(self, data: bytes, record: Record, sections: Mapping[str, _Kept] = _EMPTY) -> None:
         self.data = data
         self.record = record
-        self.lines = lines
-        #: Each section's lines joined, as written: a section left alone is reused whole.
-        self.joined = joined
-        #: The names of each section in ``lines``, in order: the next encode compares its
-        #: own with them, rather than list them again.
-        self.names = names
+        self.sections = sections
+        #: Whether an encode has built on it already: it is of no use to another.
+        self.spent = False
 
     @classmethod
     def decoded(cls, data: bytes, record: Record) -> Encoded:
         """``record`` as decode() returned it for ``data``: no line of it encoded yet."""
-        return cls(data, record, _NONE)
+        return cls(data, record)
 
 
-def encode_after(record: Record, previous: Encoded | None) -> tuple[bytes, Encoded | None]:
+def encode_after(
+    record: Record,
+    previous: Encoded | None,
+    touched: Mapping[str, Collection[str]] | None = None,
+) -> tuple[bytes, Encoded | None]:
     """``encode(record)``, the same bytes, reusing the lines of entries unchanged since
-    ``previous``; and what the next call may reuse (None where no decode would give it)."""
-    return _encode(record, previous, keep=True)
+    ``previous``; and what the next call may reuse (None where no decode would give it).
+
+    ``touched``, for a record that a merge built on ``previous.record``: by section, the
+    names whose entries the merge may have replaced or added (``Change.touched``). Every
+    other entry is then taken to be the very object it was, in its place, so the entries
+    are not compared one by one: the flush costs the names it changed, however many there
+    are. Without it, the entries are compared by identity (in C, but each of them).
+    """
+    if previous is not None:
+        if previous.spent:
+            previous = None
+        else:
+            previous.spent = True
+    return _encode(record, previous, keep=True, touched=touched)
 
 
 def _utf8(text: str) -> bytes:
@@ -118,7 +156,12 @@ def _utf8(text: str) -> bytes:
         return _SURROGATE.sub(_escape, text).encode()
 
 
-def _encode(record: Record, previous: Encoded | None, keep: bool) -> tuple[bytes, Encoded | None]:
+def _encode(
+    record: Record,
+    previous: Encoded | None,
+    keep: bool,
+    touched: Mapping[str, Collection[str]] | None = None,
+) -> tuple[bytes, Encoded | None]:
     session = record.session
     stats = session.stats
     tool_calls, prompt_calls, errors, rate_limits = map(
@@ -136,9 +179,7 @@ def _encode(record: Record, previous: Encoded | None, keep: bool) -> tuple[bytes
     parts = [_utf8(head)]
     extra = record.entries_extra
     sections: dict[str, Mapping[str, Any]] = {}
-    lines: dict[str, list[bytes]] = {}
-    joined: dict[str, bytes] = {}
-    names: dict[str, list[str]] = {}
+    kept: dict[str, _Kept] = {}
     before = None if previous is None else previous.record.session
     # Each section is absent, not empty, while it has no entry: the seed's own file.
     for section, encode_entry, canonical_entry in _ENTRY_CODECS:
@@ -151,30 +192,26 @@ def _encode(record: Record, previous: Encoded | None, keep: bool) -> tuple[bytes
             canonical_entry if keep else None,
             extra.get(section, _NONE),
             _NONE if before is None else getattr(before, section),
-            None if previous is None else previous.lines.get(section),
-            None if previous is None else previous.names.get(section),
+            None if previous is None else previous.sections.get(section),
+            None if touched is None else touched.get(section),
         )
-        text = None
-        if previous is not None and made.written is previous.lines.get(section):
-            text = previous.joined.get(section)
-        if text is None:
-            text = b",\n".join(made.written)
-        parts += (_OPENING[section], text, b"\n  }")
+        blocks = made.blocks
+        parts += (_OPENING[section], blocks[0])
+        for block in islice(blocks, 1, None):
+            parts += (b",\n", block)
+        parts.append(b"\n  }")
         if made.canonical is None:
             keep = False
         elif keep:
             sections[section] = made.canonical
-            if made.own is not None:
-                lines[section] = made.own
-                names[section] = made.names
-                if made.own is made.written:
-                    joined[section] = text
+            if made.kept is not None:
+                kept[section] = made.kept
     parts += (_utf8(_members(record.extra, _AT_TOP)), b"\n}")
     data = b"".join(parts)
     if not keep:
         return data, None
     as_read = _as_decoded(record, sections)
-    return data, None if as_read is None else Encoded(data, as_read, lines, joined, names)
+    return data, None if as_read is None else Encoded(data, as_read, kept)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -205,23 +242,17 @@ _OPENING = {section: f',\n  "{section}": {{\n'.encode() for section in _SECTIONS
 
 
 class _Section:
-    """A section's lines as written; and, where asked for, its entries as decode() returns
-    them, with their own lines (and names) for the next encode to reuse (None: do not reuse
-    them)."""
+    """A section's blocks of lines as written; and, where asked for, its entries as decode()
+    returns them, with what the next encode may reuse (None: nothing)."""
 
-    __slots__ = ("canonical", "names", "own", "written")
+    __slots__ = ("blocks", "canonical", "kept")
 
     def __init__(
-        self,
-        written: list[bytes],
-        canonical: Mapping[str, Any] | None,
-        own: list[bytes] | None,
-        names: list[str] | None = None,
+        self, blocks: list[bytes], canonical: Mapping[str, Any] | None, kept: _Kept | None
     ) -> None:
-        self.written = written
+        self.blocks = blocks
         self.canonical = canonical
-        self.own = own
-        self.names = names if names is not None else list(canonical or ())
+        self.kept = kept
 
 
 def _section(
@@ -230,65 +261,127 @@ def _section(
     canonical_entry: Callable[[_T], _T | None] | None,
     extra: Mapping[str, Mapping[str, Any]],
     before: Mapping[str, _T],
-    before_lines: list[bytes] | None,
-    before_names: list[str] | None = None,
+    kept: _Kept | None,
+    touched: Collection[str] | None,
 ) -> _Section:
-    """Each entry's line. With ``canonical_entry``, also what the next encode may reuse:
-    ``before`` holds entries as decode() returned them, ``before_lines`` (if any) their lines
-    in order, and ``before_names`` its names in order (with the lines, from the encode that
-    made them); the line of an entry that is the same object under the same name is reused.
-    """
+    """Each entry's line, joined in blocks. With ``canonical_entry``, also what the next
+    encode may reuse: ``before`` holds entries as decode() returned them, ``kept`` (if any)
+    their own lines, which this takes over; the line of an entry that is the same object
+    under the same name is reused. ``touched``: see ``encode_after``."""
 
     def line(name: str, entry: _T) -> bytes:
         more = _members(extra[name], _IN_ENTRY) if name in extra else ""
         return _utf8(f"    {_STRING(name)}: {encode_entry(entry, more)}")
 
+    def plain() -> _Section:
+        lines = [line(name, entry) for name, entry in entries.items()]
+        return _Section([b",\n".join(lines)], None, None)
+
     if canonical_entry is None:
-        return _Section([line(name, entry) for name, entry in entries.items()], None, None)
-    reused = before_lines if before_lines is not None and not extra else []
-    if entries is before and len(reused) == len(entries):
-        return _Section(reused, before, reused, before_names)  # a section left alone
-    names = list(entries)
-    if reused:
-        if before_names is None or len(before_names) != len(reused):
-            before_names = list(before)
-        if len(reused) > len(names) or (
-            names != before_names
-            if len(reused) == len(names)
-            else names[: len(reused)] != before_names
-        ):
-            reused = []  # not the same names in the same order: nothing lines up
-    # Positions holding another entry than before: found in C, not in a loop of Python.
-    stale = compress(range(len(reused)), map(is_not, entries.values(), before.values()))
-    values = list(entries.values())
-    written = reused + [b""] * (len(names) - len(reused))
+        return plain()
+    if kept is None or extra or len(kept.lines) != len(before):
+        kept = None  # nothing to reuse (a newer tool's keys: the lines are made each time)
+    elif entries is before:
+        return _Section(kept.blocks, before, kept)  # a section this change left alone
+    changes = None if kept is None else _changes(entries, before, kept, touched)
+    if kept is None or changes is None:
+        kept, changes = _Kept(), (list(entries), [])
+    added, stale = changes
+    lines, names, positions = kept.lines, kept.names, kept.positions
+    first_added = len(names)
+    names += added
+    lines += [b""] * len(added)
+    if positions is not None:
+        positions.update(zip(added, range(first_added, len(names)), strict=True))
     canonical: dict[str, _T] = {}
-    own: dict[int, bytes] = {}
-    for index in chain(stale, range(len(reused), len(names))):
-        name, entry = names[index], values[index]
-        written[index] = text = line(name, entry)
+    written: dict[int, bytes] = {}  # lines written otherwise than the entry's own
+    for index in chain(stale, range(first_added, len(names))):
+        name = names[index]
+        entry = entries[name]
+        lines[index] = text = line(name, entry)
         if before.get(name) is entry:
             continue  # as decoded: its line is its own
         as_read = canonical_entry(entry)
         if as_read is None:
-            return _Section([line(name, entry) for name, entry in entries.items()], None, None)
+            return plain()
         canonical[name] = as_read
         own_text = line(name, as_read)
         if own_text != text:  # a time of 5 is written "5", read back as 5.0: written "5.0"
-            own[index] = own_text
-    if extra:  # rare (a newer tool's keys): the lines are made again each time
-        lines = None
-    elif own:
-        lines = list(written)
-        for index, text in own.items():
-            lines[index] = text
-    else:
-        lines = written
+            lines[index] = own_text
+            written[index] = text
+    rejoin = [*stale, first_added] if added else stale
+    blocks = kept.blocks = _joined(kept.blocks, lines, rejoin)
+    if written:
+        blocks = _joined(blocks, _overlaid(lines, written), written)
+    if extra:
+        kept = None
     if not canonical:
-        return _Section(written, entries, lines, names)
+        return _Section(blocks, entries, kept)
     merged = copied(entries)  # in one go: {**entries} goes key by key (60 µs at 1,000)
     merged.update(canonical)
-    return _Section(written, MappingProxyType(merged), lines, names)
+    return _Section(blocks, MappingProxyType(merged), kept)
+
+
+def _changes(
+    entries: Mapping[str, Any],
+    before: Mapping[str, Any],
+    kept: _Kept,
+    touched: Collection[str] | None,
+) -> tuple[list[str], list[int]] | None:
+    """The names added after ``kept``'s, and the positions of the entries that are not the
+    very objects they were; None if ``entries`` do not start with ``kept``'s names."""
+    known = len(kept.names)
+    count = len(entries)
+    if count < known:
+        return None
+    if touched is not None:  # a merge on ``before``: only the names it touched may differ
+        if isinstance(entries, Reversible):  # a proxy of a dict: the last names, at once
+            added: list[str] = list(islice(reversed(entries), count - known))
+            added.reverse()
+        else:
+            added = list(entries)[known:]
+        if not all(name in touched and kept.position(name) is None for name in added):
+            return None
+        replaced: set[int] = set()
+        for name in touched:
+            index = kept.position(name)
+            if index is not None and index < known:
+                entry = entries.get(name, _MISSING)
+                if entry is _MISSING:
+                    return None  # a merge removes no name
+                if entry is not before[name]:
+                    replaced.add(index)
+        return added, sorted(replaced)
+    names = list(entries)
+    if names[:known] != kept.names:
+        return None  # not the same names in the same order: nothing lines up
+    # Positions holding another entry than before: found in C, not in a loop of Python.
+    stale = list(compress(range(known), map(is_not, entries.values(), before.values())))
+    return names[known:], stale
+
+
+def _joined(blocks: list[bytes], lines: list[bytes], changed: Iterable[int]) -> list[bytes]:
+    """``blocks`` of ``lines`` with each block that holds a ``changed`` index joined again,
+    and the blocks of lines past their end made."""
+    blocks = list(blocks)
+    count = (len(lines) + _BLOCK - 1) // _BLOCK
+    dirty = {index // _BLOCK for index in changed}
+    dirty.update(range(len(blocks), count))
+    for number in sorted(dirty):
+        start = number * _BLOCK
+        block = b",\n".join(lines[start : start + _BLOCK])
+        if number < len(blocks):
+            blocks[number] = block
+        else:
+            blocks.append(block)
+    return blocks
+
+
+def _overlaid(lines: list[bytes], written: Mapping[int, bytes]) -> list[bytes]:
+    lines = list(lines)
+    for index, text in written.items():
+        lines[index] = text
+    return lines
 
 
 def _encode_client(client: ClientStats, more: str) -> str:

@@ -100,7 +100,9 @@ def commit(
             written.last = None  # trusted again only once this transaction has landed
         base, known = _read_base(path, change, previous)
         record = change.apply(base)
-        data, encoded = encode_after(record, known)
+        # Built on what this backend wrote: only the names the change touched may differ.
+        touched = change.touched() if known is previous and known is not None else None
+        data, encoded = encode_after(record, known, touched)
         if len(data) > MAX_FILE_SIZE and _unwritable(base, change):
             # A file we could read but cannot write back even unchanged (compact JSON grows
             # with indents): no write would ever succeed over it, so it is treated as corrupt.
