@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextvars
 import os
+import selectors
 import statistics
 import struct
 import subprocess
@@ -110,6 +111,20 @@ class Line(NamedTuple):
 # -- the loop's steps --------------------------------------------------------------------
 
 
+class TimedSelector(selectors.DefaultSelector):
+    """The loop's selector (a public argument of SelectorEventLoop), noting when its last
+    poll began and when it returned, with the GIL taken back (ns)."""
+
+    began = returned = 0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self.began = time.monotonic_ns()
+        try:
+            return super().select(timeout)
+        finally:
+            self.returned = time.monotonic_ns()
+
+
 class StepTimedLoop(asyncio.SelectorEventLoop):
     """A selector event loop that times every callback it runs, while ``steps`` is a list.
 
@@ -123,7 +138,8 @@ class StepTimedLoop(asyncio.SelectorEventLoop):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        self.selector = TimedSelector()
+        super().__init__(self.selector)
         self.steps: list[Step] | None = None
 
     def _step(self, callback: Callable[..., object], *args: Any) -> None:
@@ -190,10 +206,14 @@ def run_on_own_loop(main: Coroutine[Any, Any, Any]) -> Any:
 
 
 class Probe:
-    """The probe process and the loop's reader of its pipe; ``delays`` collects (ns)."""
+    """The probe process and the loop's reader of its pipe; ``delays`` collects (ns), and
+    ``wakes`` the part of each delay until the loop was back from its poll with the GIL,
+    for the messages written while it was asleep in the poll."""
 
-    def __init__(self) -> None:
+    def __init__(self, selector: TimedSelector) -> None:
         self.delays: list[int] | None = None
+        self.wakes: list[int] = []
+        self._selector = selector
         self.callbacks = 0
         self._rest = b""
         self._fd, write_end = os.pipe()
@@ -217,7 +237,10 @@ class Probe:
         delays = self.delays
         if delays is not None:
             self.callbacks += 1
-            delays.extend(now - stamp for (stamp,) in _STAMP.iter_unpack(data[:whole]))
+            stamps = [stamp for (stamp,) in _STAMP.iter_unpack(data[:whole])]
+            delays.extend(now - stamp for stamp in stamps)
+            began, returned = self._selector.began, self._selector.returned
+            self.wakes.extend(returned - stamp for stamp in stamps if began <= stamp <= returned)
 
     def close(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_reader(self._fd)
@@ -283,6 +306,7 @@ class Run:
     flushes: int = 0
     seconds: float = 0.0
     delays: list[int] = field(default_factory=list)
+    wakes: list[int] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     #: The probe's p99 in each round (ns).
     round_p99: list[int] = field(default_factory=list)
@@ -303,6 +327,7 @@ class Timing:
 
     def __enter__(self) -> None:
         self._loop.steps, self._probe.delays = self._run.steps, self._run.delays
+        self._probe.wakes = self._run.wakes
         self._probe.callbacks = 0
         self._first = len(self._run.delays)
         self._start = time.perf_counter()
@@ -312,6 +337,7 @@ class Timing:
         self._run.loop_cpu += time.thread_time() - self._cpu
         self._run.seconds += time.perf_counter() - self._start
         self._loop.steps = self._probe.delays = None
+        self._probe.wakes = []
         self._run.probe_callbacks += self._probe.callbacks
         self._run.round_p99.append(percentile(self._run.delays[self._first :], 0.99))
 
@@ -422,9 +448,16 @@ def percentile(values: list[Any], fraction: float) -> Any:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def spread(delays: list[int]) -> str:
+def spread(run: Run) -> str:
+    """The probe's p50, p99 and max; and for the messages written while the loop slept in
+    its poll, the p99 until it was back from the poll with the GIL."""
+    delays = run.delays
     p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)
-    return f"{p50 / 1e6:.3f}, {p99 / 1e6:.3f}, {max(delays) / 1e6:.3f} ms"
+    asleep = len(run.wakes) / max(len(delays), 1)
+    return (
+        f"{p50 / 1e6:.3f}, {p99 / 1e6:.3f}, {max(delays) / 1e6:.3f} ms ({asleep:.0%} written "
+        f"while the loop slept: p99 {percentile(run.wakes, 0.99) / 1e6:.3f} ms to wake)"
+    )
 
 
 def steps_of(run: Run) -> str:
@@ -458,7 +491,7 @@ def lines_of(size: Size) -> list[Line]:
             "4",
             f"readiness probe while flushing back to back, {size.label} "
             f"({ours.flushes:,} flushes): p50, p99, max",
-            f"{spread(ours.delays)}; p99 {over * 1e3:+.3f} ms over the control (median of "
+            f"{spread(ours)}; p99 {over * 1e3:+.3f} ms over the control (median of "
             f"the {len(paired)} rounds' own: {statistics.median(paired) / 1e6:+.3f} ms)",
             None,
             "p99 <= control + 0.2 ms",
@@ -468,7 +501,7 @@ def lines_of(size: Size) -> list[Line]:
             "4",
             f"the same during bare fsync-ed writes at that pace, no store "
             f"({theirs.flushes:,} writes)",
-            spread(theirs.delays),
+            spread(theirs),
             None,
             "(control)",
         ),
@@ -511,7 +544,7 @@ async def responsiveness(
         ),
     ]
     thread = ControlThread(os.path.join(scratch, "control.json"))
-    probe = Probe()
+    probe = Probe(loop.selector)
     probe.watch(loop)
     try:
         await asyncio.sleep(0.1)  # the probe process started and writing
