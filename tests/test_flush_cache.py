@@ -3,6 +3,7 @@ lines of unchanged entries are reused, with the very bytes that ``encode`` write
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from datetime import datetime, timedelta, timezone
@@ -282,3 +283,17 @@ def test_nothing_else_is_kept(opened: tuple[FileBackend, Record]) -> None:
     assert kept is not None
     assert kept.data == backend.path.read_bytes()
     assert kept.record == on_disk(backend)
+
+
+def test_a_session_replaced_is_dataclasses_replace() -> None:
+    """The flush's own replace gives what dataclasses.replace gives, and refuses what it
+    refuses."""
+    session = Session.new(START)
+    changes: dict[str, Any] = {
+        "last_active_at": START + timedelta(seconds=1),
+        "stats": SessionStats(tool_calls=3),
+        "tools": MappingProxyType({"t": ToolStats(1)}),
+    }
+    assert session.replaced(changes) == dataclasses.replace(session, **changes)
+    with pytest.raises(TypeError):
+        session.replaced({"no_such_field": 1})

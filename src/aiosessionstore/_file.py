@@ -75,14 +75,36 @@ _TEMP_SUFFIX = re.compile(rf"\.(?:{_TEMP_MARKER})?[0-9a-f]{{16}}\.tmp")
 _reported: set[str] = set()
 
 
+class _Where:
+    """A session file's path and those of its neighbours, made once per backend: pathlib
+    makes each anew (a few µs a time, holding the GIL) at every transaction."""
+
+    __slots__ = ("directory", "lock", "name", "path", "temp")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = path.name
+        self.directory = path.parent
+        self.lock = _lock_path(path)
+        #: What a temp file's name starts with, in the same directory.
+        self.temp = f"{path}.{_TEMP_MARKER}"
+
+
 class Written:
     """What one FileBackend last wrote (or read) under the lock: the file's bytes, and the
     record they decode to. Trusted only while the file holds exactly those bytes."""
 
-    __slots__ = ("last",)
+    __slots__ = ("last", "where")
 
     def __init__(self) -> None:
         self.last: Encoded | None = None
+        self.where: _Where | None = None
+
+    def at(self, path: Path) -> _Where:
+        where = self.where
+        if where is None or where.path is not path:
+            where = self.where = _Where(path)
+        return where
 
 
 def commit(
@@ -94,7 +116,8 @@ def commit(
     bytes, their record is taken as read (no parse), and the lines of the entries that did
     not change are reused (no encode), so a flush costs what changed, not the whole file.
     """
-    with _translated_errors(path), _locked(path, lock_timeout):
+    where = _Where(path) if written is None else written.at(path)
+    with _translated_errors(path), _locked(where, lock_timeout):
         previous = None if written is None else written.last
         if written is not None:
             written.last = None  # trusted again only once this transaction has landed
@@ -110,7 +133,7 @@ def commit(
             assert change.known is not None
             record = change.apply(change.known)
             data, encoded = encode(record), None
-        _write_atomic(path, data)
+        _write_atomic(where, data)
         if written is not None:
             written.last = encoded
         return record
@@ -118,7 +141,7 @@ def commit(
 
 def read(path: Path, lock_timeout: float) -> Record:
     """The session on disk, changing nothing but moving a corrupt file aside."""
-    with _translated_errors(path), _locked(path, lock_timeout):
+    with _translated_errors(path), _locked(_Where(path), lock_timeout):
         return _read_existing(path)
 
 
@@ -137,7 +160,7 @@ def remove(path: Path, lock_timeout: float) -> bool:
 
     Anything but a regular file (or a link to one) is not ours to delete, and is refused.
     """
-    with _translated_errors(path), _locked(path, lock_timeout):
+    with _translated_errors(path), _locked(_Where(path), lock_timeout):
         with contextlib.suppress(FileNotFoundError):  # missing, or a dangling link: unlink it
             _refuse_unless_regular(path, os.stat(path).st_mode)
         try:
@@ -159,12 +182,14 @@ def _translated_errors(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, timeout: float) -> Iterator[None]:
+def _locked(where: _Where, timeout: float) -> Iterator[None]:
     """Hold the lock file beside the session file, creating the directory first if need be."""
-    if not os.path.isdir(path.parent):  # a stat, where mkdir(exist_ok=True) costs a failed mkdir
-        _make_directories(path.parent)
-    with held(_lock_path(path), timeout):
-        _remove_stale_temp_files(path)
+    if not os.path.isdir(
+        where.directory
+    ):  # a stat, where mkdir(exist_ok=True) costs a failed mkdir
+        _make_directories(where.directory)
+    with held(where.lock, timeout):
+        _remove_stale_temp_files(where.directory, where.name)
         yield
 
 
@@ -339,26 +364,27 @@ def _quarantine(path: Path, now: datetime) -> Path:
     return aside
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(where: _Where, data: bytes) -> None:
     """Write a fresh temp file, fsync it, replace the session file, fsync the directory.
 
     A session over MAX_FILE_SIZE is refused: the next read would only quarantine it.
     """
+    path = where.path
     if len(data) > MAX_FILE_SIZE:
         raise SessionStoreError(
             f"cannot write session file {path}: the session would be {len(data)} bytes, "
             f"over the {MAX_FILE_SIZE}-byte limit"
         )
-    temp = path.with_name(f"{path.name}.{_TEMP_MARKER}{secrets.token_hex(8)}.tmp")
+    temp = f"{where.temp}{secrets.token_hex(8)}.tmp"
     try:
         write_new(temp, data)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            temp.unlink()
+            os.unlink(temp)
         raise
     try:
-        fsync_directory(path.parent)
+        fsync_directory(where.directory)
     except OSError as exc:  # the write has landed: failing it now would count it twice
         logger.warning(
             "wrote %s but could not sync its directory (%s): a power loss may undo that write",
@@ -367,7 +393,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         )
 
 
-def write_new(temp: Path, data: bytes) -> None:
+def write_new(temp: str | os.PathLike[str], data: bytes) -> None:
     """Create ``temp`` (never an existing name, never through a link), 0600 whatever the
     umask, holding ``data`` synced to disk: the first half of an atomic replace."""
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _FILE_MODE)
@@ -393,7 +419,7 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _remove_stale_temp_files(path: Path) -> None:
+def _remove_stale_temp_files(directory: Path, name: str) -> None:
     """Delete temp files of writers that died mid-write: only a lock holder writes them.
 
     Only regular files with a name that this library alone gives, so never a neighbour's
@@ -401,10 +427,12 @@ def _remove_stale_temp_files(path: Path) -> None:
     it must not fail the write that follows.
     """
     try:
-        with os.scandir(path.parent) as entries:
-            stale = [e for e in entries if _is_our_temp_name(e.name, path.name)]
+        with os.scandir(directory) as entries:
+            stale = [
+                e for e in entries if e.name.startswith(name) and _is_our_temp_name(e.name, name)
+            ]
     except OSError as exc:
-        _report(f"cannot look for stale temp files in {path.parent}: {exc.strerror or exc}")
+        _report(f"cannot look for stale temp files in {directory}: {exc.strerror or exc}")
         return
     for entry in stale:
         try:

@@ -23,7 +23,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -203,10 +202,11 @@ class Writer:
         for counts, active_at in unsettled:
             assert active_at is not None  # a merge takes only counts that were made
             last = session.last_active_at
-            session = replace(
-                session,
-                last_active_at=max(last, moment(active_at, last)),
-                **add_counts(session, counts, pending.max_tools),
+            session = session.replaced(
+                {
+                    "last_active_at": max(last, moment(active_at, last)),
+                    **add_counts(session, counts, pending.max_tools),
+                }
             )
         return session
 
