@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiosessionstore import _codec
+from aiosessionstore import _codec, _file
 from aiosessionstore._change import Change, Mode
 from aiosessionstore._codec import Encoded, decode, encode, encode_after
 from aiosessionstore._file import FileBackend
@@ -78,7 +78,7 @@ def change(mode: Mode, pending: Counts, milliseconds: int, known: Record) -> Cha
 
 
 class TestEncodeAfter:
-    @pytest.mark.parametrize("block", [1, 2, 32])  # lines per joined block (32 ships)
+    @pytest.mark.parametrize("block", [1, 2, 64])  # lines per joined block (64 ships)
     @settings(max_examples=200, deadline=None)
     @given(st.booleans(), st.booleans(), st.lists(changes(), min_size=1, max_size=8))
     def test_is_encode_and_foresees_decode(
@@ -95,10 +95,16 @@ class TestEncodeAfter:
                 made = change(mode, pending, milliseconds, base)
                 record = made.apply(base)
                 touched = made.touched() if hinted and previous is not None else None
-                data, encoded = encode_after(record, previous, touched)
+                parts, encoded = encode_after(record, previous, touched)
+                data = b"".join(parts)
                 assert data == encode(record)
                 if encoded is not None:
                     assert encoded.data == data
+                    assert encoded.matches(data)
+                    middle = len(data) // 2
+                    other = data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1 :]
+                    assert not encoded.matches(other)
+                    assert not encoded.matches(data + b" ")
                     assert encoded.record == decode(data)
                     assert encode(encoded.record) == encode(decode(data))
                 previous = encoded
@@ -115,8 +121,8 @@ class TestEncodeAfter:
         more = Counts(tools=MappingProxyType({"b": ToolStats(1)}))
         merge = change(Mode.MERGE, more, 0, previous.record)
         after = merge.apply(previous.record)
-        data, _ = encode_after(after, previous, merge.touched() if hinted else None)
-        assert b'"calls": 7' in data  # the reused line, as marked
+        parts, _ = encode_after(after, previous, merge.touched() if hinted else None)
+        assert b'"calls": 7' in b"".join(parts)  # the reused line, as marked
 
     def test_builds_on_an_encoding_once(self) -> None:
         """An encoding that one encode built on is not built on again: the second gets
@@ -129,7 +135,8 @@ class TestEncodeAfter:
             more = Counts(tools=MappingProxyType({"b": ToolStats(calls)}))
             merge = change(Mode.MERGE, more, 0, previous.record)
             after = merge.apply(previous.record)
-            data, encoded = encode_after(after, previous, merge.touched())
+            parts, encoded = encode_after(after, previous, merge.touched())
+            data = b"".join(parts)
             assert data == encode(after)
             assert encoded is not None
             assert encoded.record == decode(data)
@@ -147,9 +154,9 @@ class TestEncodeAfter:
         """The record kept holds each time as decode() reads back what encode() wrote."""
         session = Session.new(START)
         record = Record(session).with_session(created_at=moment, last_active_at=moment)
-        data, encoded = encode_after(record, None)
+        parts, encoded = encode_after(record, None)
         assert encoded is not None
-        assert encoded.record == decode(data)
+        assert encoded.record == decode(b"".join(parts))
         assert encoded.record.session.created_at.tzinfo is timezone.utc
 
 
@@ -254,7 +261,7 @@ class TestFileBackend:
         assert list(on_disk(backend).session.tools) == ["b"]
 
 
-@pytest.mark.parametrize("block", [2, 32])
+@pytest.mark.parametrize("block", [2, 64])
 def test_flushes_over_many_names_write_what_encode_writes(
     opened: tuple[FileBackend, Record], block: int
 ) -> None:
@@ -297,3 +304,24 @@ def test_a_session_replaced_is_dataclasses_replace() -> None:
     assert session.replaced(changes) == dataclasses.replace(session, **changes)
     with pytest.raises(TypeError):
         session.replaced({"no_such_field": 1})
+
+
+@pytest.mark.parametrize("iov_max", [2, 1024])
+def test_parts_are_written_whole_through_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, iov_max: int
+) -> None:
+    """A file written from its parts holds them all, in order, however few bytes each
+    writev takes, and however many parts one writev may take."""
+    parts = [b"{", b"", b'\n  "a": 1', b",\n", b'  "b": ' + b"2" * 100, b"\n}"]
+    real = os.writev
+
+    def short(fd: int, buffers: Any) -> int:  # a few bytes at a time, as writev may
+        return real(fd, [bytes(buffers[0])[:5]]) if buffers else 0
+
+    monkeypatch.setattr(_file, "_IOV_MAX", iov_max)
+    monkeypatch.setattr(os, "writev", short)
+    _file.write_new(tmp_path / "short", parts)
+    monkeypatch.setattr(os, "writev", real)
+    _file.write_new(tmp_path / "whole", parts)
+    assert (tmp_path / "short").read_bytes() == b"".join(parts)
+    assert (tmp_path / "whole").read_bytes() == b"".join(parts)

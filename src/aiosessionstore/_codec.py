@@ -9,7 +9,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Collection, Iterable, Mapping, Reversible
+from collections.abc import Callable, Collection, Iterable, Mapping, Reversible, Sequence
 from datetime import datetime, timezone
 from itertools import chain, compress, islice
 from operator import is_not
@@ -64,7 +64,7 @@ def encode(record: Record) -> bytes:
     UTF-8 that decode() accepts: a count above MAX_COUNT is written as MAX_COUNT, a time past
     the largest double as that double, and a lone surrogate as JSON.stringify's escape.
     """
-    return _encode(record, None, keep=False)[0]
+    return b"".join(_encode(record, None, keep=False)[0])
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -73,7 +73,7 @@ _MISSING = object()
 
 #: Entries per block: a section's lines are kept joined in blocks of this many, so that a
 #: change joins again only the blocks it falls in, and the file is joined from the blocks.
-_BLOCK = 32
+_BLOCK = 64
 
 
 class _Kept:
@@ -81,7 +81,7 @@ class _Kept:
     writes of the entry as decode reads it back), the names in order, and the lines joined
     in blocks of ``_BLOCK``."""
 
-    __slots__ = ("blocks", "lines", "names", "positions")
+    __slots__ = ("blocks", "lines", "names", "positions", "text")
 
     def __init__(self) -> None:
         self.lines: list[bytes] = []
@@ -89,6 +89,15 @@ class _Kept:
         self.blocks: list[bytes] = []
         #: Each name's index in ``names``; made when first needed, then kept up to date.
         self.positions: dict[str, int] | None = None
+        #: The blocks joined, made the first time an encode leaves the section alone.
+        self.text: bytes | None = None
+
+    def whole(self) -> list[bytes]:
+        """The section's blocks as one part, which a flush compares in one go."""
+        text = self.text
+        if text is None:
+            text = self.text = b"".join(self.blocks)
+        return [text]
 
     def position(self, name: str) -> int | None:
         positions = self.positions
@@ -99,7 +108,7 @@ class _Kept:
 
 
 class Encoded:
-    """Bytes that ``encode`` wrote, with what lets the next encode reuse them.
+    """Bytes that ``encode`` wrote, in parts, with what lets the next encode reuse them.
 
     ``record`` is what ``decode(data)`` returns (equal to it, field by field), built without
     parsing: so a reader that finds exactly ``data`` on disk again may take ``record`` as
@@ -108,14 +117,19 @@ class Encoded:
     only the entries that are not the very objects (held here, so no other object can take
     their place) that these came from.
 
-    One encode may build on it, once: that encode takes its sections over and changes them
-    in place, so that a flush costs what changed, not a copy of every line.
+    The bytes are kept as the parts they were written from (``os.writev``), never joined: a
+    join copies the whole file, holding the GIL. One encode may build on it, once: that
+    encode takes its sections over and changes them in place, so that a flush costs what
+    changed, not a copy of every line.
     """
 
-    __slots__ = ("data", "record", "sections", "spent")
+    __slots__ = ("parts", "record", "sections", "size", "spent")
 
-    def __init__(self, data: bytes, record: Record, sections: Mapping[str, _Kept] = _EMPTY) -> None:
-        self.data = data
+    def __init__(
+        self, parts: Sequence[bytes], record: Record, sections: Mapping[str, _Kept] = _EMPTY
+    ) -> None:
+        self.parts = parts
+        self.size = sum(map(len, parts))
         self.record = record
         self.sections = sections
         #: Whether an encode has built on it already: it is of no use to another.
@@ -124,16 +138,32 @@ class Encoded:
     @classmethod
     def decoded(cls, data: bytes, record: Record) -> Encoded:
         """``record`` as decode() returned it for ``data``: no line of it encoded yet."""
-        return cls(data, record)
+        return cls((data,), record)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+    def matches(self, data: bytes) -> bool:
+        """Whether ``data`` is exactly these bytes: compared part by part, in place."""
+        if len(data) != self.size:
+            return False
+        offset = 0
+        for part in self.parts:
+            if not data.startswith(part, offset):
+                return False
+            offset += len(part)
+        return True
 
 
 def encode_after(
     record: Record,
     previous: Encoded | None,
     touched: Mapping[str, Collection[str]] | None = None,
-) -> tuple[bytes, Encoded | None]:
-    """``encode(record)``, the same bytes, reusing the lines of entries unchanged since
-    ``previous``; and what the next call may reuse (None where no decode would give it).
+) -> tuple[list[bytes], Encoded | None]:
+    """``encode(record)``, the same bytes in parts (to write as they are, with
+    ``os.writev``), reusing the lines of entries unchanged since ``previous``; and what the
+    next call may reuse (None where no decode would give it).
 
     ``touched``, for a record that a merge built on ``previous.record``: by section, the
     names whose entries the merge may have replaced or added (``Change.touched``). Every
@@ -161,7 +191,7 @@ def _encode(
     previous: Encoded | None,
     keep: bool,
     touched: Mapping[str, Collection[str]] | None = None,
-) -> tuple[bytes, Encoded | None]:
+) -> tuple[list[bytes], Encoded | None]:
     session = record.session
     stats = session.stats
     tool_calls, prompt_calls, errors, rate_limits = map(
@@ -195,10 +225,8 @@ def _encode(
             None if previous is None else previous.sections.get(section),
             None if touched is None else touched.get(section),
         )
-        blocks = made.blocks
-        parts += (_OPENING[section], blocks[0])
-        for block in islice(blocks, 1, None):
-            parts += (b",\n", block)
+        parts.append(_OPENING[section])
+        parts += made.blocks
         parts.append(b"\n  }")
         if made.canonical is None:
             keep = False
@@ -207,11 +235,10 @@ def _encode(
             if made.kept is not None:
                 kept[section] = made.kept
     parts += (_utf8(_members(record.extra, _AT_TOP)), b"\n}")
-    data = b"".join(parts)
     if not keep:
-        return data, None
+        return parts, None
     as_read = _as_decoded(record, sections)
-    return data, None if as_read is None else Encoded(data, as_read, kept)
+    return parts, None if as_read is None else Encoded(parts, as_read, kept)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -275,14 +302,14 @@ def _section(
 
     def plain() -> _Section:
         lines = [line(name, entry) for name, entry in entries.items()]
-        return _Section([b",\n".join(lines)], None, None)
+        return _Section([b",\n".join(lines)], None, None)  # one block
 
     if canonical_entry is None:
         return plain()
     if kept is None or extra or len(kept.lines) != len(before):
         kept = None  # nothing to reuse (a newer tool's keys: the lines are made each time)
     elif entries is before:
-        return _Section(kept.blocks, before, kept)  # a section this change left alone
+        return _Section(kept.whole(), before, kept)  # a section this change left alone
     changes = None if kept is None else _changes(entries, before, kept, touched)
     if kept is None or changes is None:
         kept, changes = _Kept(), (list(entries), [])
@@ -311,6 +338,7 @@ def _section(
             written[index] = text
     rejoin = [*stale, first_added] if added else stale
     blocks = kept.blocks = _joined(kept.blocks, lines, rejoin)
+    kept.text = None
     if written:
         blocks = _joined(blocks, _overlaid(lines, written), written)
     if extra:
@@ -362,14 +390,20 @@ def _changes(
 
 def _joined(blocks: list[bytes], lines: list[bytes], changed: Iterable[int]) -> list[bytes]:
     """``blocks`` of ``lines`` with each block that holds a ``changed`` index joined again,
-    and the blocks of lines past their end made."""
+    and the blocks of lines past their end made. Each block but the last ends with the comma
+    and newline before the next."""
     blocks = list(blocks)
     count = (len(lines) + _BLOCK - 1) // _BLOCK
     dirty = {index // _BLOCK for index in changed}
-    dirty.update(range(len(blocks), count))
+    if len(blocks) < count:
+        dirty.update(range(max(len(blocks) - 1, 0), count))  # the last one gains its comma
+    last = count - 1
     for number in sorted(dirty):
         start = number * _BLOCK
-        block = b",\n".join(lines[start : start + _BLOCK])
+        chunk = lines[start : start + _BLOCK]
+        if number < last:
+            chunk.append(b"")  # so that the join ends with the separator
+        block = b",\n".join(chunk)
         if number < len(blocks):
             blocks[number] = block
         else:

@@ -14,7 +14,7 @@ import re
 import secrets
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -62,6 +62,18 @@ _READ_FLAGS = (
 )
 _DIRECTORY_FLAGS = os.O_RDONLY | _CLOEXEC | getattr(os, "O_DIRECTORY", 0)
 _CHUNK = 64 * 1024  # a multiple of what any pseudo-file reads in (/proc/self/pagemap: 8)
+
+
+def _iov_max() -> int:
+    """The most buffers one writev takes: POSIX's IOV_MAX, at least 16 (Linux's is 1,024)."""
+    try:
+        value = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        return 16
+    return min(value, 1024) if value >= 16 else 16
+
+
+_IOV_MAX = _iov_max()
 
 #: What follows the session file's name in the name of a temp file of ours, and nobody else's:
 #: ".aiosessionstore-<16 hex>.tmp", or ".<16 hex>.tmp" as earlier versions named them.
@@ -126,14 +138,16 @@ def commit(
         # Built on what this backend wrote: only the names the change touched may differ.
         touched = change.touched() if known is previous and known is not None else None
         data, encoded = encode_after(record, known, touched)
-        if len(data) > MAX_FILE_SIZE and _unwritable(base, change):
+        size = sum(map(len, data)) if encoded is None else encoded.size
+        if size > MAX_FILE_SIZE and _unwritable(base, change):
             # A file we could read but cannot write back even unchanged (compact JSON grows
             # with indents): no write would ever succeed over it, so it is treated as corrupt.
-            _set_aside(path, f"it would be {len(data)} bytes written back, over the limit")
+            _set_aside(path, f"it would be {size} bytes written back, over the limit")
             assert change.known is not None
             record = change.apply(change.known)
-            data, encoded = encode(record), None
-        _write_atomic(where, data)
+            data, encoded = [encode(record)], None
+            size = len(data[0])
+        _write_atomic(where, data, size)
         if written is not None:
             written.last = encoded
         return record
@@ -238,7 +252,7 @@ def _read_base(
     ``previous.data`` is ``previous.record``, unparsed."""
     try:
         data = _read_bounded(path)
-        if previous is not None and data == previous.data:
+        if previous is not None and previous.matches(data):
             return previous.record, previous
         record = decode_bounded(data, str(path))
         return record, Encoded.decoded(data, record)
@@ -364,15 +378,16 @@ def _quarantine(path: Path, now: datetime) -> Path:
     return aside
 
 
-def _write_atomic(where: _Where, data: bytes) -> None:
+def _write_atomic(where: _Where, data: Sequence[bytes], size: int) -> None:
     """Write a fresh temp file, fsync it, replace the session file, fsync the directory.
 
-    A session over MAX_FILE_SIZE is refused: the next read would only quarantine it.
+    ``data`` is the file's bytes in parts, ``size`` in all. A session over MAX_FILE_SIZE is
+    refused: the next read would only quarantine it.
     """
     path = where.path
-    if len(data) > MAX_FILE_SIZE:
+    if size > MAX_FILE_SIZE:
         raise SessionStoreError(
-            f"cannot write session file {path}: the session would be {len(data)} bytes, "
+            f"cannot write session file {path}: the session would be {size} bytes, "
             f"over the {MAX_FILE_SIZE}-byte limit"
         )
     temp = f"{where.temp}{secrets.token_hex(8)}.tmp"
@@ -393,19 +408,48 @@ def _write_atomic(where: _Where, data: bytes) -> None:
         )
 
 
-def write_new(temp: str | os.PathLike[str], data: bytes) -> None:
+def write_new(temp: str | os.PathLike[str], data: bytes | Sequence[bytes]) -> None:
     """Create ``temp`` (never an existing name, never through a link), 0600 whatever the
-    umask, holding ``data`` synced to disk: the first half of an atomic replace."""
+    umask, holding ``data`` (bytes, or its parts in order) synced to disk: the first half of
+    an atomic replace."""
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, _FILE_MODE)
     try:
         if hasattr(os, "fchmod"):  # the umask may have narrowed the mode
             os.fchmod(fd, _FILE_MODE)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        if isinstance(data, bytes):
+            _write_all(fd, data)
+        else:
+            _write_parts(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_parts(fd: int, parts: Sequence[bytes]) -> None:
+    """Write ``parts`` in order with as few system calls as may be, and no join: joining a
+    whole file copies it, holding the GIL."""
+    if not hasattr(os, "writev"):  # Windows
+        _write_all(fd, b"".join(parts))
+        return
+    start = 0
+    while start < len(parts):
+        batch = parts[start : start + _IOV_MAX]
+        written = os.writev(fd, batch)
+        if written == sum(map(len, batch)):
+            start += len(batch)
+            continue
+        for part in batch:  # a short write: find where it stopped, and go on from there
+            start += 1
+            if written < len(part):
+                _write_all(fd, memoryview(part)[written:])
+                break
+            written -= len(part)
 
 
 def fsync_directory(directory: Path) -> None:
