@@ -9,7 +9,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Collection, Iterable, Mapping, Reversible, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from itertools import chain, compress, islice
 from operator import is_not
@@ -212,7 +212,7 @@ def _encode(
     kept: dict[str, _Kept] = {}
     before = None if previous is None else previous.record.session
     # Each section is absent, not empty, while it has no entry: the seed's own file.
-    for section, encode_entry, canonical_entry in _ENTRY_CODECS:
+    for section, encode_entry, canonical_entry, same_line in _ENTRY_CODECS:
         entries = getattr(session, section)
         if not entries:
             continue
@@ -220,6 +220,7 @@ def _encode(
             entries,
             encode_entry,
             canonical_entry if keep else None,
+            same_line,
             extra.get(section, _NONE),
             _NONE if before is None else getattr(before, section),
             None if previous is None else previous.sections.get(section),
@@ -286,6 +287,7 @@ def _section(
     entries: Mapping[str, _T],
     encode_entry: Callable[[_T, str], str],
     canonical_entry: Callable[[_T], _T | None] | None,
+    same_line: Callable[[_T], bool],
     extra: Mapping[str, Mapping[str, Any]],
     before: Mapping[str, _T],
     kept: _Kept | None,
@@ -332,6 +334,8 @@ def _section(
         if as_read is None:
             return plain()
         canonical[name] = as_read
+        if same_line(entry):
+            continue  # its line is that of the entry as decode reads it back
         own_text = line(name, as_read)
         if own_text != text:  # a time of 5 is written "5", read back as 5.0: written "5.0"
             lines[index] = own_text
@@ -363,7 +367,7 @@ def _changes(
     if count < known:
         return None
     if touched is not None:  # a merge on ``before``: only the names it touched may differ
-        if isinstance(entries, Reversible):  # a proxy of a dict: the last names, at once
+        if type(entries) is MappingProxyType:  # of a dict: the last names, at once
             added: list[str] = list(islice(reversed(entries), count - known))
             added.reverse()
         else:
@@ -477,11 +481,25 @@ def _decoded_client(client: ClientStats) -> ClientStats:
     return ClientStats(_count(client.tool_calls), _count(client.prompt_calls))
 
 
-#: Each section: how an entry is written, and what decode() reads back of what was written.
-_ENTRY_CODECS: tuple[tuple[str, Callable[[Any, str], str], Callable[[Any], Any]], ...] = (
-    ("tools", _encode_calls, _decoded_calls),
-    ("prompts", _encode_calls, _decoded_calls),
-    ("clients", _encode_client, _decoded_client),
+def _floats(tool: ToolStats) -> bool:
+    """Whether a tool's line is that of the tool as decode reads it back: so unless a time
+    is no float (a time of 5 is written "5", read back as 5.0); the rest reads back as
+    written, clamped or not."""
+    return type(tool.total_ms) is float and type(tool.max_ms) is float
+
+
+def _always(_client: ClientStats) -> bool:
+    return True  # counts read back as written, clamped or not
+
+
+#: Each section: how an entry is written, what decode() reads back of what was written, and
+#: whether an entry's line is that of what decode reads back (which then needs no encode).
+_ENTRY_CODECS: tuple[
+    tuple[str, Callable[[Any, str], str], Callable[[Any], Any], Callable[[Any], bool]], ...
+] = (
+    ("tools", _encode_calls, _decoded_calls, _floats),
+    ("prompts", _encode_calls, _decoded_calls, _floats),
+    ("clients", _encode_client, _decoded_client, _always),
 )
 
 
