@@ -285,8 +285,8 @@ async def loop_lag(sizes: Sizes, rows: list[Row], scratch: str) -> None:
     """Row 4, from benchmarks/loop.py: a readiness probe, the loop's steps, and CPU per flush,
     at 0 names and at the cap, against bare fsync-ed writes. On a loop of its own (one that
     times its steps), in a thread of its own."""
-    seconds, rounds = (0.1, 3) if sizes.rounds < 5 else (0.2, 20)
-    lines = await asyncio.to_thread(responsiveness.measure, scratch, seconds, rounds)
+    rounds = responsiveness.QUICK_ROUNDS if sizes.rounds < 5 else responsiveness.ROUNDS
+    lines = await asyncio.to_thread(responsiveness.measure, scratch, responsiveness.SECONDS, rounds)
     rows.extend(Row(*line) for line in lines)
 
 
