@@ -2,8 +2,10 @@
 
 ``python benchmarks/loop.py [--quick]`` prints the rows; ``run.py`` shows them as its row 4.
 
-Measured on an event loop of its own (in a thread of its own, when run.py runs it), in
-interleaved rounds, each figure next to a control measured in the same round:
+Measured on an event loop of its own (in a thread of its own, when run.py runs it), next to
+controls measured on the same loop in turns of 50 ms (80 rounds of each), so that what other
+processes do to the machine (a stall, a burst of load) falls on the store and the controls
+alike:
 
 - **A readiness probe.** Another process writes its ``CLOCK_MONOTONIC`` reading (system-wide
   on Linux, unlike ``perf_counter``) into a pipe every millisecond; the loop watches the pipe
@@ -11,14 +13,21 @@ interleaved rounds, each figure next to a control measured in the same round:
   minus the time written: from "readable" to "callback ran". A loop asleep in ``epoll_wait``
   wakes for the pipe at once, so unlike the 1 ms ticker that row 4 used to be (which measured
   epoll's timeout rounding) this sees only what holds the loop up: callbacks queued ahead of
-  the probe's, and the GIL held by another thread when the loop wakes.
+  the probe's, the GIL held by another thread when the loop wakes, and the CPU it waits for.
+  The loop's selector (a public argument of SelectorEventLoop) notes when each poll returned,
+  which splits off the time to wake, with the GIL, of the messages written while it slept.
+  The figure compared is the p99 of blocks of 10 rounds (some 500 messages), as the median
+  of the blocks' differences: a stall of the machine spoils one block, where it would set the
+  p99 of all rounds pooled (also shown).
 - **The loop's own steps.** Every callback the loop runs, timed (wall clock, so a wait for the
   GIL inside a step counts). asyncio has no public hook around a step: ``Handle._run`` and
   ``_run_once`` are private, and debug mode's ``slow_callback_duration`` only logs, and slows
   every ``call_soon``. So ``StepTimedLoop`` wraps each callback where it is scheduled, through
-  the loop's public methods (see there).
+  the loop's public methods (see there). A step is set apart when the OS preempted its thread,
+  when its thread was off the CPU with no switch it knew of (the VM's CPU taken away), or when
+  the garbage collector ran in it; the probe's own callback has the probe's row.
 - **CPU per flush.** The loop thread's (``time.thread_time`` over the whole run, divided by
-  the flushes; the probe's own callbacks are in it, and in the control's), and the store's
+  the flushes; the probe's own callbacks are in it, and in the controls'), and the store's
   thread's: its thread CPU clock (``time.pthread_getcpuclockid`` of the thread the backend's
   ``commit`` runs on) over the run, divided by the flushes, with the user-mode part from
   ``getrusage(RUSAGE_THREAD)`` taken around each ``commit``: user time is the thread running
@@ -29,9 +38,11 @@ Sizes: no tool names; the cap (``DEFAULT_MAX_TOOLS`` tool names); and the cap of
 (as many tools, prompts and clients), the largest session the library accepts in names. Each
 flush has a pending change: one error, and at the sizes with names a call of one of them.
 
-The control: the same loop hopping to a thread of its own (as the store has one) that writes
-and fsyncs a small file, with no store, no lock and no JSON, each hop lasting at least the
-mean flush of the size it is compared with (so the two wake the loop at the same pace).
+The controls: the same loop hopping to a thread of its own (as the store has one), each hop
+lasting at least the mean flush it is compared with (so that both wake the loop at the same
+pace), with no store, no lock and no JSON. The first writes and fsyncs a small file (the
+target's control); the second writes the session file's own bytes as the store does (temp
+file, fsync, rename, fsync the directory): the I/O of a flush, without the store.
 """
 
 from __future__ import annotations
@@ -99,15 +110,28 @@ _STAMP = struct.Struct("=q")
 
 
 class Step(NamedTuple):
-    """One callback the loop ran: its wall time; whether its thread blocked during it (a
-    voluntary context switch: waiting for the GIL, say); whether the OS preempted it (an
-    involuntary one: on a shared machine, mostly other processes' doing); and whether the
-    garbage collector ran in it (triggered by whatever allocated last, in the whole process)."""
+    """One callback the loop ran: its wall time and its thread's CPU time; whether its thread
+    blocked during it (a voluntary context switch: waiting for the GIL, say); whether the OS
+    preempted it (an involuntary one: on a shared machine, mostly other processes' doing);
+    and whether the garbage collector ran in it (triggered by whatever allocated last, in the
+    whole process)."""
 
     wall: float
+    cpu: float
     waited: bool
     preempted: bool
     collected: bool
+
+    @property
+    def stalled(self) -> bool:
+        """Off the CPU for over half a millisecond with no switch its thread knew of: the
+        virtual machine's CPU taken away, say (the host's steal)."""
+        return not self.waited and not self.preempted and self.wall - self.cpu > 0.0005
+
+    @property
+    def counted(self) -> bool:
+        """Whether the step is the loop's own: not preempted, stalled or collecting."""
+        return not self.preempted and not self.collected and not self.stalled
 
 
 class Line(NamedTuple):
@@ -147,33 +171,39 @@ class StepTimedLoop(asyncio.SelectorEventLoop):
     (wake-ups from other threads), ``call_at`` (timers; ``call_later`` calls it) and
     ``add_reader``/``add_writer``. The C task and future call ``loop.call_soon`` by name, so
     they are covered. Not covered: the readers that the loop registers through its private
-    ``_add_reader``, here only its self-pipe, whose callback reads a few bytes.
+    ``_add_reader``, here only its self-pipe, whose callback reads a few bytes. A step that
+    ends the run being timed (the benchmark's own work between runs) is not counted.
     """
 
     def __init__(self) -> None:
         self.selector = TimedSelector()
         super().__init__(self.selector)
         self.steps: list[Step] | None = None
+        #: Callbacks whose steps are not counted: the probe's, which has a row of its own.
+        self.untimed: set[Callable[..., object]] = set()
         #: Garbage collections run on the loop's thread, while watched.
         self.collections = 0
         self._thread = 0
 
     def _step(self, callback: Callable[..., object], *args: Any) -> None:
         steps = self.steps
-        if steps is None:
+        if steps is None or callback in self.untimed:
             callback(*args)
             return
         before = getrusage(RUSAGE_THREAD)
         collections = self.collections
+        cpu = time.thread_time()
         start = time.perf_counter()
         try:
             callback(*args)
         finally:
             wall = time.perf_counter() - start
+            cpu = time.thread_time() - cpu
             after = getrusage(RUSAGE_THREAD)
             waited = after.ru_nvcsw != before.ru_nvcsw
             preempted = after.ru_nivcsw != before.ru_nivcsw
-            steps.append(Step(wall, waited, preempted, self.collections != collections))
+            if self.steps is steps:  # else the step ended the run: the benchmark's own work
+                steps.append(Step(wall, cpu, waited, preempted, self.collections != collections))
 
     def _collecting(self, phase: str, info: dict[str, int]) -> None:
         """A gc callback: counts the collections that start on this loop's thread."""
@@ -256,7 +286,8 @@ class Probe:
         )
         os.close(write_end)
 
-    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+    def watch(self, loop: StepTimedLoop) -> None:
+        loop.untimed.add(self._readable)
         loop.add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
@@ -514,12 +545,13 @@ def spread(run: Run) -> str:
 
 
 def steps_of(run: Run) -> str:
-    """p99 and longest of the steps that neither the OS preempted nor a garbage collection
-    ran in; the longest of each of those."""
-    kept = [step.wall for step in run.steps if not step.preempted and not step.collected]
+    """p99 and longest of the steps that were the loop's own (see Step.counted); the longest
+    of each of the others."""
+    kept = [step.wall for step in run.steps if step.counted]
     text = f"{percentile(kept, 0.99) * 1e6:.0f} µs, {max(kept) * 1e6:.0f} µs"
     for name, picked in (
         ("preempted", [step.wall for step in run.steps if step.preempted]),
+        ("stalled", [step.wall for step in run.steps if step.stalled]),
         ("collecting garbage", [step.wall for step in run.steps if step.collected]),
     ):
         if picked:
@@ -537,7 +569,7 @@ def block_p99s(run: Run) -> list[int]:
 
 
 def longest_step(run: Run) -> float:
-    return max(step.wall for step in run.steps if not step.preempted and not step.collected)
+    return max(step.wall for step in run.steps if step.counted)
 
 
 def lines_of(size: Size) -> list[Line]:
@@ -547,13 +579,9 @@ def lines_of(size: Size) -> list[Line]:
     blocks = [a - b for a, b in zip(block_p99s(ours), block_p99s(theirs), strict=True)]
     robust = statistics.median(blocks) / 1e9
     longest = longest_step(ours)
-    waited = [
-        step.wall
-        for step in ours.steps
-        if step.waited and not step.preempted and not step.collected
-    ]
-    callbacks = (len(ours.steps) - ours.probe_callbacks) / max(ours.flushes, 1)
-    control_callbacks = (len(theirs.steps) - theirs.probe_callbacks) / max(theirs.flushes, 1)
+    waited = [step.wall for step in ours.steps if step.waited and step.counted]
+    callbacks = len(ours.steps) / max(ours.flushes, 1)
+    control_callbacks = len(theirs.steps) / max(theirs.flushes, 1)
 
     def cpu(run: Run) -> str:
         return (
@@ -597,7 +625,7 @@ def lines_of(size: Size) -> list[Line]:
             f"{steps_of(ours)}; {len(waited)} blocked, up to "
             f"{max(waited, default=0.0) * 1e6:.0f} µs; control: {steps_of(theirs)}",
             None,
-            "longest <= 1 ms (but those preempted or collecting garbage)",
+            "longest <= 1 ms (but those preempted, stalled or collecting garbage)",
             longest <= LONGEST_STEP,
         ),
         Line(
