@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from aiosessionstore import _codec, _file
 from aiosessionstore._change import Change, Mode
-from aiosessionstore._codec import Encoded, decode, encode, encode_after
+from aiosessionstore._codec import Encoded, decode, encode, encode_after, encode_parts_after
 from aiosessionstore._file import FileBackend
 from aiosessionstore._session import (
     ClientStats,
@@ -95,7 +95,7 @@ class TestEncodeAfter:
                 made = change(mode, pending, milliseconds, base)
                 record = made.apply(base)
                 touched = made.touched() if hinted and previous is not None else None
-                parts, encoded = encode_after(record, previous, touched)
+                parts, encoded = encode_parts_after(record, previous, touched)
                 data = b"".join(parts)
                 assert data == encode(record)
                 if encoded is not None:
@@ -121,7 +121,7 @@ class TestEncodeAfter:
         more = Counts(tools=MappingProxyType({"b": ToolStats(1)}))
         merge = change(Mode.MERGE, more, 0, previous.record)
         after = merge.apply(previous.record)
-        parts, _ = encode_after(after, previous, merge.touched() if hinted else None)
+        parts, _ = encode_parts_after(after, previous, merge.touched() if hinted else None)
         assert b'"calls": 7' in b"".join(parts)  # the reused line, as marked
 
     def test_builds_on_an_encoding_once(self) -> None:
@@ -135,8 +135,7 @@ class TestEncodeAfter:
             more = Counts(tools=MappingProxyType({"b": ToolStats(calls)}))
             merge = change(Mode.MERGE, more, 0, previous.record)
             after = merge.apply(previous.record)
-            parts, encoded = encode_after(after, previous, merge.touched())
-            data = b"".join(parts)
+            data, encoded = encode_after(after, previous, merge.touched())
             assert data == encode(after)
             assert encoded is not None
             assert encoded.record == decode(data)
@@ -154,9 +153,9 @@ class TestEncodeAfter:
         """The record kept holds each time as decode() reads back what encode() wrote."""
         session = Session.new(START)
         record = Record(session).with_session(created_at=moment, last_active_at=moment)
-        parts, encoded = encode_after(record, None)
+        data, encoded = encode_after(record, None)
         assert encoded is not None
-        assert encoded.record == decode(b"".join(parts))
+        assert encoded.record == decode(data)
         assert encoded.record.session.created_at.tzinfo is timezone.utc
 
 

@@ -32,7 +32,7 @@ from ._session import (
     shown,
 )
 
-__all__ = ("Encoded", "decode", "encode", "encode_after")
+__all__ = ("Encoded", "decode", "encode", "encode_after", "encode_parts_after")
 
 _T = TypeVar("_T")
 
@@ -157,6 +157,16 @@ class Encoded:
 
 
 def encode_after(
+    record: Record,
+    previous: Encoded | None,
+    touched: Mapping[str, Collection[str]] | None = None,
+) -> tuple[bytes, Encoded | None]:
+    """As ``encode_parts_after``, with the bytes joined: for a caller that needs them whole."""
+    parts, encoded = encode_parts_after(record, previous, touched)
+    return b"".join(parts), encoded
+
+
+def encode_parts_after(
     record: Record,
     previous: Encoded | None,
     touched: Mapping[str, Collection[str]] | None = None,
@@ -296,7 +306,7 @@ def _section(
     """Each entry's line, joined in blocks. With ``canonical_entry``, also what the next
     encode may reuse: ``before`` holds entries as decode() returned them, ``kept`` (if any)
     their own lines, which this takes over; the line of an entry that is the same object
-    under the same name is reused. ``touched``: see ``encode_after``."""
+    under the same name is reused. ``touched``: see ``encode_parts_after``."""
 
     def line(name: str, entry: _T) -> bytes:
         more = _members(extra[name], _IN_ENTRY) if name in extra else ""

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ._change import Change
-from ._codec import Encoded, decode, encode, encode_after
+from ._codec import Encoded, decode, encode, encode_parts_after
 from ._errors import (
     CorruptSessionError,
     SessionNotFoundError,
@@ -137,7 +137,7 @@ def commit(
         record = change.apply(base)
         # Built on what this backend wrote: only the names the change touched may differ.
         touched = change.touched() if known is previous and known is not None else None
-        data, encoded = encode_after(record, known, touched)
+        data, encoded = encode_parts_after(record, known, touched)
         size = sum(map(len, data)) if encoded is None else encoded.size
         if size > MAX_FILE_SIZE and _unwritable(base, change):
             # A file we could read but cannot write back even unchanged (compact JSON grows
