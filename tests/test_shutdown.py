@@ -254,6 +254,19 @@ class TestInterpreterExit:
         assert "never closed" in done.stderr
         assert tool_calls_on_disk(session_path) == 13
 
+    def test_a_store_left_open_by_asyncio_run_is_closed_without_warnings(
+        self, session_path: Path
+    ) -> None:
+        """``asyncio.run`` ending right after the open closes the store, saves its counts and
+        leaves no "coroutine was never awaited" warning behind."""
+        done = subprocess.run(
+            [sys.executable, "-W", "always", str(WORKER), "left-open", str(session_path), "7"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "Warning" not in done.stderr, done.stderr
+        assert tool_calls_on_disk(session_path) == 7
+
 
 @posix_only
 class TestFork:

@@ -158,6 +158,14 @@ def never_closed(path: str, total: str) -> None:
     asyncio.new_event_loop().run_until_complete(open_and_count())
 
 
+async def left_open(path: str, total: str) -> None:
+    """Open and count, then end ``asyncio.run`` at once: the loop stops in the same step in
+    which the background flush is being started."""
+    store = store_at(path, flush_interval=3600)
+    await store.__aenter__()
+    await store.increment_tool_calls(int(total))
+
+
 def signal_after_loop_stopped(path: str, total: str) -> None:
     """Open and count, let the loop stop, then wait for a signal: it must flush without one."""
     never_closed(path, total)
@@ -411,6 +419,7 @@ MODES: dict[str, Callable[..., object]] = {
     "with-app-handler": with_app_handler,
     "signal-on-another-thread": signal_on_another_thread,
     "never-closed": never_closed,
+    "left-open": left_open,
     "signal-after-loop-stopped": signal_after_loop_stopped,
     "fork-with-pending": fork_with_pending,
     "kill-mid-flush": kill_mid_flush,

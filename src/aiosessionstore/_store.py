@@ -189,9 +189,15 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         Hosts enter and leave a lifespan in cancel scopes and tasks of their own (FastMCP
         does), so no cancel scope of ours may stay open in the task that opened the store.
         """
-        with scope:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._flush_periodically)
+        flushing = self._flush_periodically()
+        try:
+            with scope:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(lambda: flushing)
+        finally:
+            # A loop shut down before the task's first step cancels it unstarted, and Python
+            # would warn that the coroutine was "never awaited": close it (no-op once run).
+            flushing.close()
 
     async def _flusher_ended(self) -> None:
         """Wait for the cancelled background flush to end (cancelled before it started, too,
