@@ -26,6 +26,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from run import redis_server
 
 from aiosessionstore import AsyncSessionStore
 from aiosessionstore._change import Mode
@@ -63,10 +66,14 @@ def bare_write(path: str, data: bytes) -> None:
         os.close(directory)
 
 
-async def seeded(directory: str, names: int, kinds: int) -> AsyncSessionStore:
-    store = AsyncSessionStore(
-        os.path.join(directory, "session.json"), flush_interval=3600, handle_signals=False
-    )
+async def seeded(where: str, names: int, kinds: int) -> AsyncSessionStore:
+    """An open store on a session of ``names`` tools (with ``kinds`` 3: prompts and clients
+    too), in a directory or, for a URL, in Redis under an app name of its own."""
+    if "://" in where:
+        place: dict[str, Any] = {"url": where, "app_name": f"scaling-{names}-{kinds}"}
+    else:
+        place = {"path": os.path.join(where, "session.json")}
+    store = AsyncSessionStore(**place, flush_interval=3600, handle_signals=False)
     await store.open()
     for number in range(names):
         name = f"tool_{number:04d}_with_a_name_of_a_typical_length"
@@ -89,13 +96,15 @@ async def flush_times(store: AsyncSessionStore, count: int) -> list[float]:
     return times
 
 
+SIZES = [(0, 1), (10, 1), (100, 1), (CAP, 1), (CAP, 3)]
+
+
 async def names_table(count: int, rounds: int) -> bool:
-    sizes = [(0, 1), (10, 1), (100, 1), (CAP, 1), (CAP, 3)]
-    flushes: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
-    floors: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
+    flushes: dict[tuple[int, int], list[float]] = {size: [] for size in SIZES}
+    floors: dict[tuple[int, int], list[float]] = {size: [] for size in SIZES}
     with tempfile.TemporaryDirectory() as scratch:
         stores = {}
-        for names, kinds in sizes:
+        for names, kinds in SIZES:
             directory = os.path.join(scratch, f"{names}-{kinds}")
             stores[names, kinds] = await seeded(directory, names, kinds)
         # Interleaved rounds, so that drift on a shared machine hits every size alike.
@@ -111,18 +120,25 @@ async def names_table(count: int, rounds: int) -> bool:
                     floors[size].append(time.perf_counter() - start)
         for store in stores.values():
             await store.aclose()
-    zero = statistics.median(flushes[0, 1])
     print(f"\nflush of one pending error, by names in the file ({count * rounds} flushes each)")
-    print(f"{'names':>22} {'bytes':>9} {'median':>9} {'p90':>9} {'floor':>9} {'x floor':>8} "
-          f"{'x 0 names':>9}")  # fmt: skip
+    return print_names(flushes, floors)
+
+
+def print_names(
+    flushes: dict[tuple[int, int], list[float]], floors: dict[tuple[int, int], list[float]]
+) -> bool:
+    zero = statistics.median(flushes[0, 1])
+    print(f"{'names':>22} {'median':>9} {'p90':>9} {'floor':>9} {'x floor':>8} {'x 0 names':>9}")
     ok = True
     for (names, kinds), times in flushes.items():
         label = f"{names:,} tools" + (", prompts, clients" if kinds > 1 else "")
-        median, floor = statistics.median(times), statistics.median(floors[names, kinds])
+        median = statistics.median(times)
+        floor = statistics.median(floors[names, kinds]) if floors else None
         ratio = median / zero
         line = (
-            f"{label:>22} {'':>9} {median * 1e6:7.0f}µs {percentile(times, 0.9) * 1e6:7.0f}µs "
-            f"{floor * 1e6:7.0f}µs {median / floor:7.2f}x {ratio:8.2f}x"
+            f"{label:>22} {median * 1e6:7.0f}µs {percentile(times, 0.9) * 1e6:7.0f}µs "
+            + (f"{floor * 1e6:7.0f}µs {median / floor:7.2f}x" if floor else f"{'':>18}")
+            + f" {ratio:8.2f}x"
         )
         if names == CAP:
             good = ratio <= 1.5
@@ -130,6 +146,23 @@ async def names_table(count: int, rounds: int) -> bool:
             line += f"  target <= 1.5x: {met(good)}"
         print(line)
     return ok
+
+
+async def redis_names_table(count: int, rounds: int) -> bool:
+    """The names table on Redis (AOF, fsync always), if there is a redis-server."""
+    with tempfile.TemporaryDirectory() as scratch, redis_server(scratch) as url:
+        if url is None:
+            print("\nflush on Redis by names: skipped (no redis-server or no redis-py)")
+            return True
+        flushes: dict[tuple[int, int], list[float]] = {size: [] for size in SIZES}
+        stores = {size: await seeded(url, *size) for size in SIZES}
+        for _ in range(rounds):
+            for size, store in stores.items():
+                flushes[size] += await flush_times(store, count)
+        for store in stores.values():
+            await store.aclose()
+    print(f"\nthe same on Redis (AOF, appendfsync always; {count * rounds} flushes each)")
+    return print_names(flushes, {})
 
 
 # -- the loop thread's part of a flush ----------------------------------------------------
@@ -290,7 +323,9 @@ def main() -> None:
     parts = arguments.part or ["names", "pending", "processes"]
     ok = True
     if "names" in parts:
-        ok = bool(asyncio.run(names_table(10, 3 if arguments.quick else 20))) and ok
+        rounds = 3 if arguments.quick else 20
+        ok = bool(asyncio.run(names_table(10, rounds))) and ok
+        ok = bool(asyncio.run(redis_names_table(10, rounds))) and ok
     if "pending" in parts:
         pending_table()
     if "processes" in parts:
