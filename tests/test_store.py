@@ -18,6 +18,7 @@ import pytest
 
 from aiosessionstore import (
     AsyncSessionStore,
+    ClientStats,
     LockTimeoutError,
     SessionStats,
     SessionStoreError,
@@ -265,6 +266,47 @@ class TestHeldLock:
             await waiting
         await closing
         assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 0
+
+    async def test_a_tool_call_waits_for_a_held_lock_and_counts_once(
+        self, session_path: Path
+    ) -> None:
+        """A call started while the lock is held is counted, per tool and client, once."""
+        async with AsyncSessionStore(session_path) as store:
+
+            async def call() -> None:
+                async with store.tool_call("search", client="client"):
+                    pass
+
+            await store._lock.acquire()
+            waiting = asyncio.ensure_future(call())
+            await anyio.wait_all_tasks_blocked()
+            assert store.session.stats == SessionStats()
+            store._lock.release()
+            await waiting
+            session = store.session
+            assert session.stats == SessionStats(tool_calls=1)
+            assert session.tools["search"].calls == 1
+            assert session.clients["client"] == ClientStats(1, 0)
+
+    async def test_a_tool_call_cancelled_waiting_for_the_lock_counts_nothing(
+        self, session_path: Path
+    ) -> None:
+        """A call cancelled while it waits for the lock to start counts nothing at all."""
+        async with AsyncSessionStore(session_path) as store:
+
+            @store.prompt_call("greet")
+            async def greet() -> None:
+                raise AssertionError("never started")  # pragma: no cover
+
+            await store._lock.acquire()
+            waiting = asyncio.ensure_future(greet())
+            await anyio.wait_all_tasks_blocked()
+            waiting.cancel()
+            store._lock.release()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert store.session.stats == SessionStats()
+            assert not store.session.prompts
 
 
 BAD_READINGS = [float("nan"), float("inf"), -float("inf"), 1e20, -1.0]

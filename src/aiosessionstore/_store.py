@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -357,7 +357,13 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         calling MCP client's name, counted per client; ``rate_limit_errors`` overrides the
         store's for this call. A name the file cannot keep is a ValueError here.
         """
-        return self._call(TOOL_CALLS, check_name(name), client, rate_limit_errors)
+        return ToolCall(
+            self,
+            TOOL_CALLS,
+            check_name(name),
+            None if client is None else client_name(client),
+            self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors,
+        )
 
     def prompt_call(
         self,
@@ -367,40 +373,37 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         rate_limit_errors: tuple[type[BaseException], ...] | None = None,
     ) -> ToolCall:
         """As ``tool_call``, for a prompt: counts a prompt call, kept per prompt."""
-        return self._call(PROMPT_CALLS, check_name(name, "prompt"), client, rate_limit_errors)
+        return ToolCall(
+            self,
+            PROMPT_CALLS,
+            check_name(name, "prompt"),
+            None if client is None else client_name(client),
+            self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors,
+        )
 
-    def _call(
-        self,
-        kind: int,
-        name: str,
-        client: str | None,
-        rate_limit_errors: tuple[type[BaseException], ...] | None,
-    ) -> ToolCall:
-        limits = self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors
-        client = None if client is None else client_name(client)
-
-        async def started() -> None:
-            await self._lock.acquire()
-            self._call_started(kind, name, client)
-
-        def finished(elapsed_ms: float, outcome: Outcome) -> None:
-            self._call_finished(kind, name, elapsed_ms, outcome)
-
-        return ToolCall(started, finished, limits)
-
-    def _call_started(self, kind: int, name: str, client: str | None) -> None:
-        """Count the start of a call, then release ``_lock``, which the caller acquired."""
-        try:
+    def _call_started(self, kind: int, name: str, client: str | None) -> Awaitable[None] | None:
+        """Count the start of a call at once; or, while ``_lock`` is held, return what counts
+        it once the lock is free (see the hot path above)."""
+        if self._lock.locked():
+            return self._call_started_later(kind, name, client)
+        if not self._open:
             self._check_open()
-            now = self._clock()  # first: a clock that raises must leave nothing counted
-            pending = self._pending
-            pending.counts[kind] += 1
-            self._calls_of(kind, name).calls += 1
-            if client is not None:
-                pending.client(client)[0 if kind == TOOL_CALLS else 1] += 1
-            pending.active_at = now
-        finally:
-            self._lock.release()
+        now = self._clock()  # first: a clock that raises must leave nothing counted
+        pending = self._pending
+        pending.counts[kind] += 1
+        calls = (pending.tools if kind == TOOL_CALLS else pending.prompts).get(name)
+        if calls is None:
+            calls = self._calls_of(kind, name)
+        calls.calls += 1
+        if client is not None:
+            pending.client(client)[0 if kind == TOOL_CALLS else 1] += 1
+        pending.active_at = now
+        return None
+
+    async def _call_started_later(self, kind: int, name: str, client: str | None) -> None:
+        await self._lock_freed()
+        counted = self._call_started(kind, name, client)  # the lock is free: counted at once
+        assert counted is None
 
     def _calls_of(self, kind: int, name: str) -> Calls:
         """The pending calls of a tool or prompt; one the session already keeps is never
@@ -426,7 +429,9 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             logger.warning("the clock raised %r; using the system's time", exc)
             now = time.time()
         pending = self._pending
-        calls = self._calls_of(kind, name)
+        calls = (pending.tools if kind == TOOL_CALLS else pending.prompts).get(name)
+        if calls is None:  # a name past the cap, or one whose start a flush took
+            calls = self._calls_of(kind, name)
         if outcome == "error":
             pending.counts[ERRORS] += 1
             calls.errors += 1
