@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aiosessionstore import AsyncSessionStore, ClientStats, SessionStats, ToolStats, _names
 from aiosessionstore._codec import encode
 from aiosessionstore._file import MAX_FILE_SIZE
-from aiosessionstore._latency import BUCKETS
+from aiosessionstore._latency import BUCKETS, bucket
 from aiosessionstore._names import OTHER, check_name, merge_capped
 from aiosessionstore._session import MAX_COUNT, Record, Session
 
@@ -187,6 +190,30 @@ class TestToolNames:
         assert [check_name(name) for name in names] == names
         assert len(_names._PASSED) == _names._PASSED_MAX
         assert check_name(names[-1]) == names[-1]  # past the bound: checked in full instead
+
+
+def bucket_as_defined(ms: float) -> int:
+    """The bucket as the file format defines it (the first, plainest implementation)."""
+    microseconds = ms * 1000
+    if not microseconds > 1:
+        return 0
+    if microseconds == math.inf:
+        return BUCKETS - 1
+    return min(BUCKETS - 1, math.ceil(4 * math.log2(microseconds)))
+
+
+class TestLatencyBuckets:
+    @given(st.floats())
+    def test_any_time_lands_in_the_bucket_the_format_defines(self, ms: float) -> None:
+        """The faster bucket() agrees with the format's definition for every float."""
+        assert bucket(ms) == bucket_as_defined(ms)
+
+    @pytest.mark.parametrize("index", range(BUCKETS))
+    def test_the_edges_of_every_bucket(self, index: int) -> None:
+        """Each bucket's upper edge, and the floats either side of it, land as defined."""
+        edge = 2 ** (index / 4) / 1000
+        for ms in (math.nextafter(edge, 0), edge, math.nextafter(edge, math.inf)):
+            assert bucket(ms) == bucket_as_defined(ms)
 
 
 class TestToolNameCap:
