@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -276,28 +276,67 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         return record.session.session_id
 
     # -- the hot path: memory only ---------------------------------------------------------
-    # Each increment is two lines on purpose: a coroutine frame costs more than all the rest
-    # of the call, so the work is one plain method, called with the lock held.
+    # ``_lock`` serializes updates of the pending counts, and no holder ever awaits while
+    # holding it, so a task that runs finds it free unless someone took it across an await.
+    # An update is synchronous: made while the lock is free, it is as serialized as if it had
+    # taken and released the lock, without the ``acquire()`` coroutine that costs more than
+    # the update itself. Only a lock that is held is waited for (``_lock_freed``). No
+    # allocation and no formatting: the time stays a float until a write needs it. Each
+    # increment spells its update out: a call to a shared one costs a tenth more (20-28 ns).
 
     async def increment_tool_calls(self, count: int = 1) -> None:
         """Count ``count`` tool calls."""
-        await self._lock.acquire()
-        self._add_and_release(TOOL_CALLS, count)
+        if self._lock.locked():
+            await self._lock_freed()
+        if type(count) is not int or count < 0 or not self._open:
+            self._reject(count)
+        now = self._clock()  # first: a clock that raises must leave nothing counted
+        pending = self._pending
+        pending.counts[TOOL_CALLS] += count
+        pending.active_at = now
 
     async def increment_prompt_calls(self, count: int = 1) -> None:
         """Count ``count`` prompt calls."""
-        await self._lock.acquire()
-        self._add_and_release(PROMPT_CALLS, count)
+        if self._lock.locked():
+            await self._lock_freed()
+        if type(count) is not int or count < 0 or not self._open:
+            self._reject(count)
+        now = self._clock()
+        pending = self._pending
+        pending.counts[PROMPT_CALLS] += count
+        pending.active_at = now
 
     async def increment_errors(self, count: int = 1) -> None:
         """Count ``count`` errors."""
-        await self._lock.acquire()
-        self._add_and_release(ERRORS, count)
+        if self._lock.locked():
+            await self._lock_freed()
+        if type(count) is not int or count < 0 or not self._open:
+            self._reject(count)
+        now = self._clock()
+        pending = self._pending
+        pending.counts[ERRORS] += count
+        pending.active_at = now
 
     async def increment_rate_limits(self, count: int = 1) -> None:
         """Count ``count`` rate limits."""
+        if self._lock.locked():
+            await self._lock_freed()
+        if type(count) is not int or count < 0 or not self._open:
+            self._reject(count)
+        now = self._clock()
+        pending = self._pending
+        pending.counts[RATE_LIMITS] += count
+        pending.active_at = now
+
+    async def _lock_freed(self) -> None:
+        """Wait for ``_lock`` (in turn, as ``acquire()`` queues), and give it back at once.
+
+        Until its caller next awaits, no task holds the lock: one that was waiting for it is
+        only woken, and takes it when it runs. A task cancelled while waiting here raises
+        CancelledError, and has counted nothing.
+        """
         await self._lock.acquire()
-        self._add_and_release(RATE_LIMITS, count)
+        self._lock.release()
 
     async def update_stats(
         self, *, tool_calls: int = 0, prompt_calls: int = 0, errors: int = 0, rate_limits: int = 0
@@ -310,21 +349,6 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             now = self._clock()
             stats = SessionStats(tool_calls, prompt_calls, errors, rate_limits)
             self._pending.add(Counts(stats), now)
-
-    def _add_and_release(self, counter: int, count: int) -> None:
-        """Check and add one count, then release ``_lock``, which the caller acquired.
-
-        No allocation and no formatting: the time is kept as a float until a write needs it.
-        """
-        try:
-            if type(count) is not int or count < 0 or not self._open:
-                self._reject(count)
-            now = self._clock()  # first: a clock that raises must leave nothing counted
-            pending = self._pending
-            pending.counts[counter] += count
-            pending.active_at = now
-        finally:
-            self._lock.release()
 
     def tool_call(
         self,
@@ -339,7 +363,13 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         calling MCP client's name, counted per client; ``rate_limit_errors`` overrides the
         store's for this call. A name the file cannot keep is a ValueError here.
         """
-        return self._call(TOOL_CALLS, check_name(name), client, rate_limit_errors)
+        return ToolCall(
+            self,
+            TOOL_CALLS,
+            check_name(name),
+            None if client is None else client_name(client),
+            self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors,
+        )
 
     def prompt_call(
         self,
@@ -349,40 +379,37 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         rate_limit_errors: tuple[type[BaseException], ...] | None = None,
     ) -> ToolCall:
         """As ``tool_call``, for a prompt: counts a prompt call, kept per prompt."""
-        return self._call(PROMPT_CALLS, check_name(name, "prompt"), client, rate_limit_errors)
+        return ToolCall(
+            self,
+            PROMPT_CALLS,
+            check_name(name, "prompt"),
+            None if client is None else client_name(client),
+            self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors,
+        )
 
-    def _call(
-        self,
-        kind: int,
-        name: str,
-        client: str | None,
-        rate_limit_errors: tuple[type[BaseException], ...] | None,
-    ) -> ToolCall:
-        limits = self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors
-        client = None if client is None else client_name(client)
-
-        async def started() -> None:
-            await self._lock.acquire()
-            self._call_started(kind, name, client)
-
-        def finished(elapsed_ms: float, outcome: Outcome) -> None:
-            self._call_finished(kind, name, elapsed_ms, outcome)
-
-        return ToolCall(started, finished, limits)
-
-    def _call_started(self, kind: int, name: str, client: str | None) -> None:
-        """Count the start of a call, then release ``_lock``, which the caller acquired."""
-        try:
+    def _call_started(self, kind: int, name: str, client: str | None) -> Awaitable[None] | None:
+        """Count the start of a call at once; or, while ``_lock`` is held, return what counts
+        it once the lock is free (see the hot path above)."""
+        if self._lock.locked():
+            return self._call_started_later(kind, name, client)
+        if not self._open:
             self._check_open()
-            now = self._clock()  # first: a clock that raises must leave nothing counted
-            pending = self._pending
-            pending.counts[kind] += 1
-            self._calls_of(kind, name).calls += 1
-            if client is not None:
-                pending.client(client)[0 if kind == TOOL_CALLS else 1] += 1
-            pending.active_at = now
-        finally:
-            self._lock.release()
+        now = self._clock()  # first: a clock that raises must leave nothing counted
+        pending = self._pending
+        pending.counts[kind] += 1
+        calls = (pending.tools if kind == TOOL_CALLS else pending.prompts).get(name)
+        if calls is None:
+            calls = self._calls_of(kind, name)
+        calls.calls += 1
+        if client is not None:
+            pending.client(client)[0 if kind == TOOL_CALLS else 1] += 1
+        pending.active_at = now
+        return None
+
+    async def _call_started_later(self, kind: int, name: str, client: str | None) -> None:
+        await self._lock_freed()
+        counted = self._call_started(kind, name, client)  # the lock is free: counted at once
+        assert counted is None
 
     def _calls_of(self, kind: int, name: str) -> Calls:
         """The pending calls of a tool or prompt; one the session already keeps is never
@@ -408,7 +435,9 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             logger.warning("the clock raised %r; using the system's time", exc)
             now = time.time()
         pending = self._pending
-        calls = self._calls_of(kind, name)
+        calls = (pending.tools if kind == TOOL_CALLS else pending.prompts).get(name)
+        if calls is None:  # a name past the cap, or one whose start a flush took
+            calls = self._calls_of(kind, name)
         if outcome == "error":
             pending.counts[ERRORS] += 1
             calls.errors += 1
