@@ -30,7 +30,7 @@ from ._pending import (
     Pending,
 )
 from ._session import Counts, Session, SessionStats
-from ._tools import Outcome, ToolCall
+from ._tools import Counting, Outcome, ToolCall
 from ._writer import Writer
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._guards = contextlib.ExitStack()
         self._pending = Pending(check_max_tools(max_tools))
         self._writer = Writer(self.backend, self._pending, self._lock, clock)
+        self._counting = Counting(self._call_started, self._call_finished)
 
     def __repr__(self) -> str:
         state = "open" if self._open else "closed"
@@ -281,51 +282,39 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     # An update is synchronous: made while the lock is free, it is as serialized as if it had
     # taken and released the lock, without the ``acquire()`` coroutine that costs more than
     # the update itself. Only a lock that is held is waited for (``_lock_freed``). No
-    # allocation and no formatting: the time stays a float until a write needs it. Each
-    # increment spells its update out: a call to a shared one costs a tenth more (20-28 ns).
+    # allocation and no formatting: the time stays a float until a write needs it.
 
     async def increment_tool_calls(self, count: int = 1) -> None:
         """Count ``count`` tool calls."""
         if self._lock.locked():
             await self._lock_freed()
-        if type(count) is not int or count < 0 or not self._open:
-            self._reject(count)
-        now = self._clock()  # first: a clock that raises must leave nothing counted
-        pending = self._pending
-        pending.counts[TOOL_CALLS] += count
-        pending.active_at = now
+        self._add(TOOL_CALLS, count)
 
     async def increment_prompt_calls(self, count: int = 1) -> None:
         """Count ``count`` prompt calls."""
         if self._lock.locked():
             await self._lock_freed()
-        if type(count) is not int or count < 0 or not self._open:
-            self._reject(count)
-        now = self._clock()
-        pending = self._pending
-        pending.counts[PROMPT_CALLS] += count
-        pending.active_at = now
+        self._add(PROMPT_CALLS, count)
 
     async def increment_errors(self, count: int = 1) -> None:
         """Count ``count`` errors."""
         if self._lock.locked():
             await self._lock_freed()
-        if type(count) is not int or count < 0 or not self._open:
-            self._reject(count)
-        now = self._clock()
-        pending = self._pending
-        pending.counts[ERRORS] += count
-        pending.active_at = now
+        self._add(ERRORS, count)
 
     async def increment_rate_limits(self, count: int = 1) -> None:
         """Count ``count`` rate limits."""
         if self._lock.locked():
             await self._lock_freed()
+        self._add(RATE_LIMITS, count)
+
+    def _add(self, counter: int, count: int) -> None:
+        """Check and add one count: synchronous, so as serialized as under ``_lock``."""
         if type(count) is not int or count < 0 or not self._open:
             self._reject(count)
-        now = self._clock()
+        now = self._clock()  # first: a clock that raises must leave nothing counted
         pending = self._pending
-        pending.counts[RATE_LIMITS] += count
+        pending.counts[counter] += count
         pending.active_at = now
 
     async def _lock_freed(self) -> None:
@@ -364,7 +353,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         store's for this call. A name the file cannot keep is a ValueError here.
         """
         return ToolCall(
-            self,
+            self._counting,
             TOOL_CALLS,
             check_name(name),
             None if client is None else client_name(client),
@@ -380,7 +369,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
     ) -> ToolCall:
         """As ``tool_call``, for a prompt: counts a prompt call, kept per prompt."""
         return ToolCall(
-            self,
+            self._counting,
             PROMPT_CALLS,
             check_name(name, "prompt"),
             None if client is None else client_name(client),

@@ -1,8 +1,8 @@
 """``store.tool_call(name)`` and ``store.prompt_call(name)``: a call, its outcome, its time.
 
-A ToolCall knows nothing of the store: the store hands itself over as a ``Counter`` (the two
-methods that count a start and an end), so the counting stays in one place and no import
-runs back to the store.
+A ToolCall knows nothing of the store: the store hands it a ``Counting`` (the two callbacks
+that count a start and an end), so the counting stays in one place and no import runs back
+to the store.
 """
 
 from __future__ import annotations
@@ -11,27 +11,27 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec, Self
 
     _P = ParamSpec("_P")
 
-__all__ = ("Counter", "Outcome", "ToolCall", "is_rate_limit")
+__all__ = ("Counting", "Outcome", "ToolCall", "is_rate_limit")
 
 Outcome = Literal["ok", "error", "rate_limit", "cancelled"]
 _T = TypeVar("_T")
 
 
-class Counter(Protocol):
-    """What a ToolCall counts with: the store, which ``kind`` tells tools from prompts."""
+class Counting(NamedTuple):
+    """How a ToolCall counts: two callbacks a store makes once, ``kind`` telling tools from
+    prompts."""
 
-    def _call_started(self, kind: int, name: str, client: str | None) -> Awaitable[None] | None:
-        """Count a start at once, or return what counts it once it may (to be awaited)."""
-
-    def _call_finished(self, kind: int, name: str, elapsed_ms: float, outcome: Outcome) -> None:
-        """Count how a call ended, and its time."""
+    #: Count a start at once, or return what counts it once it may (to be awaited).
+    started: Callable[[int, str, str | None], Awaitable[None] | None]
+    #: Count how a call ended (its kind, name, milliseconds and outcome).
+    finished: Callable[[int, str, float, Outcome], None]
 
 
 def is_rate_limit(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
@@ -61,7 +61,7 @@ class ToolCall:
 
     __slots__ = (
         "_client",
-        "_counter",
+        "_counting",
         "_error",
         "_kind",
         "_name",
@@ -71,13 +71,13 @@ class ToolCall:
 
     def __init__(
         self,
-        counter: Counter,
+        counting: Counting,
         kind: int,
         name: str,
         client: str | None,
         rate_limit_errors: tuple[type[BaseException], ...],
     ) -> None:
-        self._counter = counter
+        self._counting = counting
         self._kind = kind
         self._name = name
         self._client = client
@@ -96,7 +96,7 @@ class ToolCall:
         @functools.wraps(function)
         async def counted(*args: _P.args, **kwargs: _P.kwargs) -> _T:
             call = ToolCall(
-                self._counter, self._kind, self._name, self._client, self._rate_limit_errors
+                self._counting, self._kind, self._name, self._client, self._rate_limit_errors
             )
             async with call:
                 return await function(*args, **kwargs)
@@ -104,7 +104,7 @@ class ToolCall:
         return counted
 
     async def __aenter__(self) -> Self:
-        waiting = self._counter._call_started(self._kind, self._name, self._client)
+        waiting = self._counting.started(self._kind, self._name, self._client)
         if waiting is not None:
             await waiting
         self._started = perf_counter()
@@ -126,4 +126,4 @@ class ToolCall:
             outcome = "error"
         else:
             outcome = "cancelled"  # CancelledError, KeyboardInterrupt: not the tool's fault
-        self._counter._call_finished(self._kind, self._name, elapsed_ms, outcome)
+        self._counting.finished(self._kind, self._name, elapsed_ms, outcome)
