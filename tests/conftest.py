@@ -279,6 +279,20 @@ def _file_place(tmp_path: Path) -> Place:
     return FilePlace(tmp_path / "home" / "session.json")
 
 
+DELTAS_KEY = "aiosessionstore:{octocode}:deltas"
+
+
+def redis_stored(raw: Any, base: str = "aiosessionstore:{octocode}") -> Record | None:
+    """The session in Redis, as a store reads it: ``:session`` with ``:deltas`` folded in."""
+    from aiosessionstore._redis import fold, read_delta
+
+    with raw.pipeline(transaction=True) as both:  # at one moment: a fold may be under way
+        both.get(f"{base}:session")
+        both.lrange(f"{base}:deltas", 0, -1)
+        data, entries = both.execute()
+    return fold(None if data is None else decode(data), [read_delta(entry) for entry in entries])
+
+
 class RedisPlace(Place):
     """The session of app ``octocode`` in a fresh Redis database."""
 
@@ -300,9 +314,17 @@ class RedisPlace(Place):
         self.raw.set(self.key, data)
 
     def get(self) -> bytes | None:
-        data = self.raw.get(self.key)
+        """The session as a store sees it: the stored value with the deltas folded in (the
+        value itself where there are none)."""
+        with self.raw.pipeline(transaction=True) as both:
+            both.get(self.key)
+            both.llen(DELTAS_KEY)
+            data, count = both.execute()
         assert data is None or isinstance(data, bytes)
-        return data
+        if not count:
+            return data
+        record = redis_stored(self.raw)
+        return None if record is None else encode(record)
 
     def set_aside(self) -> list[bytes]:
         keys = sorted(self.raw.scan_iter(match=self.key + ":corrupt-*"))

@@ -10,9 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -27,11 +29,13 @@ from aiosessionstore import (
     CorruptSessionError,
     SessionNotFoundError,
     SessionStoreError,
+    _redis,
 )
 from aiosessionstore._change import Change, Mode
 from aiosessionstore._codec import decode, encode
 from aiosessionstore._file import MAX_FILE_SIZE, FileBackend
 from aiosessionstore._latency import bucket
+from aiosessionstore._redis import COMPACT_EVERY, DELTA_KEY, make_delta, read_delta
 from aiosessionstore._session import (
     ClientStats,
     Counts,
@@ -43,7 +47,7 @@ from aiosessionstore._session import (
 )
 from aiosessionstore.redis import RedisBackend
 
-from .conftest import WORKER, FakeClock, posix_only, start_worker, wait_for_line
+from .conftest import WORKER, FakeClock, posix_only, redis_stored, start_worker, wait_for_line
 from .servers import RedisServer, ReplyLoser, free_port
 
 pytestmark = pytest.mark.anyio
@@ -90,9 +94,10 @@ def store_at(url: str, **options: Any) -> AsyncSessionStore:
 
 
 def stored(client: redis.Redis) -> Record:
-    data = client.get(SESSION)
-    assert isinstance(data, bytes)
-    return decode(data)
+    """The session as a store reads it: the value with the deltas folded in."""
+    record = redis_stored(client)
+    assert record is not None, "nothing stored"
+    return record
 
 
 def aside_keys(client: redis.Redis) -> list[bytes]:
@@ -174,8 +179,8 @@ class TestFormat:
         record = decode(data)
         assert encode(record) == data
         assert record.session.session_id == store.session_id
-        assert record.session.stats.tool_calls == 4
-        assert json.loads(data)["tools"]["search"]["calls"] == 1
+        assert stored(direct).session.stats.tool_calls == 4  # with the deltas folded in
+        assert json.loads(encode(stored(direct)))["tools"]["search"]["calls"] == 1
 
     async def test_keys_share_one_hash_tag(self, redis_url: str, direct: redis.Redis) -> None:
         """Every key is under aiosessionstore:{app}: one cluster slot."""
@@ -704,13 +709,21 @@ class TestCluster:
             tag = f"aiosessionstore:{{{backend.app_name}}}"
             keys = [_bytes(key).decode() for key in check.keys(target_nodes="all")]
             ours = [key for key in keys if key.startswith(tag)]
-            assert len(ours) == 3
+            names = {key.removeprefix(tag).split(":")[1] for key in ours}
+            assert {"session", "rev", "applied"} <= names <= {"session", "rev", "applied", "deltas"}
             slots = {check.cluster_keyslot(key) for key in ours}
             assert len(slots) == 1
-            data = _bytes(check.get(f"{tag}:session"))
-            assert decode(data).session.stats.tool_calls == 5
+            decode(_bytes(check.get(f"{tag}:session")))  # the file's bytes, as of the last fold
         finally:
             check.close()
+        reader = RedisBackend(
+            redis.asyncio.RedisCluster(host="127.0.0.1", port=port), app_name=backend.app_name
+        )
+        try:
+            record = await asyncio.to_thread(reader.peek)
+        finally:
+            await asyncio.to_thread(reader.close)
+        assert record.session.stats.tool_calls == 5
 
 
 @posix_only
@@ -738,3 +751,276 @@ class TestShutdown:
         assert done.returncode == 0, done.stderr
         assert "never closed" in done.stderr
         assert stored(direct).session.stats.tool_calls == 13
+
+
+DELTAS = f"{BASE}:deltas"
+
+
+def one_call(writer: str, number: int, known: Record, saved: bool = True, **more: Any) -> Change:
+    """A merge of one tool call (and ``more`` counts) by ``writer``."""
+    counts = Counts(SessionStats(1), **more)
+    return Change(
+        Mode.MERGE, counts, known.session.last_active_at, known, saved, 64, writer, number
+    )
+
+
+class TestDeltas:
+    """Merges appended to :deltas and folded into :session by compare-and-set."""
+
+    def test_a_delta_is_a_record_the_codec_reads(self) -> None:
+        """A delta is the codec's JSON: the counts, the session to start from where none is
+        stored, and the marker key; read back, it is what its writer folds."""
+        known = Record(Session.new(timestamp(1_764_000_000)))
+        made = make_delta(one_call("w", 1, known, saved=False), "here")
+        assert made is not None
+        data, delta = made
+        document = json.loads(data)
+        assert document["sessionId"] == known.session.session_id
+        assert document["stats"]["toolCalls"] == 1
+        assert document[DELTA_KEY] == {"lastActiveAt": "2025-11-24T16:00:00.000Z", "maxTools": 64}
+        assert read_delta(data) == delta
+        assert delta.onto(None) == one_call("w", 1, known, saved=False).apply(known)
+        # A saved session that is gone starts a new one: its id is chosen once, in the bytes.
+        saved = make_delta(one_call("w", 1, known), "here")
+        assert saved is not None
+        assert json.loads(saved[0])["sessionId"] != known.session.session_id
+        # An unsaved session with counts of its own cannot be said as a delta.
+        counted = Record(replace(known.session, stats=SessionStats(5)))
+        assert make_delta(one_call("w", 1, counted, saved=False), "here") is None
+
+    def test_deltas_fold_in_order(
+        self, redis_url: str, direct: redis.Redis, tmp_path: Path
+    ) -> None:
+        """Merges pushed by several writers fold in the order pushed, by the file's rules:
+        with one name kept apart, the first tool pushed keeps its name."""
+        known = Record(Session.new(timestamp(1_764_000_000)))
+        tools = [MappingProxyType({name: ToolStats(1)}) for name in ("b", "a", "c")]
+        changes = [
+            Change(Mode.MERGE, Counts(SessionStats(1), tools[i]), now, known, False, 1, w, 1)
+            for i, (w, now) in enumerate(
+                [("x", timestamp(1_764_000_003)), ("y", timestamp(1_764_000_001)),
+                 ("z", timestamp(1_764_000_002))]
+            )
+        ]  # fmt: skip
+        file = FileBackend(tmp_path / "session.json")
+        backend = RedisBackend.from_url(redis_url)
+        try:
+            for change in changes:
+                file.commit(change)
+                backend.commit(change)
+            assert direct.llen(DELTAS) == 2  # the first wrote the session: there was none
+            assert backend.peek() == file.read()
+            assert dict(backend.peek().session.tools) == {
+                "b": ToolStats(1),
+                "(other)": ToolStats(2),
+            }
+            assert backend.read() == file.read()  # folded: the list is empty, the value whole
+            assert direct.llen(DELTAS) == 0
+            assert stored(direct) == decode(_bytes(direct.get(SESSION))) == file.read()
+        finally:
+            backend.close()
+
+    def test_deltas_over_a_deleted_session_agree_on_one_id(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """After a delete, the first delta pushed decides the new session, for every store."""
+
+        async def run() -> None:
+            async with store_at(redis_url) as first, store_at(redis_url) as second:
+                old = first.session_id
+                deleter = RedisBackend.from_url(redis_url)
+                assert await asyncio.to_thread(deleter.remove)
+                await asyncio.to_thread(deleter.close)
+                await first.increment_tool_calls()
+                await first.flush()
+                await second.increment_tool_calls(2)
+                await second.flush()
+                assert first.session_id == second.session_id != old
+                assert direct.get(SESSION) is None  # in the deltas only, so far
+                assert stored(direct).session.session_id == first.session_id
+                assert stored(direct).session.stats.tool_calls == 3
+
+        asyncio.run(run())
+
+    def test_a_merge_never_conflicts(self, redis_url: str, direct: redis.Redis) -> None:
+        """A merge is one round trip whatever others wrote since: no revision is bumped."""
+        known = Record(Session.new(timestamp(1_764_000_000)))
+        backends = [RedisBackend.from_url(redis_url) for _ in range(3)]
+        try:
+            for number in range(1, 4):
+                for index, backend in enumerate(backends):
+                    backend.commit(one_call(f"w{index}", number, known, saved=False))
+            rev = direct.get(REV)
+            backends[0].commit(one_call("w0", 4, known, saved=False))
+            assert direct.get(REV) == rev
+            assert direct.llen(DELTAS) == 9  # the first write made the session
+            assert backends[0].read().session.stats.tool_calls == 10
+        finally:
+            for backend in backends:
+                backend.close()
+
+    def test_the_stores_view_is_what_a_later_fold_stores(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """The record a store adopts after its merge is, byte for byte, what a fold by
+        anyone else then writes."""
+
+        async def run() -> None:
+            async with store_at(redis_url) as first, store_at(redis_url) as second:
+                for round_ in range(5):
+                    for store, name in ((first, "search"), (second, "fetch")):
+                        async with store.tool_call(name, client=f"c{round_}"):
+                            pass
+                        await store.increment_errors()
+                        await store.flush()
+                        adopted = store._writer.record
+                        assert adopted is not None
+                        folder = RedisBackend.from_url(redis_url)
+                        try:
+                            folded = await asyncio.to_thread(folder.read)
+                        finally:
+                            await asyncio.to_thread(folder.close)
+                        assert encode(folded) == encode(adopted) == direct.get(SESSION)
+
+        asyncio.run(run())
+
+    @pytest.mark.parametrize("every", [2, COMPACT_EVERY])
+    def test_compaction_exactly_once_under_concurrent_compactors(
+        self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch, every: int
+    ) -> None:
+        """Writers push while several backends fold at once, as often as they can: every
+        delta is folded exactly once."""
+        monkeypatch.setattr(_redis, "COMPACT_EVERY", every)
+        known = Record(Session.new(timestamp(1_764_000_000)))
+        writers, merges = 4, 150
+        done = threading.Event()
+        errors: list[BaseException] = []
+        folds = [0]
+
+        def write(index: int) -> None:
+            backend = RedisBackend.from_url(redis_url)
+            try:
+                for number in range(1, merges + 1):
+                    backend.commit(one_call(f"w{index}", number, known, saved=False))
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                backend.close()
+
+        def fold_all() -> None:
+            backend = RedisBackend.from_url(redis_url)
+            try:
+                while not done.is_set():
+                    backend.read()
+                    folds[0] += 1
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                backend.close()
+
+        opener = RedisBackend.from_url(redis_url)
+        opener.commit(one_call("opener", 1, known, saved=False))
+        opener.close()
+        compactors = [threading.Thread(target=fold_all) for _ in range(3)]
+        pushers = [threading.Thread(target=write, args=(index,)) for index in range(writers)]
+        for thread in compactors + pushers:
+            thread.start()
+        for thread in pushers:
+            thread.join(120)
+        done.set()
+        for thread in compactors:
+            thread.join(120)
+        assert errors == []
+        assert folds[0] > 10
+        assert stored(direct).session.stats.tool_calls == writers * merges + 1
+        backend = RedisBackend.from_url(redis_url)
+        try:
+            assert backend.read().session.stats.tool_calls == writers * merges + 1
+        finally:
+            backend.close()
+        assert direct.llen(DELTAS) == 0
+
+    async def test_a_lost_reply_on_a_merge_pushes_the_delta_once(
+        self, loser: ReplyLoser, direct: redis.Redis
+    ) -> None:
+        """The merge's reply is lost after the push; sent again, it pushes nothing."""
+        async with store_at(loser.url) as store:
+            await store.increment_tool_calls(2)
+            await store.flush()
+            before = direct.llen(DELTAS)
+            await store.increment_tool_calls(5)
+            loser.lose_next_reply()
+            with pytest.raises(SessionStoreError):
+                await store.flush()
+            assert direct.llen(DELTAS) == before + 1
+            await store.flush()  # sent again: applied already
+            assert direct.llen(DELTAS) == before + 1
+            assert store.session.stats.tool_calls == 7
+            assert stored(direct).session.stats.tool_calls == 7
+        assert stored(direct).session.stats.tool_calls == 7
+        assert loser.lost == 1
+
+    def test_a_lost_reply_on_a_compaction(self, loser: ReplyLoser, direct: redis.Redis) -> None:
+        """A fold whose reply is lost landed once: the list is trimmed of what it folded, and
+        the next writes build on the new revision."""
+        known = Record(Session.new(timestamp(1_764_000_000)))
+        backend = RedisBackend.from_url(loser.url)
+        try:
+            for number in range(1, 3):
+                backend.commit(one_call("w", number, known, saved=False))
+            backend.read()  # every script loaded: one reply per call from here on
+            for number in range(3, 6):
+                backend.commit(one_call("w", number, known, saved=False))
+            assert direct.llen(DELTAS) == 3
+            rev = direct.get(REV)
+            loser.lose_reply_after(1)  # the read's reply arrives; the fold's is lost
+            with pytest.raises(SessionStoreError):
+                backend.read()
+            assert loser.lost == 1
+            assert direct.llen(DELTAS) == 0
+            assert direct.get(REV) != rev
+            assert decode(_bytes(direct.get(SESSION))).session.stats.tool_calls == 5
+            record = backend.commit(one_call("w", 6, known, saved=False))
+            assert record.session.stats.tool_calls == 6
+            assert backend.read().session.stats.tool_calls == 6
+        finally:
+            backend.close()
+
+    async def test_a_corrupt_delta_is_moved_aside(
+        self, redis_url: str, direct: redis.Redis, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A list entry that is no delta: peek leaves it; a flush moves the list aside as it
+        was and pushes the sound entries back, so their counts stay."""
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls(2)
+            await store.flush()
+            direct.rpush(DELTAS, b"{oops")
+            reader = RedisBackend.from_url(redis_url)
+            with pytest.raises(CorruptSessionError, match="left in place"):
+                await asyncio.to_thread(reader.peek)
+            await asyncio.to_thread(reader.close)
+            assert direct.lrange(DELTAS, -1, -1) == [b"{oops"]
+            await store.increment_tool_calls(3)
+            await store.flush()  # the reply holds only what is new: the bad entry, and ours
+        assert "corrupt list of changes" in caplog.text
+        [aside] = [_bytes(key) for key in direct.keys(f"{DELTAS}:corrupt-*")]
+        entries = direct.lrange(aside, 0, -1)
+        assert b"{oops" in entries
+        assert b"{oops" not in direct.lrange(DELTAS, 0, -1)
+        assert stored(direct).session.stats.tool_calls == 5
+
+    async def test_deltas_of_the_wrong_type_are_moved_aside(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """A :deltas that is no list is renamed, never overwritten."""
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls()
+            await store.flush()
+            folder = RedisBackend.from_url(redis_url)
+            await asyncio.to_thread(folder.read)  # folds the list in: it is gone
+            await asyncio.to_thread(folder.close)
+            direct.hset(DELTAS, "a", "b")
+            await store.increment_tool_calls()
+        [aside] = [_bytes(key) for key in direct.keys(f"{DELTAS}:corrupt-*")]
+        assert direct.hgetall(aside) == {b"a": b"b"}
+        assert stored(direct).session.stats.tool_calls == 2

@@ -1,5 +1,6 @@
-"""The session in Redis: one string key holding the file's exact bytes, written by
-compare-and-set, with each writer's changes applied at most once.
+"""The session in Redis: the file's exact bytes in one string key, and the counts of each
+flush appended to a list beside it, folded in now and then; each writer's changes applied at
+most once.
 
 The backend is blocking, as every backend is: the store calls it on its own thread. It runs
 redis-py's asyncio client on an event loop of its own, made in that thread, so the app's loop
@@ -8,11 +9,45 @@ interpreter exit (after the app's loop is gone) works the same.
 
 Keys share the hash tag ``{<app>}``, so that they all live in one cluster slot:
 
-- ``aiosessionstore:{<app>}:session``: the session, as ``encode`` writes the file;
-- ``aiosessionstore:{<app>}:rev``: bumped by every write and delete, never reset, so a
-  compare-and-set that finds the revision it expects finds the value it read (no ABA);
+- ``aiosessionstore:{<app>}:session``: the session as ``encode`` writes the file, as of the
+  last fold;
+- ``aiosessionstore:{<app>}:deltas``: a list of merges not yet folded into it, oldest first;
+- ``aiosessionstore:{<app>}:rev``: bumped by every rewrite of the session (a fold, a reset,
+  a new session, an import), by every delete and by every move of a corrupt key aside; never
+  reset. Between two bumps the list only grows at its tail, so a compare-and-set that finds
+  the revision it expects finds the session it read and the deltas it read, still first in
+  the list (no ABA);
 - ``aiosessionstore:{<app>}:applied:<writer>``: the number of that writer's last change
   applied, kept 7 days, so that a change sent again after a lost reply is applied once.
+
+The session is the value of ``:session`` with every delta folded over it in list order,
+by the merge rules of ``Change.apply``: what a store adopts after its flush is exactly what a
+later fold stores.
+
+A merge is one script, which never conflicts: unless the writer's change number says it was
+applied already, it pushes the delta and records the number, and it replies with the
+revision, the session's bytes only if the revision is not the one the writer holds (else
+nothing: a flush does not carry the whole session), and the deltas the writer has not seen.
+Everything else is a compare-and-set on the revision, which writes the folded session and
+trims the deltas it folded from the head of the list: the fold (a compaction, by the writer
+whose push made the list a multiple of ``COMPACT_EVERY`` long, or at ``read``), a reset, a
+new session, an import or replace (folded first, then the change), and a session written
+where a corrupt one was. Only such a write trims, only from the head and only under the
+revision it read, so each delta is folded exactly once. A merge is written this way too when
+no session is stored yet, so that the first store on an empty database writes the session.
+
+A delta is encoded with the session codec, so it is validated when read back: the bytes of a
+record whose ``sessionId``, ``createdAt`` and top-level unknown keys are those of the session
+the delta starts where none is stored (``Change.base_when_missing``: made once, when the delta
+is, so every fold picks the same new id), whose ``lastActiveAt`` is the change's ``active_at``,
+whose counters and sections are the counts, and with one more top-level key,
+``"aiosessionstore:delta": {"lastActiveAt": <that session's>, "maxTools": <the cap>}``. A merge
+whose session-to-start-from cannot be said so (one with counts of its own, or keys inside
+its stats) is written by compare-and-set instead.
+
+A ``:deltas`` of another type, or holding an entry that does not decode as a delta, is
+renamed to ``:deltas:corrupt-<time>`` as it was, never overwritten; the entries that do decode
+are pushed back in their order, so that their counts stay in the session.
 """
 
 from __future__ import annotations
@@ -23,8 +58,9 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
@@ -36,8 +72,8 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from ._change import Change
-from ._codec import decode, encode
+from ._change import Change, Mode
+from ._codec import decode, encode, encode_after
 from ._errors import (
     CorruptSessionError,
     LockTimeoutError,
@@ -46,7 +82,16 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._file import MAX_FILE_SIZE
-from ._session import Record
+from ._names import check_max_tools
+from ._session import (
+    CURRENT_VERSION,
+    Counts,
+    Record,
+    Session,
+    SessionStats,
+    format_timestamp,
+    parse_timestamp,
+)
 
 __all__ = ("RedisBackend",)
 
@@ -60,9 +105,16 @@ Client: TypeAlias = "aioredis.Redis | RedisCluster"
 APPLIED_TTL_MS = 7 * 24 * 3600 * 1000
 #: Connect and reply timeouts of a client made from a URL that sets none.
 DEFAULT_SOCKET_TIMEOUT = 5.0
+#: The writer whose push makes the list of deltas a multiple of this long folds it.
+COMPACT_EVERY = 32
+#: The top-level key that makes a record a delta; no session has it.
+DELTA_KEY = "aiosessionstore:delta"
 _SCHEMES = ("redis", "rediss")
+#: A revision no revision is: "I hold none".
+_NO_REV = "-"
 
 # Every script checks all it can before its first write: Redis does not roll a script back.
+# KEYS[1] is the session, KEYS[2] the revision, KEYS[3] the deltas, in every script.
 _LUA_PRELUDE = """
 local function rev_of()
   local kind = redis.call('TYPE', KEYS[2])['ok']
@@ -75,13 +127,46 @@ local function rev_of()
   end
   return rev
 end
-local function state(rev, max)
+local function deltas_kind()
+  local kind = redis.call('TYPE', KEYS[3])['ok']
+  if kind == 'none' or kind == 'list' then return nil end
+  return kind
+end
+-- The number of the writer's last change applied (0: none), or nil and an error.
+local function applied_of(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return 0 end
+  local done = kind == 'string' and redis.call('GET', key)
+  -- Plain digits only: tonumber would take '1e999' as infinity, and skip every change.
+  if not done or not string.match(done, '^[0-9]+$') or #done > 15 then
+    return nil, key .. ' holds no change number'
+  end
+  return tonumber(done)
+end
+local function state(max)
   local kind = redis.call('TYPE', KEYS[1])['ok']
-  if kind == 'none' then return {rev, 'missing'} end
-  if kind ~= 'string' then return {rev, 'type', kind} end
+  if kind == 'none' then return 'missing', false end
+  if kind ~= 'string' then return 'type', kind end
   local size = redis.call('STRLEN', KEYS[1])
-  if size > max then return {rev, 'large', size} end
-  return {rev, 'value', redis.call('GET', KEYS[1])}
+  if size > max then return 'large', size end
+  return 'value', redis.call('GET', KEYS[1])
+end
+-- What the caller needs to see the session: {rev, from, kind, value, deltas from 'from' on}.
+-- The session's bytes only where the caller holds another revision (mine), fewer deltas, or
+-- a value of another length (set by hand, at the same revision).
+local function size_of()
+  local kind = redis.call('TYPE', KEYS[1])['ok']
+  if kind == 'none' then return -1 end
+  if kind ~= 'string' then return -2 end
+  return redis.call('STRLEN', KEYS[1])
+end
+local function view(rev, max, mine, count, size)
+  local n = redis.call('LLEN', KEYS[3])
+  if rev == mine and n >= count and size_of() == size then
+    return {rev, count, 'same', false, redis.call('LRANGE', KEYS[3], count, -1)}
+  end
+  local kind, value = state(max)
+  return {rev, 0, kind, value, redis.call('LRANGE', KEYS[3], 0, -1)}
 end
 local function bump()
   if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -94,77 +179,115 @@ local function bump()
   end
   return redis.call('GET', KEYS[2])
 end
-local function reply(status, rev, max)
-  local found = state(rev, max)
-  table.insert(found, 1, status)
-  return found
-end
 """
 
-#: KEYS: session, rev, applied. ARGV: number, expected rev, expected SHA-1 of the value ("" for
-#: none), new value, TTL of applied (ms), largest value returned.
-_COMMIT = (
+#: KEYS: session, rev, deltas, applied. ARGV: number, delta, TTL of applied (ms), the
+#: revision the writer holds, how many deltas it holds, largest value returned, the length
+#: of the value it holds.
+_MERGE = (
     _LUA_PRELUDE
     + """
 local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
-local max = tonumber(ARGV[6])
-local number = tonumber(ARGV[1])
+local bad = deltas_kind()
+if bad then return {'deltas', rev, bad} end
+local done, err2 = applied_of(KEYS[4])
+if not done then return redis.error_reply(err2) end
+local max, count, size = tonumber(ARGV[6]), tonumber(ARGV[5]), tonumber(ARGV[7])
+if tonumber(ARGV[1]) <= done then return {'applied', view(rev, max, ARGV[4], count, size)} end
+redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[3])
+return {'ok', view(rev, max, ARGV[4], count, size)}
+"""
+)
+
+#: KEYS: session, rev, deltas, applied, aside. ARGV: expected rev, deltas folded, new value,
+#: expected SHA-1 of the value ("" for none), number (0: none), TTL of applied (ms), largest
+#: value returned, "1" to rename the (corrupt) value to aside first.
+_REWRITE = (
+    _LUA_PRELUDE
+    + """
+local rev, err = rev_of()
+if not rev then return redis.error_reply(err) end
+local bad = deltas_kind()
+if bad then return {'deltas', rev, bad} end
+local max, count, number = tonumber(ARGV[7]), tonumber(ARGV[2]), tonumber(ARGV[5])
 if number > 0 then
-  local kind = redis.call('TYPE', KEYS[3])['ok']
-  if kind ~= 'none' then
-    local done = kind == 'string' and redis.call('GET', KEYS[3])
-    -- Plain digits only: tonumber would take '1e999' as infinity, and skip every change.
-    if not done or not string.match(done, '^[0-9]+$') or #done > 15 then
-      return redis.error_reply(KEYS[3] .. ' holds no change number')
-    end
-    if number <= tonumber(done) then return reply('applied', rev, max) end
-  end
+  local done, err2 = applied_of(KEYS[4])
+  if not done then return redis.error_reply(err2) end
+  if number <= done then return {'applied', view(rev, max, '-', 0, 0)} end
 end
-if rev ~= ARGV[2] then return reply('conflict', rev, max) end
--- The revision matches; the value must too, should anything have set it by hand.
+if rev ~= ARGV[1] then return {'conflict', view(rev, max, '-', 0, 0)} end
+if redis.call('LLEN', KEYS[3]) < count then return {'conflict', view(rev, max, '-', 0, 0)} end
 local kind = redis.call('TYPE', KEYS[1])['ok']
-local digest = ''
-if kind == 'string' then
-  -- A value set by hand past the bound is not read whole: the reply says it is too large.
-  if redis.call('STRLEN', KEYS[1]) > max then return reply('conflict', rev, max) end
-  digest = redis.sha1hex(redis.call('GET', KEYS[1]))
-elseif kind ~= 'none' then
-  digest = kind
+if ARGV[8] == '1' then
+  if kind == 'none' then return {'conflict', view(rev, max, '-', 0, 0)} end
+  if redis.call('EXISTS', KEYS[5]) == 1 then return {'taken'} end
+else
+  -- The revision matches; the value must too, should anything have set it by hand.
+  local digest = ''
+  if kind == 'string' then
+    -- A value set by hand past the bound is not read whole: the reply says it is too large.
+    if redis.call('STRLEN', KEYS[1]) > max then return {'conflict', view(rev, max, '-', 0, 0)} end
+    digest = redis.sha1hex(redis.call('GET', KEYS[1]))
+  elseif kind ~= 'none' then
+    digest = kind
+  end
+  if digest ~= ARGV[4] then return {'conflict', view(rev, max, '-', 0, 0)} end
 end
-if digest ~= ARGV[3] then return reply('conflict', rev, max) end
-redis.call('SET', KEYS[1], ARGV[4])
+if ARGV[8] == '1' then redis.call('RENAME', KEYS[1], KEYS[5]) end
+redis.call('SET', KEYS[1], ARGV[3])
+if count > 0 then redis.call('LTRIM', KEYS[3], count, -1) end
 local new = bump()
-if number > 0 then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[5]) end
+if number > 0 then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
 return {'ok', new}
 """
 )
 
-#: KEYS: session, rev. ARGV: largest value returned.
+#: KEYS: session, rev, deltas. ARGV: largest value returned, the revision the reader holds,
+#: how many deltas it holds, the length of the value it holds.
 _READ = (
     _LUA_PRELUDE
     + """
 local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
-return state(rev, tonumber(ARGV[1]))
+local bad = deltas_kind()
+if bad then return {'deltas', rev, bad} end
+return {'ok', view(rev, tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))}
 """
 )
 
-#: KEYS: session, rev, aside. ARGV: the revision at which the value was judged corrupt.
-#: Returns {1, new rev} once moved; {0} if anything changed since; {-1} if aside is taken.
+#: KEYS: session, rev, deltas, aside. ARGV: the revision at which the value was judged
+#: corrupt. Returns {1, new rev} once moved; {0} if anything changed since; {-1} if aside
+#: is taken.
 _SET_ASIDE = (
     _LUA_PRELUDE
     + """
 local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
 if rev ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {-1} end
-redis.call('RENAME', KEYS[1], KEYS[3])
+if redis.call('EXISTS', KEYS[4]) == 1 then return {-1} end
+redis.call('RENAME', KEYS[1], KEYS[4])
 return {1, bump()}
 """
 )
 
-#: KEYS: session, rev. Returns {1 if it existed else 0, new rev}.
+#: KEYS: session, rev, deltas, aside. ARGV: the revision at which the deltas were judged
+#: corrupt, then the sound entries to push back, in order. Returns as _SET_ASIDE does.
+_DELTAS_ASIDE = (
+    _LUA_PRELUDE
+    + """
+local rev, err = rev_of()
+if not rev then return redis.error_reply(err) end
+if rev ~= ARGV[1] or redis.call('EXISTS', KEYS[3]) == 0 then return {0} end
+if redis.call('EXISTS', KEYS[4]) == 1 then return {-1} end
+redis.call('RENAME', KEYS[3], KEYS[4])
+for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+return {1, bump()}
+"""
+)
+
+#: KEYS: session, rev, deltas. Returns {1 if a session existed else 0, new rev}.
 _REMOVE = (
     _LUA_PRELUDE
     + """
@@ -174,31 +297,144 @@ local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' and kind ~= 'string' then
   return redis.error_reply(KEYS[1] .. ' is a ' .. kind .. ', not a session; left as it is')
 end
-local existed = redis.call('DEL', KEYS[1])
-return {existed, bump()}
+local bad = deltas_kind()
+if bad then
+  return redis.error_reply(KEYS[3] .. ' is a ' .. bad .. ', not a list; left as it is')
+end
+local existed = redis.call('DEL', KEYS[1], KEYS[3])
+return {existed > 0 and 1 or 0, bump()}
 """
 )
 
 
 @dataclass(frozen=True)
-class _Seen:
-    """The stored session at a revision: its record (None: there is none) and the SHA-1 of
-    its bytes, which a compare-and-set expects to find."""
+class _Delta:
+    """One merge as stored in the list: the session it starts where none is stored, and the
+    change that adds its counts (its writer's cap on names included)."""
 
-    rev: str
-    record: Record | None
-    digest: str
+    base: Record
+    change: Change
+
+    def onto(self, record: Record | None) -> Record:
+        return self.change.apply(self.base if record is None else record)
+
+
+def fold(record: Record | None, deltas: Sequence[_Delta]) -> Record | None:
+    """``record`` (None: no session stored) with ``deltas`` merged in, in order."""
+    for delta in deltas:
+        record = delta.onto(record)
+    return record
+
+
+def make_delta(change: Change, where: str) -> tuple[bytes, _Delta] | None:
+    """A merge as a delta's bytes, and what every reader reads back from them; None for a
+    merge that a delta cannot carry (it is written by compare-and-set instead)."""
+    if change.known is None:
+        return None
+    base = change.base_when_missing(where)
+    session = base.session
+    if (
+        base.stats_extra
+        or base.entries_extra
+        or DELTA_KEY in base.extra
+        or session.version != CURRENT_VERSION
+        or session.stats != SessionStats()
+        or session.tools
+        or session.prompts
+        or session.clients
+    ):
+        return None
+    counts = change.counts
+    record = Record(
+        Session(
+            CURRENT_VERSION,
+            session.session_id,
+            session.created_at,
+            change.active_at,
+            counts.stats,
+            counts.tools,
+            counts.prompts,
+            counts.clients,
+        ),
+        MappingProxyType(
+            {
+                **base.extra,
+                DELTA_KEY: {
+                    "lastActiveAt": format_timestamp(session.last_active_at),
+                    "maxTools": change.max_tools,
+                },
+            }
+        ),
+    )
+    # What every reader decodes from these bytes, foreseen without parsing them.
+    data, encoded = encode_after(record, None)
+    try:
+        delta = read_delta(data) if encoded is None else _delta_of(encoded.record)
+    except (CorruptSessionError, UnsupportedVersionError, RecursionError):
+        return None  # an id or a key that does not read back as written
+    return data, delta
+
+
+def read_delta(data: bytes) -> _Delta:
+    """The delta in ``data``; CorruptSessionError if it is none."""
+    return _delta_of(decode(data))
+
+
+def _delta_of(record: Record) -> _Delta:
+    """The delta a record decoded from a list entry says; CorruptSessionError if none."""
+    mark = record.extra.get(DELTA_KEY)
+    if not isinstance(mark, dict) or set(mark) != {"lastActiveAt", "maxTools"}:
+        raise CorruptSessionError(f"no {DELTA_KEY} object with lastActiveAt and maxTools")
+    try:
+        base_active = parse_timestamp(mark["lastActiveAt"])
+        max_tools = check_max_tools(mark["maxTools"])
+    except (TypeError, ValueError) as exc:
+        raise CorruptSessionError(f"{DELTA_KEY}: {exc}") from None
+    if record.stats_extra or record.entries_extra:
+        raise CorruptSessionError("a delta has no unknown keys in its stats or entries")
+    session = record.session
+    extra = {key: value for key, value in record.extra.items() if key != DELTA_KEY}
+    base = Record(
+        Session(
+            session.version,
+            session.session_id,
+            session.created_at,
+            base_active,
+            SessionStats(),
+        ),
+        MappingProxyType(extra),
+    )
+    counts = Counts(session.stats, session.tools, session.prompts, session.clients)
+    change = Change(Mode.MERGE, counts, session.last_active_at, None, False, max_tools)
+    return _Delta(base, change)
 
 
 @dataclass(frozen=True)
-class _Corrupt:
-    """A stored value that is no session, at a revision: why, for the messages."""
+class _View:
+    """The stored session as of a revision: ``:session`` (its record, None if there is none
+    or it is corrupt; the SHA-1 of its bytes, which a compare-and-set expects to find; why it
+    is corrupt, if it is), the deltas read after it, and it with them folded in."""
+
+    rev: str
+    base: Record | None
+    digest: str
+    #: Its length (-1: none; -2: a key of another type): a merge that finds another, at the
+    #: same revision (a value set by hand), is sent the value.
+    size: int
+    corrupt: str | None
+    deltas: tuple[_Delta, ...]
+    folded: Record | None
+
+
+@dataclass(frozen=True)
+class _BadDeltas:
+    """A ``:deltas`` that is no list of deltas, at a revision: why, for the messages."""
 
     rev: str
     why: str
 
 
-_Found: TypeAlias = "_Seen | _Corrupt"
+_Found: TypeAlias = "_View | _BadDeltas"
 
 
 class RedisBackend:
@@ -223,16 +459,32 @@ class RedisBackend:
         base = f"aiosessionstore:{{{app_name}}}"
         self._session_key = f"{base}:session"
         self._rev_key = f"{base}:rev"
+        self._deltas_key = f"{base}:deltas"
         self._applied_prefix = f"{base}:applied:"
         self._where = _describe(client)
         self.description = f"{self._where} key {base}"
-        self._commit_script: AsyncScript = client.register_script(_COMMIT)
+        self._merge_script: AsyncScript = client.register_script(_MERGE)
+        self._rewrite_script: AsyncScript = client.register_script(_REWRITE)
         self._read_script: AsyncScript = client.register_script(_READ)
         self._aside_script: AsyncScript = client.register_script(_SET_ASIDE)
+        self._deltas_aside_script: AsyncScript = client.register_script(_DELTAS_ASIDE)
         self._remove_script: AsyncScript = client.register_script(_REMOVE)
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: What this backend last read or wrote: a write expecting it is one round trip.
-        self._seen: _Seen | None = None
+        #: What this backend last read or wrote: a merge that holds it is one round trip,
+        #: and its reply carries only what is new since.
+        self._held: _View | None = None
+        #: The last view of a sound value: what a value spoiled at the same revision was.
+        self._sound_view: _View | None = None
+
+    @property
+    def _view(self) -> _View | None:
+        return self._held
+
+    @_view.setter
+    def _view(self, view: _View | None) -> None:
+        self._held = view
+        if view is not None and view.base is not None:
+            self._sound_view = view
 
     @classmethod
     def from_url(
@@ -283,21 +535,30 @@ class RedisBackend:
         return self._run(self._commit(change))
 
     def read(self) -> Record:
-        return self._run(self._read(move_corrupt=True))
+        """The session, folded: the deltas are folded into the stored value on the way."""
+        return self._run(self._read())
 
     def peek(self) -> Record:
-        return self._run(self._read(move_corrupt=False))
+        """The session, folded here; nothing is written or moved."""
+        return self._run(self._peek())
 
     def remove(self) -> bool:
         return self._run(self._remove())
 
     def close(self) -> None:
-        """Close the client and our loop; a later call (the exit flush) makes a new loop."""
+        """Fold the deltas we know of, so that a fleet at rest leaves the whole session in
+        ``:session`` (a favour: any failure is only logged); then close the client and our
+        loop. A later call (the exit flush) makes a new loop."""
         loop = self._loop
         if loop is None:
             return
         _refuse_a_running_loop(None)
         self._loop = None
+        if self._view is not None and self._view.deltas:
+            try:
+                loop.run_until_complete(asyncio.wait_for(self._fold_at_close(), self.timeout))
+            except (RedisError, OSError, asyncio.TimeoutError, SessionStoreError) as exc:
+                logger.debug("folding the deltas of %s failed: %s", self.description, exc)
         try:
             loop.run_until_complete(asyncio.wait_for(self.client.aclose(), self.timeout))
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -323,115 +584,298 @@ class RedisBackend:
             raise SessionStoreError(f"cannot use {self.description}: {_reason(exc)}") from exc
 
     async def _commit(self, change: Change) -> Record:
-        """Compare-and-set until it lands; one round trip when nobody wrote since we did."""
+        """A merge pushes its delta: one round trip, never a conflict. Anything else, and a
+        merge where no session is stored yet, is a compare-and-set of the folded session."""
         deadline = time.monotonic() + self.timeout
-        seen = self._seen
-        if seen is None:
-            seen = await self._settle(await self._state(), change)
+        made = make_delta(change, self.description) if change.mode is Mode.MERGE else None
+        view = self._view
+        if view is None:
+            view = await self._sound(await self._load(None), change)
+        while made is None or view.corrupt is not None or view.folded is None:
+            done = await self._rewrite(view, change, deadline, merge_instead=made is not None)
+            if isinstance(done, Record):
+                return done
+            view = done  # a session appeared meanwhile: push the delta instead
+        assert made is not None
+        return await self._merge(change, made, view, deadline)
+
+    async def _merge(
+        self, change: Change, made: tuple[bytes, _Delta], view: _View, deadline: float
+    ) -> Record:
+        data = made[0]
         while True:
-            base = seen.record
-            if base is None:
-                base = change.base_when_missing(self.description)
-            record = change.apply(base)
+            reply = await self._call(
+                self._merge_script,
+                self._keys(self._applied_prefix + change.writer),
+                [
+                    change.number,
+                    data,
+                    APPLIED_TTL_MS,
+                    view.rev,
+                    len(view.deltas),
+                    MAX_FILE_SIZE,
+                    view.size,
+                ],
+            )
+            status = _text(reply[0])
+            if status != "deltas":
+                break
+            view = await self._sound(_BadDeltas(_text(reply[1]), _wrong_type(reply[2])), change)
+        found = self._absorb(view, reply[1], own=made)
+        view = await self._sound(found, change)
+        if view.corrupt is not None:  # moved aside, replaced by the fold over our known one
+            done = await self._rewrite(view, change, deadline, include=False)
+            assert isinstance(done, Record)
+            return done
+        self._view = view
+        if view.folded is None:  # applied before, and deleted since
+            return self._applied(view, change)
+        count = len(view.deltas)
+        if status == "ok" and count >= COMPACT_EVERY and count % COMPACT_EVERY == 0:
+            try:  # our delta is stored: folding it in is a favour, not part of the flush
+                await self._rewrite(view, None, deadline, give_up=True)
+            except (RedisError, OSError) as exc:
+                logger.debug("folding the deltas of %s failed: %s", self.description, exc)
+        return view.folded
+
+    async def _rewrite(
+        self,
+        view: _View,
+        change: Change | None,
+        deadline: float,
+        *,
+        include: bool = True,
+        give_up: bool = False,
+        merge_instead: bool = False,
+    ) -> Record | _View:
+        """Compare-and-set of the folded session, with ``change`` applied (unless ``include``
+        is false: a merge whose delta is in the list already), a corrupt value moved aside
+        and replaced by ``change.base_when_corrupt()``. Retried until it lands, unless
+        ``give_up`` (then the view it lost to); ``merge_instead``: a view with a session
+        stored is returned for the merge to push its delta."""
+        stem = f"{self._session_key}:corrupt-{_now()}"
+        aside, number = stem, 0
+        while True:
+            if view.corrupt is not None:
+                assert change is not None
+                record = fold(self._replacement(view, change), view.deltas)
+            else:
+                record = view.folded
+            numbered = change is not None and include
+            if numbered:
+                assert change is not None
+                if record is None:
+                    record = change.base_when_missing(self.description)
+                record = change.apply(record)
+            elif record is None or (not view.deltas and view.corrupt is None):
+                return view if record is None else record  # nothing to fold
             data = encode(record)
             if len(data) > MAX_FILE_SIZE:
                 raise SessionStoreError(
                     f"cannot write {self.description}: the session would be {len(data)} "
                     f"bytes, over the {MAX_FILE_SIZE}-byte limit"
                 )
+            writer = change.writer if numbered and change is not None else ""
             reply = await self._call(
-                self._commit_script,
-                [self._session_key, self._rev_key, self._applied_prefix + change.writer],
-                [change.number, seen.rev, seen.digest, data, APPLIED_TTL_MS, MAX_FILE_SIZE],
+                self._rewrite_script,
+                [*self._keys(self._applied_prefix + writer), aside],
+                [
+                    view.rev,
+                    len(view.deltas),
+                    data,
+                    view.digest,
+                    change.number if numbered and change is not None else 0,
+                    APPLIED_TTL_MS,
+                    MAX_FILE_SIZE,
+                    "1" if view.corrupt is not None else "0",
+                ],
             )
             status = _text(reply[0])
             if status == "ok":
-                self._seen = _Seen(_text(reply[1]), record, _sha1(data))
+                if view.corrupt is not None:
+                    logger.warning(
+                        "%s was corrupt (%s); moved it to %s and wrote a valid one in its place",
+                        self.description,
+                        view.corrupt,
+                        aside,
+                    )
+                self._view = _View(
+                    _text(reply[1]), record, _sha1(data), len(data), None, (), record
+                )
                 return record
+            if status == "taken":
+                number += 1
+                aside = f"{stem}-{number}"
+                continue
+            if status == "deltas":
+                found: _Found = _BadDeltas(_text(reply[1]), _wrong_type(reply[2]))
+            else:
+                found = self._absorb(None, reply[1])
+            view = await self._sound(found, change)
+            self._view = view
             if status == "applied":
-                return self._applied(self._judge(reply[1:]), change)
+                assert change is not None
+                return self._applied(view, change)
+            if give_up:
+                return view
+            if merge_instead and view.corrupt is None and view.folded is not None:
+                return view
             if time.monotonic() >= deadline:
                 raise LockTimeoutError(
                     f"{self.description} changed under every write for {self.timeout} s"
                 )
-            seen = await self._settle(reply[1:], change)
 
-    def _applied(self, found: _Found, change: Change) -> Record:
+    async def _fold_at_close(self) -> None:
+        """A few tries: another store folding at the same time is no reason to wait."""
+        view, deadline = self._view, time.monotonic() + self.timeout
+        for _ in range(3):
+            if view is None or not view.deltas or view.corrupt is not None:
+                return
+            done = await self._rewrite(view, None, deadline, give_up=True)
+            if isinstance(done, Record):
+                return
+            view = done
+
+    def _replacement(self, view: _View, change: Change) -> Record:
+        """What to fold the deltas over in place of a corrupt value: the value it replaced,
+        if we read that one at the same revision (spoiled by hand: the deltas are those
+        not in it); else what the change puts there (``base_when_corrupt``), as where a
+        corrupt file is replaced (counts of others that were only in the corrupt value are
+        in the key it is moved to, not in the session)."""
+        sound = self._sound_view
+        if sound is not None and sound.rev == view.rev and sound.base is not None:
+            return sound.base
+        replacement = change.base_when_corrupt()
+        assert replacement is not None  # else _sound raised
+        return replacement
+
+    def _applied(self, view: _View, change: Change) -> Record:
         """A change sent again after its reply was lost: adopt what is stored now."""
-        if isinstance(found, _Seen):
-            self._seen = found
-            if found.record is not None:
-                return found.record
-        else:
-            self._seen = None  # the next write moves it aside
+        if view.folded is not None and view.corrupt is None:
+            return view.folded
         # Applied, then deleted or spoiled since: the session it went into is gone.
         if change.known is None:
             raise SessionNotFoundError(f"no session in {self.description}")
         return change.apply(change.known)
 
-    async def _settle(self, state: Sequence[Any], change: Change) -> _Seen:
-        """The stored session to build on, a corrupt one moved aside (never overwritten) and
-        replaced by what the change puts in its place."""
+    async def _sound(self, found: _Found, change: Change | None) -> _View:
+        """A view whose deltas all decode, a corrupt list moved aside first (its sound
+        entries pushed back); a corrupt session is moved aside here only where ``change``
+        has nothing to put in its place (and that raises), else by the rewrite."""
         while True:
-            found = self._judge(state)
-            if isinstance(found, _Seen):
+            if isinstance(found, _BadDeltas):
+                await self._set_deltas_aside(found)
+                found = await self._load(None)
+                continue
+            if found.corrupt is None:
                 return found
-            replacement = change.base_when_corrupt()
+            if change is not None and change.base_when_corrupt() is not None:
+                return found
             moved = await self._set_aside(found)
             if moved is None:
-                state = await self._state()  # it changed meanwhile: judge it afresh
+                found = await self._load(None)  # it changed meanwhile: judge it afresh
                 continue
-            aside, rev = moved
-            if replacement is None:
-                raise CorruptSessionError(
-                    f"{self.description} was corrupt ({found.why}); it was moved to {aside}"
-                )
-            logger.warning(
-                "%s was corrupt (%s); moved it to %s and wrote a valid one in its place",
-                self.description,
-                found.why,
-                aside,
+            raise CorruptSessionError(
+                f"{self.description} was corrupt ({found.corrupt}); it was moved to {moved}"
             )
-            # Built on the replacement as on a session we had stored: the id carries on.
-            return _Seen(rev, replacement, "")
 
-    async def _read(self, *, move_corrupt: bool) -> Record:
-        found = self._judge(await self._state())
-        if isinstance(found, _Corrupt):
-            if not move_corrupt:
-                raise CorruptSessionError(
-                    f"{self.description} is corrupt ({found.why}); it was left in place"
-                )
-            moved = await self._set_aside(found)
-            where = f"it was moved to {moved[0]}" if moved else "it has changed since"
-            raise CorruptSessionError(f"{self.description} was corrupt ({found.why}); {where}")
-        if move_corrupt:
-            self._seen = found
-        if found.record is None:
+    async def _read(self) -> Record:
+        deadline = time.monotonic() + self.timeout
+        view = await self._sound(await self._load(None), None)
+        self._view = view
+        if view.folded is None:
             raise SessionNotFoundError(f"no session in {self.description}")
-        return found.record
+        done = await self._rewrite(view, None, deadline)
+        if not isinstance(done, Record):  # deleted meanwhile
+            raise SessionNotFoundError(f"no session in {self.description}")
+        return done
+
+    async def _peek(self) -> Record:
+        found = await self._load(None)
+        if isinstance(found, _BadDeltas):
+            raise CorruptSessionError(
+                f"{self.description} holds a corrupt list of changes ({found.why}); "
+                "it was left in place"
+            )
+        if found.corrupt is not None:
+            raise CorruptSessionError(
+                f"{self.description} is corrupt ({found.corrupt}); it was left in place"
+            )
+        if found.folded is None:
+            raise SessionNotFoundError(f"no session in {self.description}")
+        return found.folded
 
     async def _remove(self) -> bool:
-        existed, rev = await self._call(self._remove_script, [self._session_key, self._rev_key])
-        self._seen = _Seen(_text(rev), None, "")
+        existed, rev = await self._call(self._remove_script, self._keys())
+        self._view = _View(_text(rev), None, "", -1, None, (), None)
         return bool(existed)
 
-    async def _state(self) -> Sequence[Any]:
-        reply: Sequence[Any] = await self._call(
-            self._read_script, [self._session_key, self._rev_key], [MAX_FILE_SIZE]
+    async def _load(self, held: _View | None) -> _Found:
+        """What is stored; only what is new since ``held``, if it is still current."""
+        reply = await self._call(
+            self._read_script,
+            self._keys(),
+            [
+                MAX_FILE_SIZE,
+                _NO_REV if held is None else held.rev,
+                0 if held is None else len(held.deltas),
+                0 if held is None else held.size,
+            ],
         )
-        return reply
+        if _text(reply[0]) == "deltas":
+            return _BadDeltas(_text(reply[1]), _wrong_type(reply[2]))
+        return self._absorb(held, reply[1])
 
-    def _judge(self, state: Sequence[Any]) -> _Found:
-        """What a script found: a session, none, or a corrupt value (a newer one raises)."""
-        rev, kind = _text(state[0]), _text(state[1])
+    def _absorb(
+        self,
+        held: _View | None,
+        seen: Sequence[Any],
+        own: tuple[bytes, _Delta] | None = None,
+    ) -> _Found:
+        """A script's view, on top of ``held`` where it sent only what is new; ``own``: the
+        delta we pushed, not decoded again."""
+        rev, kind = _text(seen[0]), _text(seen[2])
+        if kind == "same":
+            assert held is not None
+            assert held.rev == rev
+            assert len(held.deltas) == int(seen[1])
+            view = held
+        else:
+            view = self._judge(rev, kind, seen[3])
+        deltas, folded = list(view.deltas), view.folded
+        for index, entry in enumerate(seen[4]):
+            entry = entry if isinstance(entry, bytes) else str(entry).encode()
+            if own is not None and entry == own[0]:
+                delta = own[1]
+            else:
+                try:
+                    delta = read_delta(entry)
+                except CorruptSessionError as exc:
+                    return _BadDeltas(rev, f"entry {len(view.deltas) + index}: {exc}")
+                except RecursionError:
+                    return _BadDeltas(rev, f"entry {len(view.deltas) + index}: nested too deeply")
+                except UnsupportedVersionError as exc:
+                    raise UnsupportedVersionError(
+                        f"{self.description}: a change in its list: {exc}; it is left as it is"
+                    ) from None
+            deltas.append(delta)
+            if view.corrupt is None:
+                folded = delta.onto(folded)
+        return replace(view, deltas=tuple(deltas), folded=folded)
+
+    def _judge(self, rev: str, kind: str, value: Any) -> _View:
+        """What a script found in ``:session``: a session, none, or a corrupt value (a newer
+        one raises)."""
         if kind == "missing":
-            return _Seen(rev, None, "")
+            return _View(rev, None, "", -1, None, (), None)
         if kind == "type":
-            return _Corrupt(rev, f"a Redis {_text(state[2])}, not a string")
+            name = _text(value)
+            return _View(rev, None, name, -2, f"a Redis {name}, not a string", (), None)
         if kind == "large":
-            return _Corrupt(rev, f"{state[2]} bytes, larger than {MAX_FILE_SIZE}")
-        data = state[2] if isinstance(state[2], bytes) else str(state[2]).encode()
+            why = f"{value} bytes, larger than {MAX_FILE_SIZE}"
+            return _View(rev, None, "", int(value), why, (), None)
+        data = value if isinstance(value, bytes) else str(value).encode()
+        digest = _sha1(data)
         try:
             record = decode(data)
         except UnsupportedVersionError as exc:
@@ -439,28 +883,67 @@ class RedisBackend:
                 f"{self.description}: {exc}; it is left as it is"
             ) from None
         except CorruptSessionError as exc:
-            return _Corrupt(rev, str(exc))
+            return _View(rev, None, digest, len(data), str(exc), (), None)
         except RecursionError:
-            return _Corrupt(rev, "nested too deeply to parse")
-        return _Seen(rev, record, _sha1(data))
+            why = "nested too deeply to parse"
+            return _View(rev, None, digest, len(data), why, (), None)
+        return _View(rev, record, digest, len(data), None, (), record)
 
-    async def _set_aside(self, found: _Corrupt) -> tuple[str, str] | None:
-        """Rename the corrupt value to a key of its own, if it is still what we judged;
-        (that key, the new revision), or None if it changed meanwhile."""
-        now = datetime.now(timezone.utc)
-        stem = f"{self._session_key}:corrupt-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z"
+    async def _set_aside(self, found: _View) -> str | None:
+        """Rename the corrupt value to a key of its own, if it is still what we judged; that
+        key, or None if it changed meanwhile."""
+        stem = f"{self._session_key}:corrupt-{_now()}"
         aside, number = stem, 0
         while True:
-            keys = [self._session_key, self._rev_key, aside]
-            reply = await self._call(self._aside_script, keys, [found.rev])
+            reply = await self._call(self._aside_script, [*self._keys(), aside], [found.rev])
+            self._view = None
             if reply[0] == 1:
-                self._seen = None
-                return aside, _text(reply[1])
+                return aside
             if reply[0] == 0:
-                self._seen = None
                 return None
             number += 1
             aside = f"{stem}-{number}"
+
+    async def _set_deltas_aside(self, found: _BadDeltas) -> None:
+        """Rename a corrupt list of deltas, as it was, to a key of its own, and push its
+        sound entries back in order, if nothing changed since it was judged."""
+        sound: list[bytes] = []
+        rev = found.rev
+        reply = await self._call(self._read_script, self._keys(), [MAX_FILE_SIZE, _NO_REV, 0, 0])
+        if _text(reply[0]) == "ok":  # a list, with an entry that does not decode
+            rev = _text(reply[1][0])
+            for entry in reply[1][4]:
+                try:
+                    read_delta(entry)
+                except (CorruptSessionError, UnsupportedVersionError, RecursionError):
+                    continue
+                sound.append(entry)
+        elif _text(reply[1]) != rev:
+            return  # it changed meanwhile: judged afresh by the caller
+        stem = f"{self._deltas_key}:corrupt-{_now()}"
+        aside, number = stem, 0
+        while True:
+            moved = await self._call(
+                self._deltas_aside_script, [*self._keys(), aside], [rev, *sound]
+            )
+            self._view = None
+            if moved[0] == 0:
+                return
+            if moved[0] == 1:
+                logger.warning(
+                    "%s held a corrupt list of changes (%s); moved it to %s as it was, "
+                    "and put back the %d that were sound",
+                    self.description,
+                    found.why,
+                    aside,
+                    len(sound),
+                )
+                return
+            number += 1
+            aside = f"{stem}-{number}"
+
+    def _keys(self, *more: str) -> list[str]:
+        return [self._session_key, self._rev_key, self._deltas_key, *more]
 
     async def _call(
         self, script: AsyncScript, keys: list[str], args: list[Any] | None = None
@@ -468,6 +951,15 @@ class RedisBackend:
         """EVALSHA, or EVAL once Redis forgot the script (a restart, SCRIPT FLUSH)."""
         reply: Awaitable[Any] = script(keys=keys, args=args or [])
         return await reply
+
+
+def _now() -> str:
+    now = datetime.now(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z"
+
+
+def _wrong_type(kind: Any) -> str:
+    return f"a Redis {_text(kind)}, not a list"
 
 
 def _refuse_a_running_loop(work: Coroutine[Any, Any, Any] | None) -> None:
