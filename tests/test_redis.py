@@ -29,6 +29,7 @@ from aiosessionstore import (
     CorruptSessionError,
     SessionNotFoundError,
     SessionStoreError,
+    UnsupportedVersionError,
     _redis,
 )
 from aiosessionstore._change import Change, Mode
@@ -1024,3 +1025,44 @@ class TestDeltas:
         [aside] = [_bytes(key) for key in direct.keys(f"{DELTAS}:corrupt-*")]
         assert direct.hgetall(aside) == {b"a": b"b"}
         assert stored(direct).session.stats.tool_calls == 2
+
+    def test_a_newer_value_met_by_a_merge_is_left_alone(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """A newer release's session, written since the writer last read: the merge pushes
+        nothing, raises, and leaves the value as it is."""
+        known = Record(Session.new(timestamp(1_764_000_000)))
+        backend = RedisBackend.from_url(redis_url)
+        try:
+            backend.commit(one_call("w", 1, known, saved=False))
+            backend.commit(one_call("w", 2, known, saved=False))
+            newer = json.dumps({"version": 2, "sessionId": "x"}, indent=2).encode()
+            direct.set(SESSION, newer)
+            direct.incr(REV)
+            before = direct.lrange(DELTAS, 0, -1)
+            with pytest.raises(UnsupportedVersionError):
+                backend.commit(one_call("w", 3, known, saved=False))
+            assert direct.lrange(DELTAS, 0, -1) == before
+            assert direct.get(SESSION) == newer
+        finally:
+            backend.close()
+
+    def test_a_value_written_otherwise_is_judged_then_merged(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """A valid session not in encode's layout (written by another tool) costs a round
+        trip to judge it, then the merge is a delta as always."""
+        known = Record(Session.new(timestamp(1_764_000_000)))
+        backend = RedisBackend.from_url(redis_url)
+        try:
+            backend.commit(one_call("w", 1, known, saved=False))
+            compact = json.dumps(json.loads(_bytes(direct.get(SESSION))), separators=(",", ":"))
+            direct.set(SESSION, compact.encode())
+            direct.incr(REV)
+            assert backend.commit(one_call("w", 2, known, saved=False)).session.stats == (
+                SessionStats(2)
+            )
+            assert direct.llen(DELTAS) == 1
+            assert direct.get(SESSION) == compact.encode()
+        finally:
+            backend.close()

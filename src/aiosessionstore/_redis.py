@@ -28,6 +28,9 @@ A merge is one script, which never conflicts: unless the writer's change number 
 applied already, it pushes the delta and records the number, and it replies with the
 revision, the session's bytes only if the revision is not the one the writer holds (else
 nothing: a flush does not carry the whole session), and the deltas the writer has not seen.
+Where the value is one the writer has not read and it does not begin as ``encode`` writes
+version 1, the script pushes nothing and sends it: the writer judges it first (a newer
+format is refused with nothing written, a corrupt one is replaced), then pushes.
 Everything else is a compare-and-set on the revision, which writes the folded session and
 trims the deltas it folded from the head of the list: the fold (a compaction, by the writer
 whose push made the list a multiple of ``COMPACT_EVERY`` long, or at ``read``), a reset, a
@@ -195,6 +198,12 @@ local done, err2 = applied_of(KEYS[4])
 if not done then return redis.error_reply(err2) end
 local max, count, size = tonumber(ARGV[6]), tonumber(ARGV[5]), tonumber(ARGV[7])
 if tonumber(ARGV[1]) <= done then return {'applied', view(rev, max, ARGV[4], count, size)} end
+-- A value the writer has not judged must begin as encode writes version 1; else the writer
+-- judges it first (a newer format is refused with nothing written, a corrupt one replaced).
+if not (rev == ARGV[4] and size_of() == size) and redis.call('TYPE', KEYS[1])['ok'] == 'string' then
+  local head = redis.call('GETRANGE', KEYS[1], 0, 15)
+  if head ~= '{\\n  "version": 1' then return {'check', view(rev, max, '-', 0, 0)} end
+end
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[3])
 return {'ok', view(rev, max, ARGV[4], count, size)}
@@ -618,6 +627,14 @@ class RedisBackend:
                 ],
             )
             status = _text(reply[0])
+            if status == "check":  # a value we have not judged, and not plainly version 1
+                view = await self._sound(self._absorb(None, reply[1]), change)
+                if view.corrupt is not None or view.folded is None:
+                    done = await self._rewrite(view, change, deadline, merge_instead=True)
+                    if isinstance(done, Record):
+                        return done
+                    view = done
+                continue
             if status != "deltas":
                 break
             view = await self._sound(_BadDeltas(_text(reply[1]), _wrong_type(reply[2])), change)
