@@ -860,28 +860,45 @@ class TestDeltas:
             for backend in backends:
                 backend.close()
 
-    def test_the_stores_view_is_what_a_later_fold_stores(
-        self, redis_url: str, direct: redis.Redis
+    def test_a_stores_view_is_its_last_read_and_its_own_merges(
+        self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """The record a store adopts after its merge is, byte for byte, what a fold by
-        anyone else then writes."""
+        """A merge's reply carries nothing of the others: a store sees the session as it last
+        read it plus its own merges, each once, until its push makes the list a multiple of
+        COMPACT_EVERY; then it folds, and sees exactly what it stored."""
+        monkeypatch.setattr(_redis, "COMPACT_EVERY", 4)
+
+        def own(store: AsyncSessionStore) -> Record:
+            record = store._writer.record
+            assert record is not None
+            return record
 
         async def run() -> None:
             async with store_at(redis_url) as first, store_at(redis_url) as second:
-                for round_ in range(5):
-                    for store, name in ((first, "search"), (second, "fetch")):
-                        async with store.tool_call(name, client=f"c{round_}"):
-                            pass
-                        await store.increment_errors()
-                        await store.flush()
-                        adopted = store._writer.record
-                        assert adopted is not None
-                        folder = RedisBackend.from_url(redis_url)
-                        try:
-                            folded = await asyncio.to_thread(folder.read)
-                        finally:
-                            await asyncio.to_thread(folder.close)
-                        assert encode(folded) == encode(adopted) == direct.get(SESSION)
+                assert direct.llen(DELTAS) == 1  # the first wrote the session; the second pushed
+                await second.increment_tool_calls(2)
+                await second.flush()
+                await first.increment_tool_calls(5)
+                await first.flush()
+                assert direct.llen(DELTAS) == 3
+                assert own(first).session.stats.tool_calls == 5
+                assert own(second).session.stats.tool_calls == 2
+                await first.increment_tool_calls(7)
+                await first.flush()  # the fourth delta: the first folds
+                assert direct.llen(DELTAS) == 0
+                assert encode(own(first)) == direct.get(SESSION)
+                assert own(first).session.stats.tool_calls == 14
+                for number in range(3):
+                    await second.increment_tool_calls(10)
+                    await second.flush()
+                    calls = 2 + 10 * (number + 1)  # still its own only
+                    assert own(second).session.stats.tool_calls == calls
+                await second.increment_tool_calls(100)
+                await second.flush()  # the fourth since the fold: the second folds
+                assert direct.llen(DELTAS) == 0
+                # Its earlier deltas are in the fold once, and not added again.
+                assert encode(own(second)) == direct.get(SESSION)
+                assert own(second).session.stats.tool_calls == 14 + 30 + 100
 
         asyncio.run(run())
 
@@ -988,10 +1005,15 @@ class TestDeltas:
             backend.close()
 
     async def test_a_corrupt_delta_is_moved_aside(
-        self, redis_url: str, direct: redis.Redis, caplog: pytest.LogCaptureFixture
+        self,
+        redis_url: str,
+        direct: redis.Redis,
+        caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """A list entry that is no delta: peek leaves it; a flush moves the list aside as it
-        was and pushes the sound entries back, so their counts stay."""
+        """A list entry that is no delta: peek leaves it; a flush that folds moves the list
+        aside as it was and pushes the sound entries back, so their counts stay."""
+        monkeypatch.setattr(_redis, "COMPACT_EVERY", 1)  # every flush folds
         async with store_at(redis_url) as store:
             await store.increment_tool_calls(2)
             await store.flush()
@@ -1002,7 +1024,7 @@ class TestDeltas:
             await asyncio.to_thread(reader.close)
             assert direct.lrange(DELTAS, -1, -1) == [b"{oops"]
             await store.increment_tool_calls(3)
-            await store.flush()  # the reply holds only what is new: the bad entry, and ours
+            await store.flush()  # the fold reads the bad entry, and ours
         assert "corrupt list of changes" in caplog.text
         [aside] = [_bytes(key) for key in direct.keys(f"{DELTAS}:corrupt-*")]
         entries = direct.lrange(aside, 0, -1)

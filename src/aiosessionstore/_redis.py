@@ -117,7 +117,8 @@ _SCHEMES = ("redis", "rediss")
 _NO_REV = "-"
 
 # Every script checks all it can before its first write: Redis does not roll a script back.
-# KEYS[1] is the session, KEYS[2] the revision, KEYS[3] the deltas, in every script.
+# KEYS[1] is the session, KEYS[2] the revision, KEYS[3] the deltas, KEYS[4] the epoch, in
+# every script.
 _LUA_PRELUDE = """
 local function rev_of()
   local kind = redis.call('TYPE', KEYS[2])['ok']
@@ -130,10 +131,39 @@ local function rev_of()
   end
   return rev
 end
+-- Only ever compared for equality: any string will do, anything else is none.
+local function epoch_of()
+  if redis.call('TYPE', KEYS[4])['ok'] ~= 'string' then return '' end
+  return redis.call('GET', KEYS[4])
+end
 local function deltas_kind()
   local kind = redis.call('TYPE', KEYS[3])['ok']
   if kind == 'none' or kind == 'list' then return nil end
   return kind
+end
+-- The bytes the deltas take as Redis counts them (a little over their length), or a count
+-- past max: the list is never read whole to learn it.
+local function deltas_bytes(max)
+  local used = redis.pcall('MEMORY', 'USAGE', KEYS[3], 'SAMPLES', '0')
+  if type(used) == 'number' then return used end
+  if not used then return 0 end
+  -- MEMORY refused (renamed, or not this server's): add the entries up, a few at a time.
+  local total, first, n = 0, 0, redis.call('LLEN', KEYS[3])
+  while first < n and total <= max do
+    for _, entry in ipairs(redis.call('LRANGE', KEYS[3], first, first + 99)) do
+      total = total + #entry
+    end
+    first = first + 100
+  end
+  return total
+end
+-- Why the deltas cannot be read (nil: they can): {kind, detail} for the caller.
+local function deltas_problem(max)
+  local bad = deltas_kind()
+  if bad then return {'type', bad} end
+  local used = deltas_bytes(max)
+  if used > max then return {'large', used} end
+  return nil
 end
 -- The number of the writer's last change applied (0: none), or nil and an error.
 local function applied_of(key)
@@ -154,24 +184,28 @@ local function state(max)
   if size > max then return 'large', size end
   return 'value', redis.call('GET', KEYS[1])
 end
--- What the caller needs to see the session: {rev, from, kind, value, deltas from 'from' on}.
--- The session's bytes only where the caller holds another revision (mine), fewer deltas, or
--- a value of another length (set by hand, at the same revision).
+-- The value's length (-1: none; -2: a key of another type).
 local function size_of()
   local kind = redis.call('TYPE', KEYS[1])['ok']
   if kind == 'none' then return -1 end
   if kind ~= 'string' then return -2 end
   return redis.call('STRLEN', KEYS[1])
 end
+-- What the caller needs to see the session: {rev, from, kind, value, deltas from 'from' on,
+-- epoch}. The session's bytes only where the caller holds another revision (mine), fewer
+-- deltas, or a value of another length (set by hand, at the same revision). The caller
+-- checked deltas_problem first.
 local function view(rev, max, mine, count, size)
   local n = redis.call('LLEN', KEYS[3])
   if rev == mine and n >= count and size_of() == size then
-    return {rev, count, 'same', false, redis.call('LRANGE', KEYS[3], count, -1)}
+    return {rev, count, 'same', false, redis.call('LRANGE', KEYS[3], count, -1), epoch_of()}
   end
   local kind, value = state(max)
-  return {rev, 0, kind, value, redis.call('LRANGE', KEYS[3], 0, -1)}
+  return {rev, 0, kind, value, redis.call('LRANGE', KEYS[3], 0, -1), epoch_of()}
 end
-local function bump()
+-- A new revision; with identity true also a new epoch (the revision's value): the session
+-- was reset, renewed, replaced, deleted, or lost counts (a corrupt key moved aside).
+local function bump(identity)
   if redis.call('EXISTS', KEYS[2]) == 1 then
     redis.call('INCR', KEYS[2])
   else
@@ -180,49 +214,68 @@ local function bump()
     local now = redis.call('TIME')
     redis.call('SET', KEYS[2], now[1] .. string.rep('0', 6 - #now[2]) .. now[2])
   end
-  return redis.call('GET', KEYS[2])
+  local rev = redis.call('GET', KEYS[2])
+  if identity then redis.call('SET', KEYS[4], rev) end
+  return rev
 end
 """
 
-#: KEYS: session, rev, deltas, applied. ARGV: number, delta, TTL of applied (ms), the
-#: revision the writer holds, how many deltas it holds, largest value returned, the length
-#: of the value it holds.
+#: KEYS: session, rev, deltas, epoch, applied. ARGV: number, delta, TTL of applied (ms), the
+#: revision, value's length, epoch and number of deltas the writer holds, largest value
+#: (and list) returned, how often to fold. Replies {status, rev, length of the list, view or
+#: false}: a view only where the writer must read (its change applied before, the session
+#: reset, renewed, replaced, deleted or set by hand since, a value not judged, or its push
+#: makes the list a multiple of the fold's) and otherwise nothing of the session, nor of
+#: other writers' deltas.
 _MERGE = (
     _LUA_PRELUDE
     + """
 local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
 local bad = deltas_kind()
-if bad then return {'deltas', rev, bad} end
-local done, err2 = applied_of(KEYS[4])
+if bad then return {'deltas', rev, 'type', bad} end
+local done, err2 = applied_of(KEYS[5])
 if not done then return redis.error_reply(err2) end
-local max, count, size = tonumber(ARGV[6]), tonumber(ARGV[5]), tonumber(ARGV[7])
-if tonumber(ARGV[1]) <= done then return {'applied', view(rev, max, ARGV[4], count, size)} end
+local max, size, held = tonumber(ARGV[8]), size_of(), tonumber(ARGV[5])
+local function seen(status, n, mine, count, known)
+  local problem = deltas_problem(max)
+  if problem then return {'deltas', rev, problem[1], problem[2]} end
+  return {status, rev, n, view(rev, max, mine, count, known)}
+end
+if tonumber(ARGV[1]) <= done then return seen('applied', 0, ARGV[4], tonumber(ARGV[7]), held) end
 -- A value the writer has not judged must begin as encode writes version 1; else the writer
 -- judges it first (a newer format is refused with nothing written, a corrupt one replaced).
-if not (rev == ARGV[4] and size_of() == size) and redis.call('TYPE', KEYS[1])['ok'] == 'string' then
+local same = rev == ARGV[4] and size == held
+if size >= 0 and not same then
   local head = redis.call('GETRANGE', KEYS[1], 0, 15)
-  if head ~= '{\\n  "version": 1' then return {'check', view(rev, max, '-', 0, 0)} end
+  if head ~= '{\\n  "version": 1' then return seen('check', 0, '-', 0, 0) end
 end
-redis.call('RPUSH', KEYS[3], ARGV[2])
-redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[3])
-return {'ok', view(rev, max, ARGV[4], count, size)}
+local n = redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[3])
+if epoch_of() ~= ARGV[6] or size < 0 or (rev == ARGV[4] and not same)
+    or n % tonumber(ARGV[9]) == 0 then
+  -- After a push that already landed, a list that cannot be read is still moved aside by
+  -- the writer, whose change is then 'applied' when sent again.
+  return seen('ok', n, ARGV[4], tonumber(ARGV[7]), held)
+end
+return {'ok', rev, n, false}
 """
 )
 
-#: KEYS: session, rev, deltas, applied, aside. ARGV: expected rev, deltas folded, new value,
-#: expected SHA-1 of the value ("" for none), number (0: none), TTL of applied (ms), largest
-#: value returned, "1" to rename the (corrupt) value to aside first.
+#: KEYS: session, rev, deltas, epoch, applied, aside. ARGV: expected rev, deltas folded, new
+#: value, expected SHA-1 of the value ("" for none), number (0: none), TTL of applied (ms),
+#: largest value returned, "1" to rename the (corrupt) value to aside first, "1" for a new
+#: epoch (anything but a fold or a merge).
 _REWRITE = (
     _LUA_PRELUDE
     + """
 local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
-local bad = deltas_kind()
-if bad then return {'deltas', rev, bad} end
 local max, count, number = tonumber(ARGV[7]), tonumber(ARGV[2]), tonumber(ARGV[5])
+local problem = deltas_problem(max)
+if problem then return {'deltas', rev, problem[1], problem[2]} end
 if number > 0 then
-  local done, err2 = applied_of(KEYS[4])
+  local done, err2 = applied_of(KEYS[5])
   if not done then return redis.error_reply(err2) end
   if number <= done then return {'applied', view(rev, max, '-', 0, 0)} end
 end
@@ -231,7 +284,7 @@ if redis.call('LLEN', KEYS[3]) < count then return {'conflict', view(rev, max, '
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if ARGV[8] == '1' then
   if kind == 'none' then return {'conflict', view(rev, max, '-', 0, 0)} end
-  if redis.call('EXISTS', KEYS[5]) == 1 then return {'taken'} end
+  if redis.call('EXISTS', KEYS[6]) == 1 then return {'taken'} end
 else
   -- The revision matches; the value must too, should anything have set it by hand.
   local digest = ''
@@ -244,59 +297,60 @@ else
   end
   if digest ~= ARGV[4] then return {'conflict', view(rev, max, '-', 0, 0)} end
 end
-if ARGV[8] == '1' then redis.call('RENAME', KEYS[1], KEYS[5]) end
+if ARGV[8] == '1' then redis.call('RENAME', KEYS[1], KEYS[6]) end
 redis.call('SET', KEYS[1], ARGV[3])
 if count > 0 then redis.call('LTRIM', KEYS[3], count, -1) end
-local new = bump()
-if number > 0 then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
-return {'ok', new}
+local new = bump(ARGV[9] == '1')
+if number > 0 then redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[6]) end
+return {'ok', new, epoch_of()}
 """
 )
 
-#: KEYS: session, rev, deltas. ARGV: largest value returned, the revision the reader holds,
-#: how many deltas it holds, the length of the value it holds.
+#: KEYS: session, rev, deltas, epoch. ARGV: largest value (and list) returned, the revision
+#: the reader holds, how many deltas it holds, the length of the value it holds.
 _READ = (
     _LUA_PRELUDE
     + """
 local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
-local bad = deltas_kind()
-if bad then return {'deltas', rev, bad} end
-return {'ok', view(rev, tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))}
+local max = tonumber(ARGV[1])
+local problem = deltas_problem(max)
+if problem then return {'deltas', rev, problem[1], problem[2]} end
+return {'ok', view(rev, max, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))}
 """
 )
 
-#: KEYS: session, rev, deltas, aside. ARGV: the revision at which the value was judged
-#: corrupt. Returns {1, new rev} once moved; {0} if anything changed since; {-1} if aside
-#: is taken.
+#: KEYS: session, rev, deltas, epoch, aside. ARGV: the revision at which the value was
+#: judged corrupt. Returns {1, new rev} once moved; {0} if anything changed since; {-1} if
+#: aside is taken.
 _SET_ASIDE = (
     _LUA_PRELUDE
     + """
 local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
 if rev ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-if redis.call('EXISTS', KEYS[4]) == 1 then return {-1} end
-redis.call('RENAME', KEYS[1], KEYS[4])
-return {1, bump()}
+if redis.call('EXISTS', KEYS[5]) == 1 then return {-1} end
+redis.call('RENAME', KEYS[1], KEYS[5])
+return {1, bump(true)}
 """
 )
 
-#: KEYS: session, rev, deltas, aside. ARGV: the revision at which the deltas were judged
-#: corrupt, then the sound entries to push back, in order. Returns as _SET_ASIDE does.
+#: KEYS: session, rev, deltas, epoch, aside. ARGV: the revision at which the deltas were
+#: judged corrupt, then the sound entries to push back, in order. Returns as _SET_ASIDE does.
 _DELTAS_ASIDE = (
     _LUA_PRELUDE
     + """
 local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
 if rev ~= ARGV[1] or redis.call('EXISTS', KEYS[3]) == 0 then return {0} end
-if redis.call('EXISTS', KEYS[4]) == 1 then return {-1} end
-redis.call('RENAME', KEYS[3], KEYS[4])
+if redis.call('EXISTS', KEYS[5]) == 1 then return {-1} end
+redis.call('RENAME', KEYS[3], KEYS[5])
 for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
-return {1, bump()}
+return {1, bump(true)}
 """
 )
 
-#: KEYS: session, rev, deltas. Returns {1 if a session existed else 0, new rev}.
+#: KEYS: session, rev, deltas, epoch. Returns {1 if a session existed else 0, new rev}.
 _REMOVE = (
     _LUA_PRELUDE
     + """
@@ -311,7 +365,7 @@ if bad then
   return redis.error_reply(KEYS[3] .. ' is a ' .. bad .. ', not a list; left as it is')
 end
 local existed = redis.call('DEL', KEYS[1], KEYS[3])
-return {existed > 0 and 1 or 0, bump()}
+return {existed > 0 and 1 or 0, bump(true)}
 """
 )
 
@@ -428,19 +482,23 @@ class _View:
     base: Record | None
     digest: str
     #: Its length (-1: none; -2: a key of another type): a merge that finds another, at the
-    #: same revision (a value set by hand), is sent the value.
+    #: same revision (a value set by hand), reads the session again.
     size: int
     corrupt: str | None
     deltas: tuple[_Delta, ...]
     folded: Record | None
+    #: The epoch at that revision: a merge that finds another reads the session again.
+    epoch: str
 
 
 @dataclass(frozen=True)
 class _BadDeltas:
-    """A ``:deltas`` that is no list of deltas, at a revision: why, for the messages."""
+    """A ``:deltas`` that cannot be read, at a revision: why, for the messages; ``large``:
+    past the bound, so not even its sound entries are read."""
 
     rev: str
     why: str
+    large: bool = False
 
 
 _Found: TypeAlias = "_View | _BadDeltas"
@@ -469,6 +527,7 @@ class RedisBackend:
         self._session_key = f"{base}:session"
         self._rev_key = f"{base}:rev"
         self._deltas_key = f"{base}:deltas"
+        self._epoch_key = f"{base}:epoch"
         self._applied_prefix = f"{base}:applied:"
         self._where = _describe(client)
         self.description = f"{self._where} key {base}"
@@ -479,11 +538,17 @@ class RedisBackend:
         self._deltas_aside_script: AsyncScript = client.register_script(_DELTAS_ASIDE)
         self._remove_script: AsyncScript = client.register_script(_REMOVE)
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: What this backend last read or wrote: a merge that holds it is one round trip,
-        #: and its reply carries only what is new since.
+        #: What this backend last read or wrote (exactly as stored then): a later read that
+        #: holds it is sent only what is new since.
         self._held: _View | None = None
-        #: The last view of a sound value: what a value spoiled at the same revision was.
+        #: The session as this store sees it: ``_held`` folded, with this store's merges
+        #: pushed since applied (each once). None where ``_held`` has no session.
+        self._own: Record | None = None
+        #: The last view of a sound value: what a corrupt one is rebuilt from.
         self._sound_view: _View | None = None
+        #: The deltas this backend pushed since it last read, by their bytes: not decoded
+        #: again when read back. Bounded: it is only a saving.
+        self._pushed: dict[bytes, _Delta] = {}
 
     @property
     def _view(self) -> _View | None:
@@ -491,7 +556,9 @@ class RedisBackend:
 
     @_view.setter
     def _view(self, view: _View | None) -> None:
+        """What was just read or written: the store's own view starts again from it."""
         self._held = view
+        self._own = None if view is None or view.corrupt is not None else view.folded
         if view is not None and view.base is not None:
             self._sound_view = view
 
@@ -541,6 +608,8 @@ class RedisBackend:
         return self.commit(change)
 
     def commit(self, change: Change) -> Record:
+        """A merge returns this store's view: the session as it last read it (folded), with
+        its own merges since applied; the others' counts come in when it folds or reads."""
         return self._run(self._commit(change))
 
     def read(self) -> Record:
@@ -555,15 +624,15 @@ class RedisBackend:
         return self._run(self._remove())
 
     def close(self) -> None:
-        """Fold the deltas we know of, so that a fleet at rest leaves the whole session in
-        ``:session`` (a favour: any failure is only logged); then close the client and our
-        loop. A later call (the exit flush) makes a new loop."""
+        """Fold the deltas, if we pushed any since we last folded, so that a fleet at rest
+        leaves the whole session in ``:session`` (a favour: any failure is only logged);
+        then close the client and our loop. A later call (the exit flush) makes a new loop."""
         loop = self._loop
         if loop is None:
             return
         _refuse_a_running_loop(None)
         self._loop = None
-        if self._view is not None and self._view.deltas:
+        if self._pushed or (self._view is not None and self._view.deltas):
             try:
                 loop.run_until_complete(asyncio.wait_for(self._fold_at_close(), self.timeout))
             except (RedisError, OSError, asyncio.TimeoutError, SessionStoreError) as exc:
@@ -598,21 +667,28 @@ class RedisBackend:
         deadline = time.monotonic() + self.timeout
         made = make_delta(change, self.description) if change.mode is Mode.MERGE else None
         view = self._view
-        if view is None:
-            view = await self._sound(await self._load(None), change)
-        while made is None or view.corrupt is not None or view.folded is None:
+        if view is None or made is None or view.corrupt is not None or self._own is None:
+            # Written by compare-and-set: from the session as it is now, our own deltas
+            # (pushed since we read) and those of others folded in, so that it comes after
+            # them all.
+            view = await self._sound(await self._load(view), change)
+            self._view = view
+        while made is None or view.corrupt is not None or self._own is None:
             done = await self._rewrite(view, change, deadline, merge_instead=made is not None)
             if isinstance(done, Record):
                 return done
             view = done  # a session appeared meanwhile: push the delta instead
         assert made is not None
-        return await self._merge(change, made, view, deadline)
+        return await self._merge(change, made, deadline)
 
-    async def _merge(
-        self, change: Change, made: tuple[bytes, _Delta], view: _View, deadline: float
-    ) -> Record:
-        data = made[0]
+    async def _merge(self, change: Change, made: tuple[bytes, _Delta], deadline: float) -> Record:
+        """Push the delta. Our view is then what we held with this change applied; the
+        reply carries the session only where we must read it (see ``_MERGE``), and then we
+        hold what it says, in which our delta counts once."""
+        data, delta = made
         while True:
+            view = self._view
+            assert view is not None
             reply = await self._call(
                 self._merge_script,
                 self._keys(self._applied_prefix + change.writer),
@@ -621,39 +697,50 @@ class RedisBackend:
                     data,
                     APPLIED_TTL_MS,
                     view.rev,
+                    view.size,
+                    view.epoch,
                     len(view.deltas),
                     MAX_FILE_SIZE,
-                    view.size,
+                    COMPACT_EVERY,
                 ],
             )
             status = _text(reply[0])
-            if status == "check":  # a value we have not judged, and not plainly version 1
-                view = await self._sound(self._absorb(None, reply[1]), change)
-                if view.corrupt is not None or view.folded is None:
-                    done = await self._rewrite(view, change, deadline, merge_instead=True)
-                    if isinstance(done, Record):
-                        return done
-                    view = done
-                continue
-            if status != "deltas":
+            if status == "deltas":
+                found: _Found = _bad_deltas(reply)
+            elif status == "check":  # a value we have not judged, and not plainly version 1
+                found = self._absorb(None, reply[3])
+            else:
                 break
-            view = await self._sound(_BadDeltas(_text(reply[1]), _wrong_type(reply[2])), change)
-        found = self._absorb(view, reply[1], own=made)
-        view = await self._sound(found, change)
-        if view.corrupt is not None:  # moved aside, replaced by the fold over our known one
+            view = await self._sound(found, change)
+            self._view = view
+            if view.corrupt is not None or self._own is None:
+                done = await self._rewrite(view, change, deadline, merge_instead=True)
+                if isinstance(done, Record):
+                    return done
+        if status == "ok":
+            if len(self._pushed) >= 2 * COMPACT_EVERY:
+                del self._pushed[next(iter(self._pushed))]
+            self._pushed[data] = delta
+        if not reply[3]:  # pushed, and nothing to read: ours is the only change we see
+            own = self._own
+            assert own is not None
+            self._own = change.apply(own)
+            return self._own
+        view = await self._sound(self._absorb(view, reply[3]), change)
+        if view.corrupt is not None:  # moved aside, replaced by a fold that counts ours once
             done = await self._rewrite(view, change, deadline, include=False)
             assert isinstance(done, Record)
             return done
-        self._view = view
-        if view.folded is None:  # applied before, and deleted since
+        self._view = view  # read after our push (or our change's): it counts it once
+        if status == "applied" or view.folded is None:
             return self._applied(view, change)
-        count = len(view.deltas)
-        if status == "ok" and count >= COMPACT_EVERY and count % COMPACT_EVERY == 0:
+        if int(reply[2]) % COMPACT_EVERY == 0:
             try:  # our delta is stored: folding it in is a favour, not part of the flush
                 await self._rewrite(view, None, deadline, give_up=True)
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, SessionStoreError) as exc:
                 logger.debug("folding the deltas of %s failed: %s", self.description, exc)
-        return view.folded
+        assert self._own is not None
+        return self._own
 
     async def _rewrite(
         self,
@@ -667,7 +754,7 @@ class RedisBackend:
     ) -> Record | _View:
         """Compare-and-set of the folded session, with ``change`` applied (unless ``include``
         is false: a merge whose delta is in the list already), a corrupt value moved aside
-        and replaced by ``change.base_when_corrupt()``. Retried until it lands, unless
+        and replaced by what ``_replacement`` says. Retried until it lands, unless
         ``give_up`` (then the view it lost to); ``merge_instead``: a view with a session
         stored is returned for the merge to push its delta."""
         stem = f"{self._session_key}:corrupt-{_now()}"
@@ -693,6 +780,9 @@ class RedisBackend:
                     f"bytes, over the {MAX_FILE_SIZE}-byte limit"
                 )
             writer = change.writer if numbered and change is not None else ""
+            identity = view.corrupt is not None or (
+                numbered and change is not None and change.mode is not Mode.MERGE
+            )
             reply = await self._call(
                 self._rewrite_script,
                 [*self._keys(self._applied_prefix + writer), aside],
@@ -705,6 +795,7 @@ class RedisBackend:
                     APPLIED_TTL_MS,
                     MAX_FILE_SIZE,
                     "1" if view.corrupt is not None else "0",
+                    "1" if identity else "0",
                 ],
             )
             status = _text(reply[0])
@@ -717,15 +808,17 @@ class RedisBackend:
                         aside,
                     )
                 self._view = _View(
-                    _text(reply[1]), record, _sha1(data), len(data), None, (), record
-                )
+                    _text(reply[1]), record, _sha1(data), len(data), None, (), record,
+                    _text(reply[2]),
+                )  # fmt: skip
+                self._pushed.clear()
                 return record
             if status == "taken":
                 number += 1
                 aside = f"{stem}-{number}"
                 continue
             if status == "deltas":
-                found: _Found = _BadDeltas(_text(reply[1]), _wrong_type(reply[2]))
+                found: _Found = _bad_deltas(reply)
             else:
                 found = self._absorb(None, reply[1])
             view = await self._sound(found, change)
@@ -735,7 +828,7 @@ class RedisBackend:
                 return self._applied(view, change)
             if give_up:
                 return view
-            if merge_instead and view.corrupt is None and view.folded is not None:
+            if merge_instead and view.corrupt is None and self._own is not None:
                 return view
             if time.monotonic() >= deadline:
                 raise LockTimeoutError(
@@ -743,28 +836,35 @@ class RedisBackend:
                 )
 
     async def _fold_at_close(self) -> None:
-        """A few tries: another store folding at the same time is no reason to wait."""
-        view, deadline = self._view, time.monotonic() + self.timeout
+        """A few tries: another store folding at the same time is no reason to wait. A list
+        or a session that is not sound is left as it is."""
+        deadline = time.monotonic() + self.timeout
         for _ in range(3):
-            if view is None or not view.deltas or view.corrupt is not None:
+            found = await self._load(self._view)
+            if isinstance(found, _BadDeltas) or found.corrupt is not None:
                 return
-            done = await self._rewrite(view, None, deadline, give_up=True)
-            if isinstance(done, Record):
+            self._view = found
+            if isinstance(await self._rewrite(found, None, deadline, give_up=True), Record):
                 return
-            view = done
 
     def _replacement(self, view: _View, change: Change) -> Record:
-        """What to fold the deltas over in place of a corrupt value: the value it replaced,
-        if we read that one at the same revision (spoiled by hand: the deltas are those
-        not in it); else what the change puts there (``base_when_corrupt``), as where a
-        corrupt file is replaced (counts of others that were only in the corrupt value are
-        in the key it is moved to, not in the session)."""
+        """What to fold the deltas over in place of a corrupt value.
+
+        The value last read from ``:session`` (no delta folded in), if no reset, new
+        session, import or delete came since: every delta still in the list was pushed
+        after it was folded, so none counts twice (those folded into it since by others
+        are lost with the corrupt value; they are in the key it is moved to). Else what the
+        change builds on where none is stored: never a count that may be in the list too,
+        nor an identity that may have been deleted.
+        """
         sound = self._sound_view
-        if sound is not None and sound.rev == view.rev and sound.base is not None:
+        if sound is not None and sound.base is not None and sound.epoch == view.epoch:
             return sound.base
-        replacement = change.base_when_corrupt()
-        assert replacement is not None  # else _sound raised
-        return replacement
+        known = change.base_when_corrupt()
+        assert known is not None  # else _sound raised
+        if change.mode is Mode.IMPORT or change.mode is Mode.REPLACE:
+            return known
+        return change.base_when_missing(self.description)
 
     def _applied(self, view: _View, change: Change) -> Record:
         """A change sent again after its reply was lost: adopt what is stored now."""
@@ -798,7 +898,7 @@ class RedisBackend:
 
     async def _read(self) -> Record:
         deadline = time.monotonic() + self.timeout
-        view = await self._sound(await self._load(None), None)
+        view = await self._sound(await self._load(self._view), None)
         self._view = view
         if view.folded is None:
             raise SessionNotFoundError(f"no session in {self.description}")
@@ -824,7 +924,8 @@ class RedisBackend:
 
     async def _remove(self) -> bool:
         existed, rev = await self._call(self._remove_script, self._keys())
-        self._view = _View(_text(rev), None, "", -1, None, (), None)
+        self._view = _View(_text(rev), None, "", -1, None, (), None, _text(rev))
+        self._pushed.clear()
         return bool(existed)
 
     async def _load(self, held: _View | None) -> _Found:
@@ -840,37 +941,35 @@ class RedisBackend:
             ],
         )
         if _text(reply[0]) == "deltas":
-            return _BadDeltas(_text(reply[1]), _wrong_type(reply[2]))
+            return _bad_deltas(reply)
         return self._absorb(held, reply[1])
 
-    def _absorb(
-        self,
-        held: _View | None,
-        seen: Sequence[Any],
-        own: tuple[bytes, _Delta] | None = None,
-    ) -> _Found:
-        """A script's view, on top of ``held`` where it sent only what is new; ``own``: the
-        delta we pushed, not decoded again."""
-        rev, kind = _text(seen[0]), _text(seen[2])
+    def _absorb(self, held: _View | None, seen: Sequence[Any]) -> _Found:
+        """A script's view, on top of ``held`` where it sent only what is new; the deltas we
+        pushed are not decoded again."""
+        rev, kind, epoch = _text(seen[0]), _text(seen[2]), _text(seen[5])
         if kind == "same":
             assert held is not None
             assert held.rev == rev
             assert len(held.deltas) == int(seen[1])
             view = held
         else:
-            view = self._judge(rev, kind, seen[3])
+            view = self._judge(rev, kind, seen[3], epoch)
         deltas, folded = list(view.deltas), view.folded
+        pushed = self._pushed
         for index, entry in enumerate(seen[4]):
             entry = entry if isinstance(entry, bytes) else str(entry).encode()
-            if own is not None and entry == own[0]:
-                delta = own[1]
-            else:
+            delta = pushed.get(entry)
+            if delta is None:
+                at = f"entry {len(view.deltas) + index}"
+                if len(entry) > MAX_FILE_SIZE:
+                    return _BadDeltas(rev, f"{at}: {len(entry)} bytes, over {MAX_FILE_SIZE}")
                 try:
                     delta = read_delta(entry)
                 except CorruptSessionError as exc:
-                    return _BadDeltas(rev, f"entry {len(view.deltas) + index}: {exc}")
+                    return _BadDeltas(rev, f"{at}: {exc}")
                 except RecursionError:
-                    return _BadDeltas(rev, f"entry {len(view.deltas) + index}: nested too deeply")
+                    return _BadDeltas(rev, f"{at}: nested too deeply")
                 except UnsupportedVersionError as exc:
                     raise UnsupportedVersionError(
                         f"{self.description}: a change in its list: {exc}; it is left as it is"
@@ -878,19 +977,20 @@ class RedisBackend:
             deltas.append(delta)
             if view.corrupt is None:
                 folded = delta.onto(folded)
-        return replace(view, deltas=tuple(deltas), folded=folded)
+        pushed.clear()  # read back: the list is what we hold now
+        return replace(view, deltas=tuple(deltas), folded=folded, epoch=epoch)
 
-    def _judge(self, rev: str, kind: str, value: Any) -> _View:
+    def _judge(self, rev: str, kind: str, value: Any, epoch: str) -> _View:
         """What a script found in ``:session``: a session, none, or a corrupt value (a newer
         one raises)."""
         if kind == "missing":
-            return _View(rev, None, "", -1, None, (), None)
+            return _View(rev, None, "", -1, None, (), None, epoch)
         if kind == "type":
             name = _text(value)
-            return _View(rev, None, name, -2, f"a Redis {name}, not a string", (), None)
+            return _View(rev, None, name, -2, f"a Redis {name}, not a string", (), None, epoch)
         if kind == "large":
             why = f"{value} bytes, larger than {MAX_FILE_SIZE}"
-            return _View(rev, None, "", int(value), why, (), None)
+            return _View(rev, None, "", int(value), why, (), None, epoch)
         data = value if isinstance(value, bytes) else str(value).encode()
         digest = _sha1(data)
         try:
@@ -900,11 +1000,11 @@ class RedisBackend:
                 f"{self.description}: {exc}; it is left as it is"
             ) from None
         except CorruptSessionError as exc:
-            return _View(rev, None, digest, len(data), str(exc), (), None)
+            return _View(rev, None, digest, len(data), str(exc), (), None, epoch)
         except RecursionError:
             why = "nested too deeply to parse"
-            return _View(rev, None, digest, len(data), why, (), None)
-        return _View(rev, record, digest, len(data), None, (), record)
+            return _View(rev, None, digest, len(data), why, (), None, epoch)
+        return _View(rev, record, digest, len(data), None, (), record, epoch)
 
     async def _set_aside(self, found: _View) -> str | None:
         """Rename the corrupt value to a key of its own, if it is still what we judged; that
@@ -923,20 +1023,26 @@ class RedisBackend:
 
     async def _set_deltas_aside(self, found: _BadDeltas) -> None:
         """Rename a corrupt list of deltas, as it was, to a key of its own, and push its
-        sound entries back in order, if nothing changed since it was judged."""
+        sound entries back in order, if nothing changed since it was judged; a list past
+        the bound is moved whole, unread."""
         sound: list[bytes] = []
         rev = found.rev
-        reply = await self._call(self._read_script, self._keys(), [MAX_FILE_SIZE, _NO_REV, 0, 0])
-        if _text(reply[0]) == "ok":  # a list, with an entry that does not decode
-            rev = _text(reply[1][0])
-            for entry in reply[1][4]:
-                try:
-                    read_delta(entry)
-                except (CorruptSessionError, UnsupportedVersionError, RecursionError):
-                    continue
-                sound.append(entry)
-        elif _text(reply[1]) != rev:
-            return  # it changed meanwhile: judged afresh by the caller
+        if not found.large:
+            reply = await self._call(
+                self._read_script, self._keys(), [MAX_FILE_SIZE, _NO_REV, 0, 0]
+            )
+            if _text(reply[0]) == "ok":  # a list, with an entry that does not decode
+                rev = _text(reply[1][0])
+                for entry in reply[1][4]:
+                    if len(entry) > MAX_FILE_SIZE:
+                        continue
+                    try:
+                        read_delta(entry)
+                    except (CorruptSessionError, UnsupportedVersionError, RecursionError):
+                        continue
+                    sound.append(entry)
+            elif _text(reply[1]) != rev:
+                return  # it changed meanwhile: judged afresh by the caller
         stem = f"{self._deltas_key}:corrupt-{_now()}"
         aside, number = stem, 0
         while True:
@@ -944,6 +1050,7 @@ class RedisBackend:
                 self._deltas_aside_script, [*self._keys(), aside], [rev, *sound]
             )
             self._view = None
+            self._pushed.clear()
             if moved[0] == 0:
                 return
             if moved[0] == 1:
@@ -960,7 +1067,7 @@ class RedisBackend:
             aside = f"{stem}-{number}"
 
     def _keys(self, *more: str) -> list[str]:
-        return [self._session_key, self._rev_key, self._deltas_key, *more]
+        return [self._session_key, self._rev_key, self._deltas_key, self._epoch_key, *more]
 
     async def _call(
         self, script: AsyncScript, keys: list[str], args: list[Any] | None = None
@@ -968,6 +1075,14 @@ class RedisBackend:
         """EVALSHA, or EVAL once Redis forgot the script (a restart, SCRIPT FLUSH)."""
         reply: Awaitable[Any] = script(keys=keys, args=args or [])
         return await reply
+
+
+def _bad_deltas(reply: Sequence[Any]) -> _BadDeltas:
+    """What a script's {'deltas', rev, kind, detail} reply says."""
+    rev, kind = _text(reply[1]), _text(reply[2])
+    if kind == "large":
+        return _BadDeltas(rev, f"{_text(reply[3])} bytes, larger than {MAX_FILE_SIZE}", True)
+    return _BadDeltas(rev, _wrong_type(reply[3]))
 
 
 def _now() -> str:
