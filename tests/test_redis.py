@@ -48,7 +48,14 @@ from aiosessionstore._session import (
 )
 from aiosessionstore.redis import RedisBackend
 
-from .conftest import WORKER, FakeClock, posix_only, redis_stored, start_worker, wait_for_line
+from .conftest import (
+    WORKER,
+    FakeClock,
+    posix_only,
+    redis_stored,
+    start_worker,
+    wait_for_line,
+)
 from .servers import RedisServer, ReplyLoser, free_port
 
 pytestmark = pytest.mark.anyio
@@ -757,9 +764,11 @@ class TestShutdown:
 DELTAS = f"{BASE}:deltas"
 
 
-def one_call(writer: str, number: int, known: Record, saved: bool = True, **more: Any) -> Change:
-    """A merge of one tool call (and ``more`` counts) by ``writer``."""
-    counts = Counts(SessionStats(1), **more)
+def one_call(
+    writer: str, number: int, known: Record, saved: bool = True, calls: int = 1, **more: Any
+) -> Change:
+    """A merge of one tool call (or ``calls``, and ``more`` counts) by ``writer``."""
+    counts = Counts(SessionStats(calls), **more)
     return Change(
         Mode.MERGE, counts, known.session.last_active_at, known, saved, 64, writer, number
     )
@@ -1088,3 +1097,62 @@ class TestDeltas:
             assert direct.get(SESSION) == compact.encode()
         finally:
             backend.close()
+
+
+FRESH = Record(Session.new(timestamp(1_764_000_000)))
+
+
+def calls_stored(client: redis.Redis) -> int:
+    return stored(client).session.stats.tool_calls
+
+
+class TestDeltaFaults:
+    """Each way a delta could be folded twice or lost, against a real redis-server."""
+
+    @pytest.mark.parametrize(
+        "sizes", [[MAX_FILE_SIZE + 1], [1 << 20] * 17], ids=["one-entry", "all-entries"]
+    )
+    async def test_an_oversized_list_is_moved_aside_unread(
+        self, redis_url: str, direct: redis.Redis, sizes: list[int]
+    ) -> None:
+        """A list of deltas past the size bound, in one entry or in them all, is never sent:
+        peek leaves it, a flush renames it to a key of its own unread and pushes its delta."""
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls(2)
+            await store.flush()
+            reader = RedisBackend.from_url(redis_url)
+            await asyncio.to_thread(reader.read)  # folded: the list is empty
+            for size in sizes:
+                direct.rpush(DELTAS, b"x" * size)
+            sent = direct.info("stats")["total_net_output_bytes"]
+            with pytest.raises(CorruptSessionError, match=r"larger than .* left in place"):
+                await asyncio.to_thread(reader.peek)
+            await asyncio.to_thread(reader.close)
+            assert direct.llen(DELTAS) == len(sizes)
+            await store.increment_tool_calls(3)
+            await store.flush()
+            assert store.session.stats.tool_calls == calls_stored(direct) == 5
+            assert direct.info("stats")["total_net_output_bytes"] - sent < 1 << 20
+        [aside] = [_bytes(key) for key in direct.keys(f"{DELTAS}:corrupt-*")]
+        assert direct.lrange(aside, 0, -1) == [b"x" * size for size in sizes]
+        assert calls_stored(direct) == 5
+
+    def test_a_list_too_full_for_a_delta_is_folded_with_it(
+        self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A push that would take the list past the bound is a compare-and-set instead, of
+        the list folded and the change: the list never passes it, and nothing is lost."""
+        monkeypatch.setattr(_redis, "MAX_FILE_SIZE", 8192)
+        monkeypatch.setattr(_redis, "COMPACT_EVERY", 10_000)
+        backend = RedisBackend.from_url(redis_url)
+        lengths = []
+        try:
+            for number in range(1, 101):
+                backend.commit(one_call("w", number, FRESH, saved=False))
+                lengths.append(direct.llen(DELTAS))
+                assert (direct.memory_usage(DELTAS, samples=0) or 0) <= 8192
+        finally:
+            backend.close()
+        assert lengths.count(0) >= 3  # the first write, and each push that found no room
+        assert calls_stored(direct) == 100
+        assert direct.keys(f"{DELTAS}:corrupt-*") == []

@@ -157,13 +157,14 @@ local function deltas_bytes(max)
   end
   return total
 end
--- Why the deltas cannot be read (nil: they can): {kind, detail} for the caller.
+-- Why the deltas cannot be read ({kind, detail, count} for the caller; nil: they can:
+-- at most max bytes, and max / 128 entries), the bytes they take and how many there are.
 local function deltas_problem(max)
   local bad = deltas_kind()
-  if bad then return {'type', bad} end
-  local used = deltas_bytes(max)
-  if used > max then return {'large', used} end
-  return nil
+  if bad then return {'type', bad, 0}, 0, 0 end
+  local used, n = deltas_bytes(max), redis.call('LLEN', KEYS[3])
+  if used > max or n > max / 128 then return {'large', used, n}, used, n end
+  return nil, used, n
 end
 -- The number of the writer's last change applied (0: none), or nil and an error.
 local function applied_of(key)
@@ -222,41 +223,41 @@ end
 
 #: KEYS: session, rev, deltas, epoch, applied. ARGV: number, delta, TTL of applied (ms), the
 #: revision, value's length, epoch and number of deltas the writer holds, largest value
-#: (and list) returned, how often to fold. Replies {status, rev, length of the list, view or
-#: false}: a view only where the writer must read (its change applied before, the session
-#: reset, renewed, replaced, deleted or set by hand since, a value not judged, or its push
-#: makes the list a multiple of the fold's) and otherwise nothing of the session, nor of
-#: other writers' deltas.
+#: (and list) read, how often to fold. Replies {status, rev, length of the list, view or
+#: false}: a view only where the writer must read (its change applied before, a value not
+#: judged, a list too full to take the delta, the session reset, renewed, replaced, deleted
+#: or set by hand since, or its push makes the list a multiple of the fold's), and otherwise
+#: nothing of the session, nor of other writers' deltas.
 _MERGE = (
     _LUA_PRELUDE
     + """
 local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
-local bad = deltas_kind()
-if bad then return {'deltas', rev, 'type', bad} end
+local max, size, held = tonumber(ARGV[8]), size_of(), tonumber(ARGV[5])
+local problem, used, count = deltas_problem(max)
+if problem then return {'deltas', rev, problem[1], problem[2], problem[3]} end
 local done, err2 = applied_of(KEYS[5])
 if not done then return redis.error_reply(err2) end
-local max, size, held = tonumber(ARGV[8]), size_of(), tonumber(ARGV[5])
-local function seen(status, n, mine, count, known)
-  local problem = deltas_problem(max)
-  if problem then return {'deltas', rev, problem[1], problem[2]} end
-  return {status, rev, n, view(rev, max, mine, count, known)}
+if tonumber(ARGV[1]) <= done then
+  return {'applied', rev, 0, view(rev, max, ARGV[4], tonumber(ARGV[7]), held)}
 end
-if tonumber(ARGV[1]) <= done then return seen('applied', 0, ARGV[4], tonumber(ARGV[7]), held) end
 -- A value the writer has not judged must begin as encode writes version 1; else the writer
 -- judges it first (a newer format is refused with nothing written, a corrupt one replaced).
 local same = rev == ARGV[4] and size == held
 if size >= 0 and not same then
   local head = redis.call('GETRANGE', KEYS[1], 0, 15)
-  if head ~= '{\\n  "version": 1' then return seen('check', 0, '-', 0, 0) end
+  if head ~= '{\\n  "version": 1' then return {'check', rev, 0, view(rev, max, '-', 0, 0)} end
+end
+-- Never past half the bound (Redis counts a little over the bytes): the writer folds the
+-- list and its change by compare-and-set instead.
+if used + #ARGV[2] > max / 2 or count + 1 > max / 256 then
+  return {'full', rev, 0, view(rev, max, '-', 0, 0)}
 end
 local n = redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[3])
 if epoch_of() ~= ARGV[6] or size < 0 or (rev == ARGV[4] and not same)
     or n % tonumber(ARGV[9]) == 0 then
-  -- After a push that already landed, a list that cannot be read is still moved aside by
-  -- the writer, whose change is then 'applied' when sent again.
-  return seen('ok', n, ARGV[4], tonumber(ARGV[7]), held)
+  return {'ok', rev, n, view(rev, max, ARGV[4], tonumber(ARGV[7]), held)}
 end
 return {'ok', rev, n, false}
 """
@@ -273,7 +274,7 @@ local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
 local max, count, number = tonumber(ARGV[7]), tonumber(ARGV[2]), tonumber(ARGV[5])
 local problem = deltas_problem(max)
-if problem then return {'deltas', rev, problem[1], problem[2]} end
+if problem then return {'deltas', rev, problem[1], problem[2], problem[3]} end
 if number > 0 then
   local done, err2 = applied_of(KEYS[5])
   if not done then return redis.error_reply(err2) end
@@ -315,7 +316,7 @@ local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
 local max = tonumber(ARGV[1])
 local problem = deltas_problem(max)
-if problem then return {'deltas', rev, problem[1], problem[2]} end
+if problem then return {'deltas', rev, problem[1], problem[2], problem[3]} end
 return {'ok', view(rev, max, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))}
 """
 )
@@ -707,12 +708,16 @@ class RedisBackend:
             status = _text(reply[0])
             if status == "deltas":
                 found: _Found = _bad_deltas(reply)
-            elif status == "check":  # a value we have not judged, and not plainly version 1
+            elif status in ("check", "full"):  # a value we have not judged; no room
                 found = self._absorb(None, reply[3])
             else:
                 break
             view = await self._sound(found, change)
             self._view = view
+            if status == "full" and view.corrupt is None and self._own is not None:
+                done = await self._rewrite(view, change, deadline)
+                assert isinstance(done, Record)
+                return done
             if view.corrupt is not None or self._own is None:
                 done = await self._rewrite(view, change, deadline, merge_instead=True)
                 if isinstance(done, Record):
@@ -1081,7 +1086,11 @@ def _bad_deltas(reply: Sequence[Any]) -> _BadDeltas:
     """What a script's {'deltas', rev, kind, detail} reply says."""
     rev, kind = _text(reply[1]), _text(reply[2])
     if kind == "large":
-        return _BadDeltas(rev, f"{_text(reply[3])} bytes, larger than {MAX_FILE_SIZE}", True)
+        why = (
+            f"{_text(reply[3])} bytes in {_text(reply[4])} entries, larger than "
+            f"{MAX_FILE_SIZE} bytes or {MAX_FILE_SIZE // 128} entries"
+        )
+        return _BadDeltas(rev, why, True)
     return _BadDeltas(rev, _wrong_type(reply[3]))
 
 
