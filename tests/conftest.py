@@ -293,6 +293,25 @@ def redis_stored(raw: Any, base: str = "aiosessionstore:{octocode}") -> Record |
     return fold(None if data is None else decode(data), [read_delta(entry) for entry in entries])
 
 
+def before_script(
+    monkeypatch: pytest.MonkeyPatch, backend: Any, script: str, action: Callable[[], object]
+) -> list[object]:
+    """Run ``action`` (blocking, on a thread of its own) once, just before ``backend`` next
+    sends its script ``script`` (as in "_rewrite_script"): a write of another store's that
+    lands between this backend's read and its compare-and-set. The list holds what it gave."""
+    sent = getattr(backend, script)
+    call = backend._call
+    done: list[object] = []
+
+    async def interposed(which: Any, *arguments: Any) -> Any:
+        if which is sent and not done:
+            done.append(await asyncio.to_thread(action))
+        return await call(which, *arguments)
+
+    monkeypatch.setattr(backend, "_call", interposed)
+    return done
+
+
 class RedisPlace(Place):
     """The session of app ``octocode`` in a fresh Redis database."""
 

@@ -51,6 +51,7 @@ from aiosessionstore.redis import RedisBackend
 from .conftest import (
     WORKER,
     FakeClock,
+    before_script,
     posix_only,
     redis_stored,
     start_worker,
@@ -1109,6 +1110,38 @@ def calls_stored(client: redis.Redis) -> int:
 class TestDeltaFaults:
     """Each way a delta could be folded twice or lost, against a real redis-server."""
 
+    def test_a_corrupt_session_is_rebuilt_without_counting_a_delta_twice(
+        self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A value spoiled after another store folded is rebuilt from the value this store
+        last read plus the list: its own delta, in its view and still in the list, counts
+        once (the other's, folded into the spoiled value since, is lost with it)."""
+        writer, folder = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
+        try:
+            seen = writer.commit(one_call("a", 1, FRESH, saved=False))  # writes the session
+            other = make_delta(one_call("x", 1, FRESH, calls=100), "here")
+            assert other is not None
+            direct.rpush(DELTAS, other[0])
+            pushed = before_script(
+                monkeypatch,
+                folder,
+                "_rewrite_script",
+                lambda: writer.commit(one_call("a", 2, seen, calls=10)),
+            )
+            assert folder.read().session.stats.tool_calls == 101  # read before our push
+            [adopted] = pushed
+            assert isinstance(adopted, Record)
+            assert adopted.session.stats.tool_calls == 11  # what it read, and its own
+            assert direct.llen(DELTAS) == 1  # ours: the fold trimmed only what it read
+            direct.set(SESSION, b"{oops")  # spoiled by hand: the revision stays
+            record = writer.commit(one_call("a", 3, adopted, calls=1000))
+            assert record == stored(direct)
+            assert calls_stored(direct) == 1 + 10 + 1000
+            assert [direct.get(key) for key in aside_keys(direct)] == [b"{oops"]
+        finally:
+            writer.close()
+            folder.close()
+
     @pytest.mark.parametrize(
         "sizes", [[MAX_FILE_SIZE + 1], [1 << 20] * 17], ids=["one-entry", "all-entries"]
     )
@@ -1156,3 +1189,147 @@ class TestDeltaFaults:
         assert lengths.count(0) >= 3  # the first write, and each push that found no room
         assert calls_stored(direct) == 100
         assert direct.keys(f"{DELTAS}:corrupt-*") == []
+
+    def test_a_push_between_a_folds_read_and_write_is_kept(
+        self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A delta pushed after a fold read the list, before it wrote, stays in the list and
+        the next fold counts it once."""
+        writer, folder = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
+        try:
+            seen = writer.commit(one_call("w", 1, FRESH, saved=False))
+            writer.commit(one_call("w", 2, seen))
+            before_script(
+                monkeypatch,
+                folder,
+                "_rewrite_script",
+                lambda: writer.commit(one_call("w", 3, seen)),
+            )
+            assert folder.read().session.stats.tool_calls == 2
+            assert direct.llen(DELTAS) == 1
+            assert calls_stored(direct) == 3
+            assert folder.read().session.stats.tool_calls == 3
+            assert direct.llen(DELTAS) == 0
+        finally:
+            writer.close()
+            folder.close()
+
+    def test_a_lost_reply_on_the_fold_after_a_push(
+        self, loser: ReplyLoser, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The push whose reply asks its writer to fold lands, and the fold's reply is
+        lost: the flush still succeeds, its view counts its delta once, totals stay exact."""
+        monkeypatch.setattr(_redis, "COMPACT_EVERY", 2)
+        backend = RedisBackend.from_url(loser.url)
+        try:
+            seen = backend.commit(one_call("w", 1, FRESH, saved=False))  # loads every script
+            backend.commit(one_call("w", 2, seen))
+            loser.lose_reply_after(1)  # the push's reply arrives; the fold's is lost
+            record = backend.commit(one_call("w", 3, seen))
+            assert loser.lost == 1
+            assert record.session.stats.tool_calls == 3
+            assert direct.llen(DELTAS) == 0  # the fold landed
+            assert decode(_bytes(direct.get(SESSION))).session.stats.tool_calls == 3
+            record = backend.commit(one_call("w", 4, record))
+            assert record.session.stats.tool_calls == calls_stored(direct) == 4
+            assert backend.read().session.stats.tool_calls == 4
+        finally:
+            backend.close()
+
+    def test_a_merge_that_times_out_is_applied_once(
+        self, loser: ReplyLoser, direct: redis.Redis
+    ) -> None:
+        """A merge whose reply comes after the backend's timeout (its call cancelled, the
+        push landed) is applied once when sent again, and the view counts it once."""
+        backend = RedisBackend.from_url(loser.url, timeout=0.5)
+        try:
+            seen = backend.commit(one_call("w", 1, FRESH, saved=False))
+            seen = backend.commit(one_call("w", 2, seen))
+            change = one_call("w", 3, seen, calls=10)
+            loser.hold()
+            with pytest.raises(SessionStoreError, match="no answer"):
+                backend.commit(change)
+            assert loser.request_seen.is_set()
+            loser.release()
+            assert direct.llen(DELTAS) == 2
+            record = backend.commit(change)  # sent again, as the writer does
+            assert direct.llen(DELTAS) == 2
+            assert record.session.stats.tool_calls == calls_stored(direct) == 12
+        finally:
+            backend.close()
+
+    async def test_a_reset_with_deltas_pending(
+        self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A reset zeroes the deltas pushed before it read; one pushed between its read and
+        its write comes after it; another store sees the reset at its next flush."""
+        loop = asyncio.get_running_loop()
+        async with store_at(redis_url) as first, store_at(redis_url) as second:
+            await second.increment_tool_calls(5)
+            await second.flush()
+            await first.increment_tool_calls(3)
+            await first.flush()
+            await second.increment_tool_calls(7)
+            before_script(
+                monkeypatch,
+                first._writer.backend,
+                "_rewrite_script",
+                lambda: asyncio.run_coroutine_threadsafe(second.flush(), loop).result(),
+            )
+            await first.reset_stats()
+            assert first.session.stats.tool_calls == 0
+            assert calls_stored(direct) == 7
+            await second.increment_tool_calls()
+            await second.flush()
+            assert second.session.stats.tool_calls == calls_stored(direct) == 8
+            assert second.session_id == first.session_id
+        assert calls_stored(direct) == 8
+
+    async def test_a_new_session_with_deltas_pending(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """A new session drops the deltas pushed before it; another store's next flush
+        counts into the new one, and sees it."""
+        async with store_at(redis_url) as first, store_at(redis_url) as second:
+            old = first.session_id
+            await second.increment_tool_calls(5)
+            await second.flush()
+            await first.new_session()
+            assert calls_stored(direct) == 0
+            await second.increment_tool_calls(2)
+            await second.flush()
+            assert second.session_id == first.session_id != old
+            assert second.session.stats.tool_calls == calls_stored(direct) == 2
+        assert stored(direct).session.session_id != old
+
+    async def test_a_deleted_session_never_comes_back(
+        self, loser: ReplyLoser, direct: redis.Redis
+    ) -> None:
+        """After a delete, a store that has not seen it pushes into a new session, and a
+        change of its sent again after a lost reply is not pushed again: the deleted id and
+        its counts are never stored again."""
+        async with store_at(loser.url) as stale, store_at(loser.url) as other:
+            old = stale.session_id
+            await stale.increment_tool_calls(2)
+            await stale.flush()
+            await stale.increment_tool_calls(3)
+            loser.lose_next_reply()
+            with pytest.raises(SessionStoreError):
+                await stale.flush()  # pushed; the reply lost
+            deleter = RedisBackend.from_url(loser.url)
+            assert await asyncio.to_thread(deleter.remove)
+            await asyncio.to_thread(deleter.close)
+            await stale.flush()  # sent again: applied already, so nothing is pushed
+            assert direct.get(SESSION) is None
+            assert direct.llen(DELTAS) == 0
+            await other.increment_tool_calls(7)
+            await other.flush()  # a push onto no session: a new one, read back at once
+            new = other.session_id
+            assert new != old
+            assert stored(direct).session.session_id == new
+            await stale.increment_tool_calls(11)
+            await stale.flush()
+            assert stored(direct).session.session_id == stale.session_id == new
+            assert calls_stored(direct) == 18
+        assert stored(direct).session.session_id == new
+        assert calls_stored(direct) == 18
