@@ -11,46 +11,45 @@ Keys share the hash tag ``{<app>}``, so that they all live in one cluster slot:
 
 - ``aiosessionstore:{<app>}:session``: the session as ``encode`` writes the file, as of the
   last fold;
-- ``aiosessionstore:{<app>}:deltas``: a list of merges not yet folded into it, oldest first;
-- ``aiosessionstore:{<app>}:rev``: bumped by every rewrite of the session (a fold, a reset,
-  a new session, an import), by every delete and by every move of a corrupt key aside; never
-  reset. Between two bumps the list only grows at its tail, so a compare-and-set that finds
-  the revision it expects finds the session it read and the deltas it read, still first in
-  the list (no ABA);
+- ``aiosessionstore:{<app>}:deltas``: merges not yet folded into it, oldest first;
+- ``aiosessionstore:{<app>}:rev``: bumped by every rewrite of the session, delete and move of
+  a corrupt key aside; never reset. Between two bumps the list only grows at its tail, so a
+  compare-and-set that finds the revision it read finds the deltas it read, still first;
+- ``aiosessionstore:{<app>}:epoch``: set to the new revision by everything that bumps it but a
+  fold or a merge (a reset, a new session, an import, a delete, a corrupt key moved aside);
 - ``aiosessionstore:{<app>}:applied:<writer>``: the number of that writer's last change
   applied, kept 7 days, so that a change sent again after a lost reply is applied once.
 
-The session is the value of ``:session`` with every delta folded over it in list order,
-by the merge rules of ``Change.apply``: what a store adopts after its flush is exactly what a
-later fold stores.
+The session is ``:session`` with every delta folded over it in list order, by the merge rules
+of ``Change.apply``.
 
-A merge is one script, which never conflicts: unless the writer's change number says it was
-applied already, it pushes the delta and records the number, and it replies with the
-revision, the session's bytes only if the revision is not the one the writer holds (else
-nothing: a flush does not carry the whole session), and the deltas the writer has not seen.
-Where the value is one the writer has not read and it does not begin as ``encode`` writes
-version 1, the script pushes nothing and sends it: the writer judges it first (a newer
-format is refused with nothing written, a corrupt one is replaced), then pushes.
-Everything else is a compare-and-set on the revision, which writes the folded session and
-trims the deltas it folded from the head of the list: the fold (a compaction, by the writer
-whose push made the list a multiple of ``COMPACT_EVERY`` long, or at ``read``), a reset, a
-new session, an import or replace (folded first, then the change), and a session written
-where a corrupt one was. Only such a write trims, only from the head and only under the
-revision it read, so each delta is folded exactly once. A merge is written this way too when
-no session is stored yet, so that the first store on an empty database writes the session.
+A merge is one script that never conflicts: unless the writer's number says it was applied,
+it pushes the delta, records the number and replies {status, revision, list length}, nothing
+more. The store's view is then what it last read, folded, with its own changes since applied
+(each once). The reply carries the session only where the writer must read it: its change was
+applied before (a lost reply), the epoch or the value's length moved (reset, renewed,
+replaced, deleted, set by hand), the value is one it has not judged and does not begin as
+``encode`` writes version 1 (it is judged first, nothing pushed), the list has no room (the
+merge is then a compare-and-set), or its push makes the list a multiple of ``COMPACT_EVERY``:
+that writer folds. Its view is then exactly what it read.
 
-A delta is encoded with the session codec, so it is validated when read back: the bytes of a
-record whose ``sessionId``, ``createdAt`` and top-level unknown keys are those of the session
-the delta starts where none is stored (``Change.base_when_missing``: made once, when the delta
-is, so every fold picks the same new id), whose ``lastActiveAt`` is the change's ``active_at``,
-whose counters and sections are the counts, and with one more top-level key,
-``"aiosessionstore:delta": {"lastActiveAt": <that session's>, "maxTools": <the cap>}``. A merge
-whose session-to-start-from cannot be said so (one with counts of its own, or keys inside
-its stats) is written by compare-and-set instead.
+Everything else is a compare-and-set on the revision, from the session read just before, that
+writes the folded session and trims from the list's head exactly the deltas it read: the fold,
+``read``, a reset, a new session, an import, and a merge where no session is stored yet. So each
+delta is folded exactly once. A corrupt session is moved aside and rebuilt from the ``:session``
+value last read (no delta folded in) plus the list, if the epoch has not moved since; else
+from what the change builds on where none is stored.
 
-A ``:deltas`` of another type, or holding an entry that does not decode as a delta, is
-renamed to ``:deltas:corrupt-<time>`` as it was, never overwritten; the entries that do decode
-are pushed back in their order, so that their counts stay in the session.
+A delta is encoded with the session codec, so it is validated when read back: a record with
+the counts, the session it starts where none is stored (``Change.base_when_missing``, made
+once), and an ``"aiosessionstore:delta"`` key with that session's ``lastActiveAt`` and the cap
+on names. A merge that cannot be said so is written by compare-and-set.
+
+What a read takes from the list is bounded (``MAX_FILE_SIZE`` bytes as Redis counts them,
+``MAX_FILE_SIZE / 128`` entries); a merge keeps it under half that. A ``:deltas`` of another
+type, past the bound, or with an entry that is no delta, is renamed to
+``:deltas:corrupt-<time>``; the entries that decode are pushed back (none of an oversized one,
+which is not read).
 """
 
 from __future__ import annotations
