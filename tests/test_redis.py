@@ -1241,14 +1241,16 @@ class TestDeltaFaults:
     ) -> None:
         """A merge whose reply comes after the backend's timeout (its call cancelled, the
         push landed) is applied once when sent again, and the view counts it once."""
-        backend = RedisBackend.from_url(loser.url, timeout=0.5)
+        backend = RedisBackend.from_url(loser.url)
         try:
             seen = backend.commit(one_call("w", 1, FRESH, saved=False))
             seen = backend.commit(one_call("w", 2, seen))
             change = one_call("w", 3, seen, calls=10)
             loser.hold()
+            backend.timeout = 0.5  # for this call only: the reply is held until after it
             with pytest.raises(SessionStoreError, match="no answer"):
                 backend.commit(change)
+            backend.timeout = 10.0
             assert loser.request_seen.is_set()
             loser.release()
             assert direct.llen(DELTAS) == 2
