@@ -312,6 +312,14 @@ def before_script(
     return done
 
 
+async def load_the_merge_script(store: Any) -> None:
+    """Flush one tool call, so that the server knows the merge script: a reply lost after
+    it is the script's, not the NOSCRIPT that EVALSHA gets from a server that was never
+    sent it (which applied nothing)."""
+    await store.increment_tool_calls()
+    await store.flush()
+
+
 class RedisPlace(Place):
     """The session of app ``octocode`` in a fresh Redis database."""
 

@@ -52,6 +52,7 @@ from .conftest import (
     WORKER,
     FakeClock,
     before_script,
+    load_the_merge_script,
     posix_only,
     redis_stored,
     start_worker,
@@ -365,18 +366,19 @@ class TestExactlyOnce:
     ) -> None:
         """The server applies a merge whose reply is lost; sent again, it is not re-applied."""
         async with store_at(loser.url) as store:
+            await load_the_merge_script(store)
             await store.increment_tool_calls(5)
             loser.lose_next_reply()
             with pytest.raises(SessionStoreError):
                 await store.flush()
-            assert stored(direct).session.stats.tool_calls == 5  # applied all the same
+            assert stored(direct).session.stats.tool_calls == 6  # applied all the same
             rev = direct.get(REV)
-            assert store.session.stats.tool_calls == 5
+            assert store.session.stats.tool_calls == 6
             await store.flush()  # sends the same change again: already applied
             assert direct.get(REV) == rev
-            assert stored(direct).session.stats.tool_calls == 5
+            assert stored(direct).session.stats.tool_calls == 6
             await store.increment_tool_calls()
-        assert stored(direct).session.stats.tool_calls == 6
+        assert stored(direct).session.stats.tool_calls == 7
         assert loser.lost == 1
 
     async def test_a_cancelled_caller_does_not_cancel_the_write(
@@ -400,7 +402,8 @@ class TestExactlyOnce:
     ) -> None:
         """Cancelled, and its reply lost: sent again at the next flush, applied once."""
         async with store_at(loser.url) as store:
-            await store.increment_tool_calls(3)
+            await load_the_merge_script(store)
+            await store.increment_tool_calls(2)
             loser.hold()
             loser.lose_next_reply()
             flush = asyncio.ensure_future(store.flush())
