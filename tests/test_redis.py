@@ -1338,3 +1338,34 @@ class TestDeltaFaults:
             assert calls_stored(direct) == 18
         assert stored(direct).session.session_id == new
         assert calls_stored(direct) == 18
+
+    def test_the_bound_without_the_memory_command(
+        self, tmp_path: Path, redis_server: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On a server without MEMORY (renamed away; an ACL may deny it too) the scripts add
+        the entries' lengths up instead: a full list is folded, an oversized one moved aside
+        unread."""
+        server = RedisServer(tmp_path, extra=("--rename-command", "MEMORY", '""')).start()
+        direct = redis.Redis.from_url(server.url)
+        backend = RedisBackend.from_url(server.url)
+        try:
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                direct.execute_command("MEMORY", "USAGE", DELTAS)  # type: ignore[no-untyped-call]
+            with monkeypatch.context() as bounded:
+                bounded.setattr(_redis, "MAX_FILE_SIZE", 8192)
+                bounded.setattr(_redis, "COMPACT_EVERY", 10_000)
+                for number in range(1, 61):
+                    backend.commit(one_call("w", number, FRESH, saved=False))
+                    assert sum(map(len, direct.lrange(DELTAS, 0, -1))) <= 8192 // 2
+            assert calls_stored(direct) == 60
+            assert backend.read().session.stats.tool_calls == 60  # folded: the list is empty
+            direct.rpush(DELTAS, *[b"x" * (1 << 20)] * 17)
+            sent = direct.info("stats")["total_net_output_bytes"]
+            assert backend.read().session.stats.tool_calls == 60
+            assert direct.info("stats")["total_net_output_bytes"] - sent < 1 << 20
+            [aside] = [_bytes(key) for key in direct.keys(f"{DELTAS}:corrupt-*")]
+            assert direct.llen(aside) == 17
+        finally:
+            backend.close()
+            direct.close()
+            server.stop()

@@ -143,10 +143,12 @@ end
 -- The bytes the deltas take as Redis counts them (a little over their length), or a count
 -- past max: the list is never read whole to learn it.
 local function deltas_bytes(max)
-  local used = redis.pcall('MEMORY', 'USAGE', KEYS[3], 'SAMPLES', '0')
-  if type(used) == 'number' then return used end
-  if not used then return 0 end
-  -- MEMORY refused (renamed, or not this server's): add the entries up, a few at a time.
+  -- Lua's pcall: an unknown command (renamed away) raises even under redis.pcall.
+  local ok, used = pcall(redis.call, 'MEMORY', 'USAGE', KEYS[3], 'SAMPLES', '0')
+  if ok and type(used) == 'number' then return used end
+  if ok and not used then return 0 end
+  -- MEMORY refused (renamed, denied by an ACL, not this server's): add the entries up, a
+  -- few at a time.
   local total, first, n = 0, 0, redis.call('LLEN', KEYS[3])
   while first < n and total <= max do
     for _, entry in ipairs(redis.call('LRANGE', KEYS[3], first, first + 99)) do
