@@ -284,7 +284,7 @@ DELTAS_KEY = "aiosessionstore:{octocode}:deltas"
 
 def redis_stored(raw: Any, base: str = "aiosessionstore:{octocode}") -> Record | None:
     """The session in Redis, as a store reads it: ``:session`` with ``:deltas`` folded in."""
-    from aiosessionstore._redis import fold, read_delta
+    from aiosessionstore._delta import fold, read_delta
 
     with raw.pipeline(transaction=True) as both:  # at one moment: a fold may be under way
         both.get(f"{base}:session")

@@ -34,9 +34,10 @@ from aiosessionstore import (
 )
 from aiosessionstore._change import Change, Mode
 from aiosessionstore._codec import decode, encode
+from aiosessionstore._delta import DELTA_KEY, make_delta, read_delta
 from aiosessionstore._file import MAX_FILE_SIZE, FileBackend
 from aiosessionstore._latency import bucket
-from aiosessionstore._redis import COMPACT_EVERY, DELTA_KEY, make_delta, read_delta
+from aiosessionstore._redis import COMPACT_EVERY
 from aiosessionstore._session import (
     ClientStats,
     Counts,

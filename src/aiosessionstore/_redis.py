@@ -40,10 +40,8 @@ delta is folded exactly once. A corrupt session is moved aside and rebuilt from 
 value last read (no delta folded in) plus the list, if the epoch has not moved since; else
 from what the change builds on where none is stored.
 
-A delta is encoded with the session codec, so it is validated when read back: a record with
-the counts, the session it starts where none is stored (``Change.base_when_missing``, made
-once), and an ``"aiosessionstore:delta"`` key with that session's ``lastActiveAt`` and the cap
-on names. A merge that cannot be said so is written by compare-and-set.
+A delta is a record the session codec reads back (``_delta``); a merge that cannot be said
+so is written by compare-and-set. The scripts are in ``_redis_scripts``.
 
 What a read takes from the list is bounded (``MAX_FILE_SIZE`` bytes as Redis counts them,
 ``MAX_FILE_SIZE / 128`` entries); a merge keeps it under half that. A ``:deltas`` of another
@@ -62,7 +60,6 @@ import time
 from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from types import MappingProxyType
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
@@ -74,8 +71,10 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from . import _redis_scripts as scripts
 from ._change import Change, Mode
-from ._codec import decode, encode, encode_after
+from ._codec import decode, encode
+from ._delta import Delta, fold, make_delta, read_delta
 from ._errors import (
     CorruptSessionError,
     LockTimeoutError,
@@ -84,15 +83,8 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._file import MAX_FILE_SIZE
-from ._names import check_max_tools
 from ._session import (
-    CURRENT_VERSION,
-    Counts,
     Record,
-    Session,
-    SessionStats,
-    format_timestamp,
-    parse_timestamp,
 )
 
 __all__ = ("RedisBackend",)
@@ -109,369 +101,9 @@ APPLIED_TTL_MS = 7 * 24 * 3600 * 1000
 DEFAULT_SOCKET_TIMEOUT = 5.0
 #: The writer whose push makes the list of deltas a multiple of this long folds it.
 COMPACT_EVERY = 32
-#: The top-level key that makes a record a delta; no session has it.
-DELTA_KEY = "aiosessionstore:delta"
 _SCHEMES = ("redis", "rediss")
 #: A revision no revision is: "I hold none".
 _NO_REV = "-"
-
-# Every script checks all it can before its first write: Redis does not roll a script back.
-# KEYS[1] is the session, KEYS[2] the revision, KEYS[3] the deltas, KEYS[4] the epoch, in
-# every script.
-_LUA_PRELUDE = """
-local function rev_of()
-  local kind = redis.call('TYPE', KEYS[2])['ok']
-  if kind == 'none' then return '' end
-  if kind ~= 'string' then return nil, KEYS[2] .. ' is a ' .. kind .. ', not a revision' end
-  local rev = redis.call('GET', KEYS[2])
-  -- What INCR takes: no sign, no leading zero, below 2^63 (18 digits are far enough).
-  if not (rev == '0' or string.match(rev, '^[1-9][0-9]*$')) or #rev > 18 then
-    return nil, KEYS[2] .. ' holds no revision'
-  end
-  return rev
-end
--- Only ever compared for equality: any string will do, anything else is none.
-local function epoch_of()
-  if redis.call('TYPE', KEYS[4])['ok'] ~= 'string' then return '' end
-  return redis.call('GET', KEYS[4])
-end
-local function deltas_kind()
-  local kind = redis.call('TYPE', KEYS[3])['ok']
-  if kind == 'none' or kind == 'list' then return nil end
-  return kind
-end
--- The bytes the deltas take as Redis counts them (a little over their length), or a count
--- past max: the list is never read whole to learn it.
-local function deltas_bytes(max)
-  -- Lua's pcall: an unknown command (renamed away) raises even under redis.pcall.
-  local ok, used = pcall(redis.call, 'MEMORY', 'USAGE', KEYS[3], 'SAMPLES', '0')
-  if ok and type(used) == 'number' then return used end
-  if ok and not used then return 0 end
-  -- MEMORY refused (renamed, denied by an ACL, not this server's): add the entries up, a
-  -- few at a time.
-  local total, first, n = 0, 0, redis.call('LLEN', KEYS[3])
-  while first < n and total <= max do
-    for _, entry in ipairs(redis.call('LRANGE', KEYS[3], first, first + 99)) do
-      total = total + #entry
-    end
-    first = first + 100
-  end
-  return total
-end
--- Why the deltas cannot be read ({kind, detail, count} for the caller; nil: they can:
--- at most max bytes, and max / 128 entries), the bytes they take and how many there are.
-local function deltas_problem(max)
-  local bad = deltas_kind()
-  if bad then return {'type', bad, 0}, 0, 0 end
-  local used, n = deltas_bytes(max), redis.call('LLEN', KEYS[3])
-  if used > max or n > max / 128 then return {'large', used, n}, used, n end
-  return nil, used, n
-end
--- The number of the writer's last change applied (0: none), or nil and an error.
-local function applied_of(key)
-  local kind = redis.call('TYPE', key)['ok']
-  if kind == 'none' then return 0 end
-  local done = kind == 'string' and redis.call('GET', key)
-  -- Plain digits only: tonumber would take '1e999' as infinity, and skip every change.
-  if not done or not string.match(done, '^[0-9]+$') or #done > 15 then
-    return nil, key .. ' holds no change number'
-  end
-  return tonumber(done)
-end
-local function state(max)
-  local kind = redis.call('TYPE', KEYS[1])['ok']
-  if kind == 'none' then return 'missing', false end
-  if kind ~= 'string' then return 'type', kind end
-  local size = redis.call('STRLEN', KEYS[1])
-  if size > max then return 'large', size end
-  return 'value', redis.call('GET', KEYS[1])
-end
--- The value's length (-1: none; -2: a key of another type).
-local function size_of()
-  local kind = redis.call('TYPE', KEYS[1])['ok']
-  if kind == 'none' then return -1 end
-  if kind ~= 'string' then return -2 end
-  return redis.call('STRLEN', KEYS[1])
-end
--- What the caller needs to see the session: {rev, from, kind, value, deltas from 'from' on,
--- epoch}. The session's bytes only where the caller holds another revision (mine), fewer
--- deltas, or a value of another length (set by hand, at the same revision). The caller
--- checked deltas_problem first.
-local function view(rev, max, mine, count, size)
-  local n = redis.call('LLEN', KEYS[3])
-  if rev == mine and n >= count and size_of() == size then
-    return {rev, count, 'same', false, redis.call('LRANGE', KEYS[3], count, -1), epoch_of()}
-  end
-  local kind, value = state(max)
-  return {rev, 0, kind, value, redis.call('LRANGE', KEYS[3], 0, -1), epoch_of()}
-end
--- A new revision; with identity true also a new epoch (the revision's value): the session
--- was reset, renewed, replaced, deleted, or lost counts (a corrupt key moved aside).
-local function bump(identity)
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    redis.call('INCR', KEYS[2])
-  else
-    -- A revision lost (a flushed database) restarts from the server's clock in
-    -- microseconds, far above any count of writes: a stale writer's revision never matches.
-    local now = redis.call('TIME')
-    redis.call('SET', KEYS[2], now[1] .. string.rep('0', 6 - #now[2]) .. now[2])
-  end
-  local rev = redis.call('GET', KEYS[2])
-  if identity then redis.call('SET', KEYS[4], rev) end
-  return rev
-end
-"""
-
-#: KEYS: session, rev, deltas, epoch, applied. ARGV: number, delta, TTL of applied (ms), the
-#: revision, value's length, epoch and number of deltas the writer holds, largest value
-#: (and list) read, how often to fold. Replies {status, rev, length of the list, view or
-#: false}: a view only where the writer must read (its change applied before, a value not
-#: judged, a list too full to take the delta, the session reset, renewed, replaced, deleted
-#: or set by hand since, or its push makes the list a multiple of the fold's), and otherwise
-#: nothing of the session, nor of other writers' deltas.
-_MERGE = (
-    _LUA_PRELUDE
-    + """
-local rev, err = rev_of()
-if not rev then return redis.error_reply(err) end
-local max, size, held = tonumber(ARGV[8]), size_of(), tonumber(ARGV[5])
-local problem, used, count = deltas_problem(max)
-if problem then return {'deltas', rev, problem[1], problem[2], problem[3]} end
-local done, err2 = applied_of(KEYS[5])
-if not done then return redis.error_reply(err2) end
-if tonumber(ARGV[1]) <= done then
-  return {'applied', rev, 0, view(rev, max, ARGV[4], tonumber(ARGV[7]), held)}
-end
--- A value the writer has not judged must begin as encode writes version 1; else the writer
--- judges it first (a newer format is refused with nothing written, a corrupt one replaced).
-local same = rev == ARGV[4] and size == held
-if size >= 0 and not same then
-  local head = redis.call('GETRANGE', KEYS[1], 0, 15)
-  if head ~= '{\\n  "version": 1' then return {'check', rev, 0, view(rev, max, '-', 0, 0)} end
-end
--- Never past half the bound (Redis counts a little over the bytes): the writer folds the
--- list and its change by compare-and-set instead.
-if used + #ARGV[2] > max / 2 or count + 1 > max / 256 then
-  return {'full', rev, 0, view(rev, max, '-', 0, 0)}
-end
-local n = redis.call('RPUSH', KEYS[3], ARGV[2])
-redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[3])
-if epoch_of() ~= ARGV[6] or size < 0 or (rev == ARGV[4] and not same)
-    or n % tonumber(ARGV[9]) == 0 then
-  return {'ok', rev, n, view(rev, max, ARGV[4], tonumber(ARGV[7]), held)}
-end
-return {'ok', rev, n, false}
-"""
-)
-
-#: KEYS: session, rev, deltas, epoch, applied, aside. ARGV: expected rev, deltas folded, new
-#: value, expected SHA-1 of the value ("" for none), number (0: none), TTL of applied (ms),
-#: largest value returned, "1" to rename the (corrupt) value to aside first, "1" for a new
-#: epoch (anything but a fold or a merge).
-_REWRITE = (
-    _LUA_PRELUDE
-    + """
-local rev, err = rev_of()
-if not rev then return redis.error_reply(err) end
-local max, count, number = tonumber(ARGV[7]), tonumber(ARGV[2]), tonumber(ARGV[5])
-local problem = deltas_problem(max)
-if problem then return {'deltas', rev, problem[1], problem[2], problem[3]} end
-if number > 0 then
-  local done, err2 = applied_of(KEYS[5])
-  if not done then return redis.error_reply(err2) end
-  if number <= done then return {'applied', view(rev, max, '-', 0, 0)} end
-end
-if rev ~= ARGV[1] then return {'conflict', view(rev, max, '-', 0, 0)} end
-if redis.call('LLEN', KEYS[3]) < count then return {'conflict', view(rev, max, '-', 0, 0)} end
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if ARGV[8] == '1' then
-  if kind == 'none' then return {'conflict', view(rev, max, '-', 0, 0)} end
-  if redis.call('EXISTS', KEYS[6]) == 1 then return {'taken'} end
-else
-  -- The revision matches; the value must too, should anything have set it by hand.
-  local digest = ''
-  if kind == 'string' then
-    -- A value set by hand past the bound is not read whole: the reply says it is too large.
-    if redis.call('STRLEN', KEYS[1]) > max then return {'conflict', view(rev, max, '-', 0, 0)} end
-    digest = redis.sha1hex(redis.call('GET', KEYS[1]))
-  elseif kind ~= 'none' then
-    digest = kind
-  end
-  if digest ~= ARGV[4] then return {'conflict', view(rev, max, '-', 0, 0)} end
-end
-if ARGV[8] == '1' then redis.call('RENAME', KEYS[1], KEYS[6]) end
-redis.call('SET', KEYS[1], ARGV[3])
-if count > 0 then redis.call('LTRIM', KEYS[3], count, -1) end
-local new = bump(ARGV[9] == '1')
-if number > 0 then redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[6]) end
-return {'ok', new, epoch_of()}
-"""
-)
-
-#: KEYS: session, rev, deltas, epoch. ARGV: largest value (and list) returned, the revision
-#: the reader holds, how many deltas it holds, the length of the value it holds.
-_READ = (
-    _LUA_PRELUDE
-    + """
-local rev, err = rev_of()
-if not rev then return redis.error_reply(err) end
-local max = tonumber(ARGV[1])
-local problem = deltas_problem(max)
-if problem then return {'deltas', rev, problem[1], problem[2], problem[3]} end
-return {'ok', view(rev, max, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))}
-"""
-)
-
-#: KEYS: session, rev, deltas, epoch, aside. ARGV: the revision at which the value was
-#: judged corrupt. Returns {1, new rev} once moved; {0} if anything changed since; {-1} if
-#: aside is taken.
-_SET_ASIDE = (
-    _LUA_PRELUDE
-    + """
-local rev, err = rev_of()
-if not rev then return redis.error_reply(err) end
-if rev ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-if redis.call('EXISTS', KEYS[5]) == 1 then return {-1} end
-redis.call('RENAME', KEYS[1], KEYS[5])
-return {1, bump(true)}
-"""
-)
-
-#: KEYS: session, rev, deltas, epoch, aside. ARGV: the revision at which the deltas were
-#: judged corrupt, then the sound entries to push back, in order. Returns as _SET_ASIDE does.
-_DELTAS_ASIDE = (
-    _LUA_PRELUDE
-    + """
-local rev, err = rev_of()
-if not rev then return redis.error_reply(err) end
-if rev ~= ARGV[1] or redis.call('EXISTS', KEYS[3]) == 0 then return {0} end
-if redis.call('EXISTS', KEYS[5]) == 1 then return {-1} end
-redis.call('RENAME', KEYS[3], KEYS[5])
-for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
-return {1, bump(true)}
-"""
-)
-
-#: KEYS: session, rev, deltas, epoch. Returns {1 if a session existed else 0, new rev}.
-_REMOVE = (
-    _LUA_PRELUDE
-    + """
-local rev, err = rev_of()
-if not rev then return redis.error_reply(err) end
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'none' and kind ~= 'string' then
-  return redis.error_reply(KEYS[1] .. ' is a ' .. kind .. ', not a session; left as it is')
-end
-local bad = deltas_kind()
-if bad then
-  return redis.error_reply(KEYS[3] .. ' is a ' .. bad .. ', not a list; left as it is')
-end
-local existed = redis.call('DEL', KEYS[1], KEYS[3])
-return {existed > 0 and 1 or 0, bump(true)}
-"""
-)
-
-
-@dataclass(frozen=True)
-class _Delta:
-    """One merge as stored in the list: the session it starts where none is stored, and the
-    change that adds its counts (its writer's cap on names included)."""
-
-    base: Record
-    change: Change
-
-    def onto(self, record: Record | None) -> Record:
-        return self.change.apply(self.base if record is None else record)
-
-
-def fold(record: Record | None, deltas: Sequence[_Delta]) -> Record | None:
-    """``record`` (None: no session stored) with ``deltas`` merged in, in order."""
-    for delta in deltas:
-        record = delta.onto(record)
-    return record
-
-
-def make_delta(change: Change, where: str) -> tuple[bytes, _Delta] | None:
-    """A merge as a delta's bytes, and what every reader reads back from them; None for a
-    merge that a delta cannot carry (it is written by compare-and-set instead)."""
-    if change.known is None:
-        return None
-    base = change.base_when_missing(where)
-    session = base.session
-    if (
-        base.stats_extra
-        or base.entries_extra
-        or DELTA_KEY in base.extra
-        or session.version != CURRENT_VERSION
-        or session.stats != SessionStats()
-        or session.tools
-        or session.prompts
-        or session.clients
-    ):
-        return None
-    counts = change.counts
-    record = Record(
-        Session(
-            CURRENT_VERSION,
-            session.session_id,
-            session.created_at,
-            change.active_at,
-            counts.stats,
-            counts.tools,
-            counts.prompts,
-            counts.clients,
-        ),
-        MappingProxyType(
-            {
-                **base.extra,
-                DELTA_KEY: {
-                    "lastActiveAt": format_timestamp(session.last_active_at),
-                    "maxTools": change.max_tools,
-                },
-            }
-        ),
-    )
-    # What every reader decodes from these bytes, foreseen without parsing them.
-    data, encoded = encode_after(record, None)
-    try:
-        delta = read_delta(data) if encoded is None else _delta_of(encoded.record)
-    except (CorruptSessionError, UnsupportedVersionError, RecursionError):
-        return None  # an id or a key that does not read back as written
-    return data, delta
-
-
-def read_delta(data: bytes) -> _Delta:
-    """The delta in ``data``; CorruptSessionError if it is none."""
-    return _delta_of(decode(data))
-
-
-def _delta_of(record: Record) -> _Delta:
-    """The delta a record decoded from a list entry says; CorruptSessionError if none."""
-    mark = record.extra.get(DELTA_KEY)
-    if not isinstance(mark, dict) or set(mark) != {"lastActiveAt", "maxTools"}:
-        raise CorruptSessionError(f"no {DELTA_KEY} object with lastActiveAt and maxTools")
-    try:
-        base_active = parse_timestamp(mark["lastActiveAt"])
-        max_tools = check_max_tools(mark["maxTools"])
-    except (TypeError, ValueError) as exc:
-        raise CorruptSessionError(f"{DELTA_KEY}: {exc}") from None
-    if record.stats_extra or record.entries_extra:
-        raise CorruptSessionError("a delta has no unknown keys in its stats or entries")
-    session = record.session
-    extra = {key: value for key, value in record.extra.items() if key != DELTA_KEY}
-    base = Record(
-        Session(
-            session.version,
-            session.session_id,
-            session.created_at,
-            base_active,
-            SessionStats(),
-        ),
-        MappingProxyType(extra),
-    )
-    counts = Counts(session.stats, session.tools, session.prompts, session.clients)
-    change = Change(Mode.MERGE, counts, session.last_active_at, None, False, max_tools)
-    return _Delta(base, change)
 
 
 @dataclass(frozen=True)
@@ -487,7 +119,7 @@ class _View:
     #: same revision (a value set by hand), reads the session again.
     size: int
     corrupt: str | None
-    deltas: tuple[_Delta, ...]
+    deltas: tuple[Delta, ...]
     folded: Record | None
     #: The epoch at that revision: a merge that finds another reads the session again.
     epoch: str
@@ -533,12 +165,12 @@ class RedisBackend:
         self._applied_prefix = f"{base}:applied:"
         self._where = _describe(client)
         self.description = f"{self._where} key {base}"
-        self._merge_script: AsyncScript = client.register_script(_MERGE)
-        self._rewrite_script: AsyncScript = client.register_script(_REWRITE)
-        self._read_script: AsyncScript = client.register_script(_READ)
-        self._aside_script: AsyncScript = client.register_script(_SET_ASIDE)
-        self._deltas_aside_script: AsyncScript = client.register_script(_DELTAS_ASIDE)
-        self._remove_script: AsyncScript = client.register_script(_REMOVE)
+        self._merge_script: AsyncScript = client.register_script(scripts.MERGE)
+        self._rewrite_script: AsyncScript = client.register_script(scripts.REWRITE)
+        self._read_script: AsyncScript = client.register_script(scripts.READ)
+        self._aside_script: AsyncScript = client.register_script(scripts.SET_ASIDE)
+        self._deltas_aside_script: AsyncScript = client.register_script(scripts.DELTAS_ASIDE)
+        self._remove_script: AsyncScript = client.register_script(scripts.REMOVE)
         self._loop: asyncio.AbstractEventLoop | None = None
         #: What this backend last read or wrote (exactly as stored then): a later read that
         #: holds it is sent only what is new since.
@@ -550,7 +182,7 @@ class RedisBackend:
         self._sound_view: _View | None = None
         #: The deltas this backend pushed since it last read, by their bytes: not decoded
         #: again when read back. Bounded: it is only a saving.
-        self._pushed: dict[bytes, _Delta] = {}
+        self._pushed: dict[bytes, Delta] = {}
 
     @property
     def _view(self) -> _View | None:
@@ -683,9 +315,9 @@ class RedisBackend:
         assert made is not None
         return await self._merge(change, made, deadline)
 
-    async def _merge(self, change: Change, made: tuple[bytes, _Delta], deadline: float) -> Record:
+    async def _merge(self, change: Change, made: tuple[bytes, Delta], deadline: float) -> Record:
         """Push the delta. Our view is then what we held with this change applied; the
-        reply carries the session only where we must read it (see ``_MERGE``), and then we
+        reply carries the session only where we must read it (see ``scripts.MERGE``), and then we
         hold what it says, in which our delta counts once."""
         data, delta = made
         while True:
