@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import redis_server
+from run import redis_server, stored_in_redis
 
 from aiosessionstore import AsyncSessionStore
 from aiosessionstore._change import Mode
@@ -315,6 +315,56 @@ def processes_table(seconds: float) -> bool:
     return ok
 
 
+REDIS_WORKER = """
+import asyncio, json, sys, time
+from aiosessionstore import AsyncSessionStore
+async def main(url, seconds):
+    async with AsyncSessionStore(url=url, flush_interval=3600, handle_signals=False) as store:
+        sys.stdout.write("ready\\n"); sys.stdout.flush(); sys.stdin.readline()
+        flushes, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            await store.increment_tool_calls()
+            await store.flush()
+            flushes += 1
+    print(json.dumps({"flushes": flushes}))
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+def redis_processes_table(seconds: float) -> bool:
+    """Processes flushing back to back into one session on Redis: flushes/s, exact totals."""
+    with tempfile.TemporaryDirectory() as scratch, redis_server(scratch) as url:
+        if url is None:
+            print("\nprocesses on Redis: skipped (no redis-server or no redis-py)")
+            return True
+        print(f"\nprocesses flushing back to back for {seconds} s into one session on Redis "
+              "(AOF, appendfsync always)")  # fmt: skip
+        print(f"{'procs':>5} {'flushes':>8} {'stored':>8} {'exact':>6} {'flushes/s':>10}")
+        ok = True
+        for database, processes in enumerate((1, 2, 4, 8, 16)):
+            where = f"{url.rsplit('/', 1)[0]}/{database}"
+            workers = [
+                subprocess.Popen([sys.executable, "-c", REDIS_WORKER, where, str(seconds)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                for _ in range(processes)
+            ]  # fmt: skip
+            for worker in workers:
+                assert worker.stdout is not None
+                assert worker.stdout.readline() == "ready\n"
+            for worker in workers:
+                assert worker.stdin is not None
+                worker.stdin.write("go\n")
+                worker.stdin.flush()
+            results = [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
+            flushes = sum(result["flushes"] for result in results)
+            stored = stored_in_redis(where)["stats"]["toolCalls"]
+            exact = stored == flushes
+            ok = ok and exact
+            print(f"{processes:>5} {flushes:>8,} {stored:>8,} {'yes' if exact else 'NO':>6} "
+                  f"{flushes / seconds:>10,.0f}")  # fmt: skip
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke test")
@@ -330,6 +380,7 @@ def main() -> None:
         pending_table()
     if "processes" in parts:
         ok = processes_table(1.0 if arguments.quick else 4.0) and ok
+        ok = redis_processes_table(1.0 if arguments.quick else 4.0) and ok
     sys.exit(0 if ok else 1)
 
 
