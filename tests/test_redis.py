@@ -38,6 +38,7 @@ from aiosessionstore._delta import DELTA_KEY, make_delta, read_delta
 from aiosessionstore._file import MAX_FILE_SIZE, FileBackend
 from aiosessionstore._latency import bucket
 from aiosessionstore._redis import COMPACT_EVERY
+from aiosessionstore._redis_scripts import VERSION_1_HEAD
 from aiosessionstore._session import (
     ClientStats,
     Counts,
@@ -1062,17 +1063,21 @@ class TestDeltas:
         assert direct.hgetall(aside) == {b"a": b"b"}
         assert stored(direct).session.stats.tool_calls == 2
 
+    @pytest.mark.parametrize("version", [2, 10, 19, 100])
     def test_a_newer_value_met_by_a_merge_is_left_alone(
-        self, redis_url: str, direct: redis.Redis
+        self, redis_url: str, direct: redis.Redis, version: int
     ) -> None:
-        """A newer release's session, written since the writer last read: the merge pushes
-        nothing, raises, and leaves the value as it is."""
+        """A newer release's session, written since the writer last read (its version may
+        begin with the digit 1): the merge pushes nothing, raises, and leaves the value as
+        it is."""
         known = Record(Session.new(timestamp(1_764_000_000)))
         backend = RedisBackend.from_url(redis_url)
         try:
             backend.commit(one_call("w", 1, known, saved=False))
             backend.commit(one_call("w", 2, known, saved=False))
-            newer = json.dumps({"version": 2, "sessionId": "x"}, indent=2).encode()
+            document = json.loads(_bytes(direct.get(SESSION)))
+            document["version"] = version  # in encode's layout otherwise
+            newer = json.dumps(document, indent=2).encode()
             direct.set(SESSION, newer)
             direct.incr(REV)
             before = direct.lrange(DELTAS, 0, -1)
@@ -1082,6 +1087,45 @@ class TestDeltas:
             assert direct.get(SESSION) == newer
         finally:
             backend.close()
+
+    def test_the_merge_script_expects_the_head_encode_writes(self) -> None:
+        """The bytes a merge takes for a judged version 1 are how encode begins one, and
+        no other version begins so."""
+        assert encode(FRESH).startswith(VERSION_1_HEAD.encode())
+        for version in (10, 11, 100):
+            document = json.loads(encode(FRESH))
+            document["version"] = version
+            assert not json.dumps(document, indent=2).startswith(VERSION_1_HEAD)
+
+    def test_a_newer_entry_in_the_list_is_kept_and_never_folded(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """An entry of a newer release in the list: a merge that reads nothing appends after
+        it, every read raises and folds nothing, and a corrupt entry beside it moves the
+        list aside with the newer entry put back, not dropped."""
+        reader, pusher = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
+        try:
+            seen = reader.commit(one_call("r", 1, FRESH, saved=False))  # writes the session
+            pusher.commit(one_call("p", 1, seen))
+            value = direct.get(SESSION)
+            made = make_delta(one_call("x", 1, seen, calls=100), "here")
+            assert made is not None
+            newer = made[0].replace(b'"version": 1,', b'"version": 2,', 1)
+            direct.rpush(DELTAS, b"{oops", newer)
+            pusher.commit(one_call("p", 2, seen))  # held its view: pushes, reads nothing
+            first, _, _, last = direct.lrange(DELTAS, 0, -1)
+            with pytest.raises(UnsupportedVersionError, match="a change in its list"):
+                reader.read()
+            assert direct.lrange(DELTAS, 0, -1) == [first, newer, last]
+            [aside] = [_bytes(key) for key in direct.keys(f"{DELTAS}:corrupt-*")]
+            assert direct.lrange(aside, 0, -1) == [first, b"{oops", newer, last]
+            with pytest.raises(UnsupportedVersionError):
+                reader.read()
+            assert direct.get(SESSION) == value
+            assert direct.lrange(DELTAS, 0, -1) == [first, newer, last]
+        finally:
+            reader.close()
+            pusher.close()
 
     def test_a_value_written_otherwise_is_judged_then_merged(
         self, redis_url: str, direct: redis.Redis

@@ -46,8 +46,8 @@ so is written by compare-and-set. The scripts are in ``_redis_scripts``.
 What a read takes from the list is bounded (``MAX_FILE_SIZE`` bytes as Redis counts them,
 ``MAX_FILE_SIZE / 128`` entries); a merge keeps it under half that. A ``:deltas`` of another
 type, past the bound, or with an entry that is no delta, is renamed to
-``:deltas:corrupt-<time>``; the entries that decode are pushed back (none of an oversized one,
-which is not read).
+``:deltas:corrupt-<time>``; the entries that decode are pushed back, and those of a newer
+release (none of an oversized one, which is not read).
 """
 
 from __future__ import annotations
@@ -676,7 +676,9 @@ class RedisBackend:
                         continue
                     try:
                         read_delta(entry)
-                    except (CorruptSessionError, UnsupportedVersionError, RecursionError):
+                    except UnsupportedVersionError:
+                        pass  # a newer release's: not ours to judge, put back as it is
+                    except (CorruptSessionError, RecursionError):
                         continue
                     sound.append(entry)
             elif _text(reply[1]) != rev:

@@ -7,7 +7,15 @@ script; ``_redis`` says what each key holds.
 
 from __future__ import annotations
 
-__all__ = ("DELTAS_ASIDE", "MERGE", "READ", "REMOVE", "REWRITE", "SET_ASIDE")
+__all__ = ("DELTAS_ASIDE", "MERGE", "READ", "REMOVE", "REWRITE", "SET_ASIDE", "VERSION_1_HEAD")
+
+#: How ``encode`` begins a session of version 1: the version's line whole, comma and all, so
+#: that version 10 or 100 does not pass for it.
+VERSION_1_HEAD = '{\n  "version": 1,\n'
+
+#: That head in Lua, and the index of its last byte.
+_LUA_HEAD = "'" + VERSION_1_HEAD.replace("\n", "\\n") + "'"
+_LAST = str(len(VERSION_1_HEAD) - 1)
 
 _PRELUDE = """
 local function rev_of()
@@ -121,8 +129,9 @@ end
 #: or set by hand since, or its push makes the list a multiple of the fold's), and otherwise
 #: nothing of the session, nor of other writers' deltas.
 MERGE = (
-    _PRELUDE
-    + """
+    (
+        _PRELUDE
+        + """
 local rev, err = rev_of()
 if not rev then return redis.error_reply(err) end
 local max, size, held = tonumber(ARGV[8]), size_of(), tonumber(ARGV[5])
@@ -133,12 +142,14 @@ if not done then return redis.error_reply(err2) end
 if tonumber(ARGV[1]) <= done then
   return {'applied', rev, 0, view(rev, max, ARGV[4], tonumber(ARGV[7]), held)}
 end
--- A value the writer has not judged must begin as encode writes version 1; else the writer
--- judges it first (a newer format is refused with nothing written, a corrupt one replaced).
+-- A value the writer has not judged must begin as encode writes version 1, its line whole
+-- (without the comma, version 10 or 100 would pass); else the writer judges it first (a newer
+-- format is refused with nothing written, a corrupt one replaced).
 local same = rev == ARGV[4] and size == held
 if size >= 0 and not same then
-  local head = redis.call('GETRANGE', KEYS[1], 0, 15)
-  if head ~= '{\\n  "version": 1' then return {'check', rev, 0, view(rev, max, '-', 0, 0)} end
+  if redis.call('GETRANGE', KEYS[1], 0, @LAST@) ~= @HEAD@ then
+    return {'check', rev, 0, view(rev, max, '-', 0, 0)}
+  end
 end
 -- Never past half the bound (Redis counts a little over the bytes): the writer folds the
 -- list and its change by compare-and-set instead.
@@ -153,6 +164,9 @@ if epoch_of() ~= ARGV[6] or size < 0 or (rev == ARGV[4] and not same)
 end
 return {'ok', rev, n, false}
 """
+    )
+    .replace("@LAST@", _LAST)
+    .replace("@HEAD@", _LUA_HEAD)
 )
 
 #: KEYS: session, rev, deltas, epoch, applied, aside. ARGV: expected rev, deltas folded, new
