@@ -311,6 +311,24 @@ class TestBadValues:
             direct.set(applied, b"1")  # repaired by hand
         assert stored(direct).session.stats.tool_calls == 5
 
+    @pytest.mark.parametrize("count", [b"many", b"1e999", b"-1", b"9999999999999999"])
+    async def test_a_bad_count_of_pushes_is_refused_before_any_write(
+        self, redis_url: str, direct: redis.Redis, count: bytes
+    ) -> None:
+        """A :pushed key that holds no count INCR takes is an error at every flush, and
+        nothing is pushed; repaired by hand, every count lands once."""
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls(10)
+            await store.flush()
+            before = direct.lrange(DELTAS, 0, -1)
+            direct.set(f"{BASE}:pushed", count)
+            await store.increment_tool_calls(5)
+            with pytest.raises(SessionStoreError, match="holds no count of pushes"):
+                await store.flush()
+            assert direct.lrange(DELTAS, 0, -1) == before
+            direct.set(f"{BASE}:pushed", b"3")  # repaired by hand: the list is read afresh
+        assert stored(direct).session.stats.tool_calls == 15
+
     async def test_a_huge_value_set_between_flushes_is_not_read(
         self, redis_url: str, direct: redis.Redis
     ) -> None:
@@ -724,7 +742,8 @@ class TestCluster:
             keys = [_bytes(key).decode() for key in check.keys(target_nodes="all")]
             ours = [key for key in keys if key.startswith(tag)]
             names = {key.removeprefix(tag).split(":")[1] for key in ours}
-            assert {"session", "rev", "applied"} <= names <= {"session", "rev", "applied", "deltas"}
+            every = {"session", "rev", "applied", "deltas", "pushed"}
+            assert {"session", "rev", "applied"} <= names <= every
             slots = {check.cluster_keyslot(key) for key in ours}
             assert len(slots) == 1
             decode(_bytes(check.get(f"{tag}:session")))  # the file's bytes, as of the last fold
@@ -1237,6 +1256,72 @@ class TestDeltaFaults:
         assert lengths.count(0) >= 3  # the first write, and each push that found no room
         assert calls_stored(direct) == 100
         assert direct.keys(f"{DELTAS}:corrupt-*") == []
+
+    @pytest.mark.parametrize("when", ["before-the-read", "between-read-and-fold"])
+    def test_a_list_deleted_by_hand_is_read_afresh(
+        self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch, when: str
+    ) -> None:
+        """A :deltas deleted by hand (no revision bumped) and pushed to again, before a
+        store's read or between its read and its fold: the store that held the old list
+        reads the new one whole, so the deleted entries do not come back and none of the
+        new ones is trimmed unfolded."""
+        pusher, holder, other = (RedisBackend.from_url(redis_url) for _ in range(3))
+        try:
+            seen = pusher.commit(one_call("p", 1, FRESH, saved=False))  # writes the session
+            for number in range(2, 5):
+                pusher.commit(one_call("p", number, seen, calls=100))
+            holder.commit(one_call("h", 1, seen, calls=1000))  # reads the 3, pushes its own
+            assert direct.llen(DELTAS) == 4
+
+            def delete_and_push() -> None:
+                direct.delete(DELTAS)  # by hand: the 300 and the holder's 1,000 are gone
+                for number in range(1, 6):
+                    other.commit(one_call("o", number, seen))
+
+            if when == "before-the-read":
+                delete_and_push()
+            else:
+                done = before_script(monkeypatch, holder, "_rewrite_script", delete_and_push)
+            assert holder.read().session.stats.tool_calls == 1 + 5
+            assert calls_stored(direct) == 1 + 5
+            assert direct.llen(DELTAS) == 0
+            if when != "before-the-read":
+                assert done == [None]
+        finally:
+            for backend in (pusher, holder, other):
+                backend.close()
+
+    def test_a_push_while_a_corrupt_list_is_moved_aside_is_kept(
+        self,
+        redis_url: str,
+        direct: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A delta pushed after a store read a corrupt list to move it aside, before it
+        moved it: it is put back after the sound entries, once, and the warning says so."""
+        mover, pusher = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
+        try:
+            seen = mover.commit(one_call("m", 1, FRESH, saved=False))  # writes the session
+            pusher.commit(one_call("p", 1, seen, calls=10))
+            direct.rpush(DELTAS, b"{oops")
+            done = before_script(
+                monkeypatch,
+                mover,
+                "_deltas_aside_script",
+                lambda: pusher.commit(one_call("p", 2, seen, calls=100)),
+            )
+            assert mover.read().session.stats.tool_calls == 1 + 10 + 100
+            assert len(done) == 1
+            assert calls_stored(direct) == 1 + 10 + 100
+            [aside] = [_bytes(key) for key in direct.keys(f"{DELTAS}:corrupt-*")]
+            _, bad, last = direct.lrange(aside, 0, -1)
+            assert bad == b"{oops"
+            assert read_delta(_bytes(last)).change.counts.stats.tool_calls == 100
+            assert "put back the 1 that were sound, and the 1 pushed since" in caplog.text
+        finally:
+            mover.close()
+            pusher.close()
 
     def test_a_push_between_a_folds_read_and_write_is_kept(
         self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch
