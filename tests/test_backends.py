@@ -16,7 +16,7 @@ from aiosessionstore import (
 from aiosessionstore._backend import Backend
 from aiosessionstore._codec import decode, encode
 
-from .conftest import MemoryBackend, Place, RepliesLost
+from .conftest import Faulty, MemoryBackend, Place, RepliesLost
 
 pytestmark = pytest.mark.anyio
 
@@ -116,6 +116,26 @@ class TestSharedBehaviour:
             await keeper.increment_tool_calls()
             await keeper.flush()
             assert stored(place)["sessionId"] == keeper.session_id != old
+
+    async def test_a_failed_delete_keeps_the_counts_of_a_failed_flush(self, place: Place) -> None:
+        """A delete that fails after a flush failed keeps that flush's counts, which land
+        once the fault clears, in the session that was not deleted."""
+        backend = Faulty(place.backend())
+        store = AsyncSessionStore(backend=backend, flush_interval=3600, handle_signals=False)
+        async with store:
+            first = store.session_id
+            await store.increment_tool_calls(7)
+            backend.failing = True
+            with pytest.raises(SessionStoreError, match="out of reach"):
+                await store.flush()
+            with pytest.raises(SessionStoreError, match="out of reach"):
+                await store.delete()
+            assert store.session.stats.tool_calls == 7
+            backend.failing = False
+            await store.increment_tool_calls()
+            await store.flush()
+        assert stored(place)["sessionId"] == first
+        assert stored(place)["stats"]["toolCalls"] == 8  # type: ignore[index]
 
     async def test_a_newer_version_is_refused_and_left_untouched(self, place: Place) -> None:
         """A session a newer release wrote is neither read nor written over."""

@@ -506,6 +506,30 @@ class TestOutages:
         finally:
             client.close()
 
+    async def test_a_delete_while_redis_is_down_keeps_the_counts(
+        self, own_server: RedisServer
+    ) -> None:
+        """A delete that fails while Redis is down deletes nothing and drops nothing: the
+        counts of the flush that failed before it land in the same session once it is back."""
+        async with store_at(own_server.url) as store:
+            first = store.session_id
+            own_server.kill()
+            await store.increment_tool_calls(7)
+            with pytest.raises(SessionStoreError):
+                await store.flush()
+            with pytest.raises(SessionStoreError):
+                await store.delete()
+            assert store.session.stats.tool_calls == 7
+            await asyncio.to_thread(own_server.restart)
+            await store.increment_tool_calls()
+            await store.flush()
+        client = redis.Redis.from_url(own_server.url)
+        try:
+            assert stored(client).session.session_id == first
+            assert stored(client).session.stats.tool_calls == 8
+        finally:
+            client.close()
+
     async def test_memory_does_not_grow_with_the_counts(self, own_server: RedisServer) -> None:
         """Pending counts held through an outage take the same memory for 10k as for 100k."""
         async with store_at(own_server.url) as store:

@@ -128,10 +128,13 @@ class Writer:
             await self._send(_Flight(*prepared, self._adopt), write)
 
     async def delete(self) -> bool:
-        """Delete the session and drop the pending counts; the next change starts a new one."""
+        """Delete the session and drop the pending counts; the next change starts a new one.
+
+        A merge still to be sent again is dropped only once the delete is done: its counts
+        belong to the session deleted then. A delete that fails keeps it, to be sent first.
+        """
         async with self._io_lock:
             await self._drain()
-            self._unsent = None  # its counts belong to the session deleted now
             async with self._lock:
                 prepared = self._prepare(Mode.RESET, self._clock())
             assert prepared is not None
@@ -140,6 +143,7 @@ class Writer:
 
             def forget(_existed: bool) -> None:
                 self.record, self.saved = fresh, False
+                self._unsent = None
 
             existed: bool = await self._run(_Flight(change, taken, forget), self.backend.remove)
             return existed
