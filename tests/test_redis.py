@@ -597,6 +597,55 @@ class TestOutages:
             direct.close()
 
 
+class TestClose:
+    def test_a_process_that_ends_after_its_block_leaves_the_session_whole(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """A process that ends right after its store's block leaves the list folded into
+        the value: the close waited for the fold."""
+        done = subprocess.run(
+            [sys.executable, str(WORKER), "flush-and-leave", redis_url, "5"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert direct.llen(DELTAS) == 0
+        assert decode(_bytes(direct.get(SESSION))).session.stats.tool_calls == 5
+
+    async def test_the_close_waits_for_the_fold_at_most_close_timeout(
+        self,
+        redis_url: str,
+        direct: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """aclose() waits for the backend's close (the fold) after the final flush, within
+        close_timeout: a close held past it is logged, and lands in the background."""
+        store = store_at(redis_url, close_timeout=0.3)
+        await store.open()
+        await store.increment_tool_calls()
+        await store.flush()
+        backend = store._writer.backend
+        close = backend.close
+        held, release, ended = threading.Event(), threading.Event(), threading.Event()
+
+        def held_close() -> None:
+            held.set()
+            release.wait(30)
+            close()
+            ended.set()
+
+        monkeypatch.setattr(backend, "close", held_close)
+        with anyio.fail_after(30):
+            await store.aclose()
+        assert held.is_set()
+        assert "closing redis://" in caplog.text
+        assert "took longer than 0.3 s" in caplog.text
+        release.set()
+        assert await asyncio.to_thread(ended.wait, 30)
+        assert direct.llen(DELTAS) == 0
+        assert decode(_bytes(direct.get(SESSION))).session.stats.tool_calls == 1
+
+
 class TestAfterClose:
     def test_the_exit_flush_after_close(self, redis_url: str, direct: redis.Redis) -> None:
         """A commit after close (the exit hook's, once close gave up) opens a new loop."""

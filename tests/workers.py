@@ -403,6 +403,15 @@ async def count_url(url: str, total: str, every: str, pause: str = "no") -> None
     say(f"session {store.session_id}")
 
 
+async def flush_and_leave(url: str, total: str) -> None:
+    """Count and flush ``total`` times on the store at ``url``, leave the block, and end the
+    process at once."""
+    async with AsyncSessionStore(url=url, flush_interval=3600, handle_signals=False) as store:
+        for _ in range(int(total)):
+            await store.increment_tool_calls()
+            await store.flush()
+
+
 async def flush_once(store: AsyncSessionStore, number: int) -> bool:
     try:
         await store.flush()
@@ -431,6 +440,7 @@ MODES: dict[str, Callable[..., object]] = {
     "signal-as-the-loop-stops": signal_as_the_loop_stops,
     "ctrl-c-while-asleep": ctrl_c_while_asleep,
     "count-url": count_url,
+    "flush-and-leave": flush_and_leave,
 }
 
 if __name__ == "__main__":

@@ -142,12 +142,14 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         return self
 
     async def aclose(self) -> None:
-        """Stop the background flush and flush what is pending; safe to call more than once.
+        """Stop the background flush, flush what is pending, and close the backend (Redis
+        folds its list in); safe to call more than once.
 
         Any task may close the store, not only its opener, also while it is still opening.
         The close runs in a task of its own, waited for even in a cancelled scope; a caller
         interrupted anyway (a native ``task.cancel()``) leaves it running to its end. The
-        final flush is bounded by ``close_timeout``, so a stuck disk cannot hang shutdown.
+        final flush and the backend's close are bounded by ``close_timeout`` together, so a
+        stuck disk or server cannot hang shutdown.
         The first caller gets the close's error, if any; later ones just wait for it.
         """
         first = self._closing is None
@@ -170,6 +172,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._open = False
         if self._flusher is not None:
             self._flusher.cancel()  # it winds down while the final flush runs
+        deadline = time.monotonic() + self._close_timeout
         flushed = False
         try:
             flushed = await self._bounded_flush()
@@ -180,7 +183,15 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             raise
         finally:
             await self._flusher_ended()
-            self._writer.close()
+            if not flushed:  # the store's thread may be stuck: wait no longer
+                self._writer.close()
+            elif not await self._writer.aclose(deadline):
+                logger.warning(
+                    "closing %s took longer than %s s; stopped waiting: it goes on in the "
+                    "background until the process ends",
+                    self._where,
+                    self._close_timeout,
+                )
             if flushed:  # else a signal, or the exit hook, makes one more attempt
                 self._guards.close()
 

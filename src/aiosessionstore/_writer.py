@@ -23,11 +23,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import aiofiles.os
+import anyio
 
 from ._backend import Backend
 from ._change import Change, Mode
@@ -148,11 +150,21 @@ class Writer:
             existed: bool = await self._run(_Flight(change, taken, forget), self.backend.remove)
             return existed
 
-    def close(self) -> None:
+    def close(self) -> Future[None]:
         """Close the backend on the store's thread after any write still running there, and
-        let the thread end once idle."""
-        self._thread.submit(self._close_backend)
+        let the thread end once idle; the future is done once the backend is closed."""
+        closed = self._thread.submit(self._close_backend)
         self._thread.shutdown(wait=False)
+        return closed
+
+    async def aclose(self, until: float) -> bool:
+        """``close``, and wait for it until ``until`` (``time.monotonic``): a backend's close
+        may still write (Redis folds its list in). False if the time ran out, the close going
+        on meanwhile."""
+        closed = asyncio.wrap_future(self.close())
+        with anyio.CancelScope(shield=True):
+            done, _ = await asyncio.wait((closed,), timeout=max(0.0, until - time.monotonic()))
+        return bool(done)
 
     def commit_sync(self, timeout: float) -> None:
         """Merge without an event loop (at exit, or on a signal once the loop is gone).
