@@ -174,6 +174,9 @@ class RedisBackend:
         self._applied_prefix = f"{base}:applied:"
         self._where = _describe(client)
         self.description = f"{self._where} key {base}"
+        #: What a change that needs a session stored says where there is none, as ``read``
+        #: and ``peek`` do: "no session in ...".
+        self._missing = f"session in {self.description}"
         self._merge_script: AsyncScript = client.register_script(scripts.MERGE)
         self._rewrite_script: AsyncScript = client.register_script(scripts.REWRITE)
         self._read_script: AsyncScript = client.register_script(scripts.READ)
@@ -308,7 +311,7 @@ class RedisBackend:
         """A merge pushes its delta: one round trip, never a conflict. Anything else, and a
         merge where no session is stored yet, is a compare-and-set of the folded session."""
         deadline = time.monotonic() + self.timeout
-        made = make_delta(change, self.description) if change.mode is Mode.MERGE else None
+        made = make_delta(change, self._missing) if change.mode is Mode.MERGE else None
         view = self._view
         if view is None or made is None or view.corrupt is not None or self._own is None:
             # Written by compare-and-set: from the session as it is now, our own deltas
@@ -417,7 +420,7 @@ class RedisBackend:
             if numbered:
                 assert change is not None
                 if record is None:
-                    record = change.base_when_missing(self.description)
+                    record = change.base_when_missing(self._missing)
                 record = change.apply(record)
             elif record is None or (not view.deltas and view.corrupt is None):
                 return view if record is None else record  # nothing to fold
@@ -513,7 +516,7 @@ class RedisBackend:
         assert known is not None  # else _sound raised
         if change.mode is Mode.IMPORT or change.mode is Mode.REPLACE:
             return known
-        return change.base_when_missing(self.description)
+        return change.base_when_missing(self._missing)
 
     def _applied(self, view: _View, change: Change) -> Record:
         """A change sent again after its reply was lost: adopt what is stored now."""
