@@ -230,6 +230,23 @@ class TestExactlyOnce:
                 await flush
         assert backend.peek().session.stats.tool_calls == 4
 
+    async def test_a_final_flush_whose_reply_was_lost_says_not_known(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A final flush that fails may have been applied (its reply lost): the log says
+        its counts are not known to be saved, not that they were not."""
+        backend = RepliesLost(losses=0)
+        store = AsyncSessionStore(backend=backend, handle_signals=False)
+        await store.open()
+        await store.increment_tool_calls(5)
+        backend.losses = 1
+        with pytest.raises(SessionStoreError):
+            await store.aclose()
+        assert "final flush of session in memory failed; not known to be saved: 5" in caplog.text
+        assert backend.peek().session.stats.tool_calls == 5  # it was, this time
+        store._flush_sync()  # what the exit hook runs: sent again, counted once
+        assert backend.peek().session.stats.tool_calls == 5
+
     async def test_a_failed_reset_gives_its_counts_back(self) -> None:
         """A reset that failed is not sent again; the counts it would drop are merged later."""
         backend = RepliesLost(losses=0)

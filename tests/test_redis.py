@@ -530,6 +530,17 @@ class TestOutages:
         finally:
             client.close()
 
+    def test_a_failed_flush_at_exit_promises_no_later(self, own_server: RedisServer) -> None:
+        """The exit hook's flush that fails with Redis down says its counts are not known to
+        be saved, not that they will be written later: no later comes."""
+        worker = start_worker("never-closed", own_server.url, "13", "yes")
+        wait_for_line(worker, "counted")
+        own_server.kill()
+        _, err = worker.communicate("\n", timeout=60)
+        assert worker.returncode == 0, err
+        assert "failed; its counts are not known to be saved (13 tool calls" in err
+        assert "later" not in err
+
     async def test_memory_does_not_grow_with_the_counts(self, own_server: RedisServer) -> None:
         """Pending counts held through an outage take the same memory for 10k as for 100k."""
         async with store_at(own_server.url) as store:

@@ -48,7 +48,7 @@ _NOTHING = Counts()
 class _Flight:
     """One write on the store's thread: its change, the counts it took, and its outcome."""
 
-    __slots__ = ("abandoned", "change", "done", "error", "on_success", "result", "taken")
+    __slots__ = ("abandoned", "change", "done", "error", "last", "on_success", "result", "taken")
 
     def __init__(self, change: Change, taken: Taken, on_success: Callable[[Any], None]) -> None:
         self.change = change
@@ -59,6 +59,9 @@ class _Flight:
         self.done = threading.Event()  # set on the store's thread
         #: Whether its caller stopped waiting, so that no one else will report a failure.
         self.abandoned = False
+        #: Whether it is sent without a loop (at exit, or on a signal once the loop is gone):
+        #: no later flush is due, so a failure promises none.
+        self.last = False
 
     def run(self, write: Callable[[], Any]) -> None:
         """On the store's thread: run the write and keep its outcome."""
@@ -217,7 +220,8 @@ class Writer:
         return session
 
     def unsaved(self) -> str:
-        """The counts not yet stored, as a log line names them."""
+        """The counts not known to be stored, as a log line names them: those pending, and
+        those of a merge to send again, which its backend may have applied (a lost reply)."""
         stats = self._pending.snapshot().stats
         if self._unsent is not None:
             stats += self._unsent[1].counts.stats
@@ -271,6 +275,7 @@ class Writer:
     def _send_sync(self, flight: _Flight, deadline: float, timeout: float) -> bool:
         """Submit a merge from outside the loop and wait for it; True once it is stored."""
         flight.abandoned = True  # no caller to raise a failure to: it is logged
+        flight.last = True
         self._flights.append(flight)
         self._thread.submit(_fly, flight, _nothing, partial(self.backend.commit, flight.change))
         if not self._wait(flight, deadline, timeout):
@@ -310,7 +315,9 @@ class Writer:
                 self._pending.give_back(flight.taken)
             if flight.abandoned:  # else its caller raises the error
                 logger.error(
-                    "writing %s failed; its counts will be written later (%s): %s",
+                    "writing %s failed; its counts are not known to be saved (%s): %s"
+                    if flight.last
+                    else "writing %s failed; its counts will be written later (%s): %s",
                     self.backend.description,
                     describe(flight.taken.counts.stats),
                     flight.error,
