@@ -234,6 +234,43 @@ class RepliesLost(MemoryBackend):
         return record
 
 
+class Faulty:
+    """A real backend behind a switch: while ``failing``, every call but ``close`` raises
+    before it reaches the backend, as an unreachable server or a full disk would."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.description = backend.description
+        self.failing = False
+
+    def _check(self) -> None:
+        if self.failing:
+            raise SessionStoreError(f"{self.description} is out of reach")
+
+    def open(self, change: Change) -> Record:
+        self._check()
+        return self.backend.open(change)
+
+    def commit(self, change: Change) -> Record:
+        self._check()
+        return self.backend.commit(change)
+
+    def read(self) -> Record:
+        self._check()
+        return self.backend.read()
+
+    def peek(self) -> Record:
+        self._check()
+        return self.backend.peek()
+
+    def remove(self) -> bool:
+        self._check()
+        return self.backend.remove()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
 class Place:
     """One place a session lives, as the shared behaviour suite sees it: new backends on it,
     and its raw bytes, to plant bad data and to find what was set aside."""

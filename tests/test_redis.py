@@ -38,6 +38,7 @@ from aiosessionstore._delta import DELTA_KEY, make_delta, read_delta
 from aiosessionstore._file import MAX_FILE_SIZE, FileBackend
 from aiosessionstore._latency import bucket
 from aiosessionstore._redis import COMPACT_EVERY
+from aiosessionstore._redis_scripts import VERSION_1_HEAD
 from aiosessionstore._session import (
     ClientStats,
     Counts,
@@ -310,6 +311,24 @@ class TestBadValues:
             direct.set(applied, b"1")  # repaired by hand
         assert stored(direct).session.stats.tool_calls == 5
 
+    @pytest.mark.parametrize("count", [b"many", b"1e999", b"-1", b"9999999999999999"])
+    async def test_a_bad_count_of_pushes_is_refused_before_any_write(
+        self, redis_url: str, direct: redis.Redis, count: bytes
+    ) -> None:
+        """A :pushed key that holds no count INCR takes is an error at every flush, and
+        nothing is pushed; repaired by hand, every count lands once."""
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls(10)
+            await store.flush()
+            before = direct.lrange(DELTAS, 0, -1)
+            direct.set(f"{BASE}:pushed", count)
+            await store.increment_tool_calls(5)
+            with pytest.raises(SessionStoreError, match="holds no count of pushes"):
+                await store.flush()
+            assert direct.lrange(DELTAS, 0, -1) == before
+            direct.set(f"{BASE}:pushed", b"3")  # repaired by hand: the list is read afresh
+        assert stored(direct).session.stats.tool_calls == 15
+
     async def test_a_huge_value_set_between_flushes_is_not_read(
         self, redis_url: str, direct: redis.Redis
     ) -> None:
@@ -487,6 +506,41 @@ class TestOutages:
         finally:
             client.close()
 
+    async def test_a_delete_while_redis_is_down_keeps_the_counts(
+        self, own_server: RedisServer
+    ) -> None:
+        """A delete that fails while Redis is down deletes nothing and drops nothing: the
+        counts of the flush that failed before it land in the same session once it is back."""
+        async with store_at(own_server.url) as store:
+            first = store.session_id
+            own_server.kill()
+            await store.increment_tool_calls(7)
+            with pytest.raises(SessionStoreError):
+                await store.flush()
+            with pytest.raises(SessionStoreError):
+                await store.delete()
+            assert store.session.stats.tool_calls == 7
+            await asyncio.to_thread(own_server.restart)
+            await store.increment_tool_calls()
+            await store.flush()
+        client = redis.Redis.from_url(own_server.url)
+        try:
+            assert stored(client).session.session_id == first
+            assert stored(client).session.stats.tool_calls == 8
+        finally:
+            client.close()
+
+    def test_a_failed_flush_at_exit_promises_no_later(self, own_server: RedisServer) -> None:
+        """The exit hook's flush that fails with Redis down says its counts are not known to
+        be saved, not that they will be written later: no later comes."""
+        worker = start_worker("never-closed", own_server.url, "13", "yes")
+        wait_for_line(worker, "counted")
+        own_server.kill()
+        _, err = worker.communicate("\n", timeout=60)
+        assert worker.returncode == 0, err
+        assert "failed; its counts are not known to be saved (13 tool calls" in err
+        assert "later" not in err
+
     async def test_memory_does_not_grow_with_the_counts(self, own_server: RedisServer) -> None:
         """Pending counts held through an outage take the same memory for 10k as for 100k."""
         async with store_at(own_server.url) as store:
@@ -552,6 +606,55 @@ class TestOutages:
             assert stored(direct).session.stats.tool_calls == 1
         finally:
             direct.close()
+
+
+class TestClose:
+    def test_a_process_that_ends_after_its_block_leaves_the_session_whole(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """A process that ends right after its store's block leaves the list folded into
+        the value: the close waited for the fold."""
+        done = subprocess.run(
+            [sys.executable, str(WORKER), "flush-and-leave", redis_url, "5"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert direct.llen(DELTAS) == 0
+        assert decode(_bytes(direct.get(SESSION))).session.stats.tool_calls == 5
+
+    async def test_the_close_waits_for_the_fold_at_most_close_timeout(
+        self,
+        redis_url: str,
+        direct: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """aclose() waits for the backend's close (the fold) after the final flush, within
+        close_timeout: a close held past it is logged, and lands in the background."""
+        store = store_at(redis_url, close_timeout=0.3)
+        await store.open()
+        await store.increment_tool_calls()
+        await store.flush()
+        backend = store._writer.backend
+        close = backend.close
+        held, release, ended = threading.Event(), threading.Event(), threading.Event()
+
+        def held_close() -> None:
+            held.set()
+            release.wait(30)
+            close()
+            ended.set()
+
+        monkeypatch.setattr(backend, "close", held_close)
+        with anyio.fail_after(30):
+            await store.aclose()
+        assert held.is_set()
+        assert "closing redis://" in caplog.text
+        assert "took longer than 0.3 s" in caplog.text
+        release.set()
+        assert await asyncio.to_thread(ended.wait, 30)
+        assert direct.llen(DELTAS) == 0
+        assert decode(_bytes(direct.get(SESSION))).session.stats.tool_calls == 1
 
 
 class TestAfterClose:
@@ -723,7 +826,8 @@ class TestCluster:
             keys = [_bytes(key).decode() for key in check.keys(target_nodes="all")]
             ours = [key for key in keys if key.startswith(tag)]
             names = {key.removeprefix(tag).split(":")[1] for key in ours}
-            assert {"session", "rev", "applied"} <= names <= {"session", "rev", "applied", "deltas"}
+            every = {"session", "rev", "applied", "deltas", "pushed"}
+            assert {"session", "rev", "applied"} <= names <= every
             slots = {check.cluster_keyslot(key) for key in ours}
             assert len(slots) == 1
             decode(_bytes(check.get(f"{tag}:session")))  # the file's bytes, as of the last fold
@@ -1062,17 +1166,21 @@ class TestDeltas:
         assert direct.hgetall(aside) == {b"a": b"b"}
         assert stored(direct).session.stats.tool_calls == 2
 
+    @pytest.mark.parametrize("version", [2, 10, 19, 100])
     def test_a_newer_value_met_by_a_merge_is_left_alone(
-        self, redis_url: str, direct: redis.Redis
+        self, redis_url: str, direct: redis.Redis, version: int
     ) -> None:
-        """A newer release's session, written since the writer last read: the merge pushes
-        nothing, raises, and leaves the value as it is."""
+        """A newer release's session, written since the writer last read (its version may
+        begin with the digit 1): the merge pushes nothing, raises, and leaves the value as
+        it is."""
         known = Record(Session.new(timestamp(1_764_000_000)))
         backend = RedisBackend.from_url(redis_url)
         try:
             backend.commit(one_call("w", 1, known, saved=False))
             backend.commit(one_call("w", 2, known, saved=False))
-            newer = json.dumps({"version": 2, "sessionId": "x"}, indent=2).encode()
+            document = json.loads(_bytes(direct.get(SESSION)))
+            document["version"] = version  # in encode's layout otherwise
+            newer = json.dumps(document, indent=2).encode()
             direct.set(SESSION, newer)
             direct.incr(REV)
             before = direct.lrange(DELTAS, 0, -1)
@@ -1082,6 +1190,45 @@ class TestDeltas:
             assert direct.get(SESSION) == newer
         finally:
             backend.close()
+
+    def test_the_merge_script_expects_the_head_encode_writes(self) -> None:
+        """The bytes a merge takes for a judged version 1 are how encode begins one, and
+        no other version begins so."""
+        assert encode(FRESH).startswith(VERSION_1_HEAD.encode())
+        for version in (10, 11, 100):
+            document = json.loads(encode(FRESH))
+            document["version"] = version
+            assert not json.dumps(document, indent=2).startswith(VERSION_1_HEAD)
+
+    def test_a_newer_entry_in_the_list_is_kept_and_never_folded(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """An entry of a newer release in the list: a merge that reads nothing appends after
+        it, every read raises and folds nothing, and a corrupt entry beside it moves the
+        list aside with the newer entry put back, not dropped."""
+        reader, pusher = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
+        try:
+            seen = reader.commit(one_call("r", 1, FRESH, saved=False))  # writes the session
+            pusher.commit(one_call("p", 1, seen))
+            value = direct.get(SESSION)
+            made = make_delta(one_call("x", 1, seen, calls=100), "here")
+            assert made is not None
+            newer = made[0].replace(b'"version": 1,', b'"version": 2,', 1)
+            direct.rpush(DELTAS, b"{oops", newer)
+            pusher.commit(one_call("p", 2, seen))  # held its view: pushes, reads nothing
+            first, _, _, last = direct.lrange(DELTAS, 0, -1)
+            with pytest.raises(UnsupportedVersionError, match="a change in its list"):
+                reader.read()
+            assert direct.lrange(DELTAS, 0, -1) == [first, newer, last]
+            [aside] = [_bytes(key) for key in direct.keys(f"{DELTAS}:corrupt-*")]
+            assert direct.lrange(aside, 0, -1) == [first, b"{oops", newer, last]
+            with pytest.raises(UnsupportedVersionError):
+                reader.read()
+            assert direct.get(SESSION) == value
+            assert direct.lrange(DELTAS, 0, -1) == [first, newer, last]
+        finally:
+            reader.close()
+            pusher.close()
 
     def test_a_value_written_otherwise_is_judged_then_merged(
         self, redis_url: str, direct: redis.Redis
@@ -1193,6 +1340,72 @@ class TestDeltaFaults:
         assert lengths.count(0) >= 3  # the first write, and each push that found no room
         assert calls_stored(direct) == 100
         assert direct.keys(f"{DELTAS}:corrupt-*") == []
+
+    @pytest.mark.parametrize("when", ["before-the-read", "between-read-and-fold"])
+    def test_a_list_deleted_by_hand_is_read_afresh(
+        self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch, when: str
+    ) -> None:
+        """A :deltas deleted by hand (no revision bumped) and pushed to again, before a
+        store's read or between its read and its fold: the store that held the old list
+        reads the new one whole, so the deleted entries do not come back and none of the
+        new ones is trimmed unfolded."""
+        pusher, holder, other = (RedisBackend.from_url(redis_url) for _ in range(3))
+        try:
+            seen = pusher.commit(one_call("p", 1, FRESH, saved=False))  # writes the session
+            for number in range(2, 5):
+                pusher.commit(one_call("p", number, seen, calls=100))
+            holder.commit(one_call("h", 1, seen, calls=1000))  # reads the 3, pushes its own
+            assert direct.llen(DELTAS) == 4
+
+            def delete_and_push() -> None:
+                direct.delete(DELTAS)  # by hand: the 300 and the holder's 1,000 are gone
+                for number in range(1, 6):
+                    other.commit(one_call("o", number, seen))
+
+            if when == "before-the-read":
+                delete_and_push()
+            else:
+                done = before_script(monkeypatch, holder, "_rewrite_script", delete_and_push)
+            assert holder.read().session.stats.tool_calls == 1 + 5
+            assert calls_stored(direct) == 1 + 5
+            assert direct.llen(DELTAS) == 0
+            if when != "before-the-read":
+                assert done == [None]
+        finally:
+            for backend in (pusher, holder, other):
+                backend.close()
+
+    def test_a_push_while_a_corrupt_list_is_moved_aside_is_kept(
+        self,
+        redis_url: str,
+        direct: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A delta pushed after a store read a corrupt list to move it aside, before it
+        moved it: it is put back after the sound entries, once, and the warning says so."""
+        mover, pusher = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
+        try:
+            seen = mover.commit(one_call("m", 1, FRESH, saved=False))  # writes the session
+            pusher.commit(one_call("p", 1, seen, calls=10))
+            direct.rpush(DELTAS, b"{oops")
+            done = before_script(
+                monkeypatch,
+                mover,
+                "_deltas_aside_script",
+                lambda: pusher.commit(one_call("p", 2, seen, calls=100)),
+            )
+            assert mover.read().session.stats.tool_calls == 1 + 10 + 100
+            assert len(done) == 1
+            assert calls_stored(direct) == 1 + 10 + 100
+            [aside] = [_bytes(key) for key in direct.keys(f"{DELTAS}:corrupt-*")]
+            _, bad, last = direct.lrange(aside, 0, -1)
+            assert bad == b"{oops"
+            assert read_delta(_bytes(last)).change.counts.stats.tool_calls == 100
+            assert "put back the 1 that were sound, and the 1 pushed since" in caplog.text
+        finally:
+            mover.close()
+            pusher.close()
 
     def test_a_push_between_a_folds_read_and_write_is_kept(
         self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch

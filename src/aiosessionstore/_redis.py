@@ -13,8 +13,13 @@ Keys share the hash tag ``{<app>}``, so that they all live in one cluster slot:
   last fold;
 - ``aiosessionstore:{<app>}:deltas``: merges not yet folded into it, oldest first;
 - ``aiosessionstore:{<app>}:rev``: bumped by every rewrite of the session, delete and move of
-  a corrupt key aside; never reset. Between two bumps the list only grows at its tail, so a
-  compare-and-set that finds the revision it read finds the deltas it read, still first;
+  a corrupt key aside; never reset. Between two bumps the scripts only push to the list's
+  tail;
+- ``aiosessionstore:{<app>}:pushed``: how many deltas merges ever pushed; never reset. Less
+  the list's length, it is the list's mark, which a push leaves as it is and any other change
+  of the list's length moves, a change by hand too (a DEL of the list bumps no revision). So a
+  compare-and-set that finds the revision and the mark it read finds the deltas it read,
+  still first;
 - ``aiosessionstore:{<app>}:epoch``: set to the new revision by everything that bumps it but a
   fold or a merge (a reset, a new session, an import, a delete, a corrupt key moved aside);
 - ``aiosessionstore:{<app>}:applied:<writer>``: the number of that writer's last change
@@ -33,12 +38,12 @@ replaced, deleted, set by hand), the value is one it has not judged and does not
 merge is then a compare-and-set), or its push makes the list a multiple of ``COMPACT_EVERY``:
 that writer folds. Its view is then exactly what it read.
 
-Everything else is a compare-and-set on the revision, from the session read just before, that
-writes the folded session and trims from the list's head exactly the deltas it read: the fold,
-``read``, a reset, a new session, an import, and a merge where no session is stored yet. So each
-delta is folded exactly once. A corrupt session is moved aside and rebuilt from the ``:session``
-value last read (no delta folded in) plus the list, if the epoch has not moved since; else
-from what the change builds on where none is stored.
+Everything else is a compare-and-set on the revision and the list's mark, from the session
+read just before, that writes the folded session and trims from the list's head exactly the
+deltas it read: the fold, ``read``, a reset, a new session, an import, and a merge where no
+session is stored yet. So each delta is folded exactly once. A corrupt session is moved
+aside and rebuilt from the ``:session`` value last read (no delta folded in) plus the list,
+if the epoch has not moved since; else from what the change builds on where none is stored.
 
 A delta is a record the session codec reads back (``_delta``); a merge that cannot be said
 so is written by compare-and-set. The scripts are in ``_redis_scripts``.
@@ -46,8 +51,8 @@ so is written by compare-and-set. The scripts are in ``_redis_scripts``.
 What a read takes from the list is bounded (``MAX_FILE_SIZE`` bytes as Redis counts them,
 ``MAX_FILE_SIZE / 128`` entries); a merge keeps it under half that. A ``:deltas`` of another
 type, past the bound, or with an entry that is no delta, is renamed to
-``:deltas:corrupt-<time>``; the entries that decode are pushed back (none of an oversized one,
-which is not read).
+``:deltas:corrupt-<time>``; the entries that decode are pushed back, and those of a newer
+release (none of an oversized one, which is not read), then those pushed since it was read.
 """
 
 from __future__ import annotations
@@ -123,6 +128,9 @@ class _View:
     folded: Record | None
     #: The epoch at that revision: a merge that finds another reads the session again.
     epoch: str
+    #: The list's mark (``:pushed`` less the list's length) with ``deltas`` read: where it
+    #: is another at the same revision, the list was changed by hand, and is read whole.
+    mark: int
 
 
 @dataclass(frozen=True)
@@ -162,9 +170,13 @@ class RedisBackend:
         self._rev_key = f"{base}:rev"
         self._deltas_key = f"{base}:deltas"
         self._epoch_key = f"{base}:epoch"
+        self._pushed_key = f"{base}:pushed"
         self._applied_prefix = f"{base}:applied:"
         self._where = _describe(client)
         self.description = f"{self._where} key {base}"
+        #: What a change that needs a session stored says where there is none, as ``read``
+        #: and ``peek`` do: "no session in ...".
+        self._missing = f"session in {self.description}"
         self._merge_script: AsyncScript = client.register_script(scripts.MERGE)
         self._rewrite_script: AsyncScript = client.register_script(scripts.REWRITE)
         self._read_script: AsyncScript = client.register_script(scripts.READ)
@@ -299,7 +311,7 @@ class RedisBackend:
         """A merge pushes its delta: one round trip, never a conflict. Anything else, and a
         merge where no session is stored yet, is a compare-and-set of the folded session."""
         deadline = time.monotonic() + self.timeout
-        made = make_delta(change, self.description) if change.mode is Mode.MERGE else None
+        made = make_delta(change, self._missing) if change.mode is Mode.MERGE else None
         view = self._view
         if view is None or made is None or view.corrupt is not None or self._own is None:
             # Written by compare-and-set: from the session as it is now, our own deltas
@@ -336,6 +348,7 @@ class RedisBackend:
                     len(view.deltas),
                     MAX_FILE_SIZE,
                     COMPACT_EVERY,
+                    view.mark,
                 ],
             )
             status = _text(reply[0])
@@ -407,7 +420,7 @@ class RedisBackend:
             if numbered:
                 assert change is not None
                 if record is None:
-                    record = change.base_when_missing(self.description)
+                    record = change.base_when_missing(self._missing)
                 record = change.apply(record)
             elif record is None or (not view.deltas and view.corrupt is None):
                 return view if record is None else record  # nothing to fold
@@ -434,6 +447,7 @@ class RedisBackend:
                     MAX_FILE_SIZE,
                     "1" if view.corrupt is not None else "0",
                     "1" if identity else "0",
+                    view.mark,
                 ],
             )
             status = _text(reply[0])
@@ -447,7 +461,7 @@ class RedisBackend:
                     )
                 self._view = _View(
                     _text(reply[1]), record, _sha1(data), len(data), None, (), record,
-                    _text(reply[2]),
+                    _text(reply[2]), int(reply[3]),
                 )  # fmt: skip
                 self._pushed.clear()
                 return record
@@ -502,7 +516,7 @@ class RedisBackend:
         assert known is not None  # else _sound raised
         if change.mode is Mode.IMPORT or change.mode is Mode.REPLACE:
             return known
-        return change.base_when_missing(self.description)
+        return change.base_when_missing(self._missing)
 
     def _applied(self, view: _View, change: Change) -> Record:
         """A change sent again after its reply was lost: adopt what is stored now."""
@@ -561,8 +575,8 @@ class RedisBackend:
         return found.folded
 
     async def _remove(self) -> bool:
-        existed, rev = await self._call(self._remove_script, self._keys())
-        self._view = _View(_text(rev), None, "", -1, None, (), None, _text(rev))
+        existed, rev, mark = await self._call(self._remove_script, self._keys())
+        self._view = _View(_text(rev), None, "", -1, None, (), None, _text(rev), int(mark))
         self._pushed.clear()
         return bool(existed)
 
@@ -576,6 +590,7 @@ class RedisBackend:
                 _NO_REV if held is None else held.rev,
                 0 if held is None else len(held.deltas),
                 0 if held is None else held.size,
+                0 if held is None else held.mark,
             ],
         )
         if _text(reply[0]) == "deltas":
@@ -585,14 +600,15 @@ class RedisBackend:
     def _absorb(self, held: _View | None, seen: Sequence[Any]) -> _Found:
         """A script's view, on top of ``held`` where it sent only what is new; the deltas we
         pushed are not decoded again."""
-        rev, kind, epoch = _text(seen[0]), _text(seen[2]), _text(seen[5])
+        rev, kind, epoch, mark = _text(seen[0]), _text(seen[2]), _text(seen[5]), int(seen[6])
         if kind == "same":
             assert held is not None
             assert held.rev == rev
+            assert held.mark == mark
             assert len(held.deltas) == int(seen[1])
             view = held
         else:
-            view = self._judge(rev, kind, seen[3], epoch)
+            view = self._judge(rev, kind, seen[3], epoch, mark)
         deltas, folded = list(view.deltas), view.folded
         pushed = self._pushed
         for index, entry in enumerate(seen[4]):
@@ -616,19 +632,20 @@ class RedisBackend:
             if view.corrupt is None:
                 folded = delta.onto(folded)
         pushed.clear()  # read back: the list is what we hold now
-        return replace(view, deltas=tuple(deltas), folded=folded, epoch=epoch)
+        return replace(view, deltas=tuple(deltas), folded=folded, epoch=epoch, mark=mark)
 
-    def _judge(self, rev: str, kind: str, value: Any, epoch: str) -> _View:
+    def _judge(self, rev: str, kind: str, value: Any, epoch: str, mark: int) -> _View:
         """What a script found in ``:session``: a session, none, or a corrupt value (a newer
         one raises)."""
         if kind == "missing":
-            return _View(rev, None, "", -1, None, (), None, epoch)
+            return _View(rev, None, "", -1, None, (), None, epoch, mark)
         if kind == "type":
             name = _text(value)
-            return _View(rev, None, name, -2, f"a Redis {name}, not a string", (), None, epoch)
+            why = f"a Redis {name}, not a string"
+            return _View(rev, None, name, -2, why, (), None, epoch, mark)
         if kind == "large":
             why = f"{value} bytes, larger than {MAX_FILE_SIZE}"
-            return _View(rev, None, "", int(value), why, (), None, epoch)
+            return _View(rev, None, "", int(value), why, (), None, epoch, mark)
         data = value if isinstance(value, bytes) else str(value).encode()
         digest = _sha1(data)
         try:
@@ -638,11 +655,11 @@ class RedisBackend:
                 f"{self.description}: {exc}; it is left as it is"
             ) from None
         except CorruptSessionError as exc:
-            return _View(rev, None, digest, len(data), str(exc), (), None, epoch)
+            return _View(rev, None, digest, len(data), str(exc), (), None, epoch, mark)
         except RecursionError:
             why = "nested too deeply to parse"
-            return _View(rev, None, digest, len(data), why, (), None, epoch)
-        return _View(rev, record, digest, len(data), None, (), record, epoch)
+            return _View(rev, None, digest, len(data), why, (), None, epoch, mark)
+        return _View(rev, record, digest, len(data), None, (), record, epoch, mark)
 
     async def _set_aside(self, found: _View) -> str | None:
         """Rename the corrupt value to a key of its own, if it is still what we judged; that
@@ -664,19 +681,22 @@ class RedisBackend:
         sound entries back in order, if nothing changed since it was judged; a list past
         the bound is moved whole, unread."""
         sound: list[bytes] = []
-        rev = found.rev
+        rev, read = found.rev, ["-", 0]
         if not found.large:
             reply = await self._call(
-                self._read_script, self._keys(), [MAX_FILE_SIZE, _NO_REV, 0, 0]
+                self._read_script, self._keys(), [MAX_FILE_SIZE, _NO_REV, 0, 0, 0]
             )
             if _text(reply[0]) == "ok":  # a list, with an entry that does not decode
                 rev = _text(reply[1][0])
+                read = [int(reply[1][6]), len(reply[1][4])]
                 for entry in reply[1][4]:
                     if len(entry) > MAX_FILE_SIZE:
                         continue
                     try:
                         read_delta(entry)
-                    except (CorruptSessionError, UnsupportedVersionError, RecursionError):
+                    except UnsupportedVersionError:
+                        pass  # a newer release's: not ours to judge, put back as it is
+                    except (CorruptSessionError, RecursionError):
                         continue
                     sound.append(entry)
             elif _text(reply[1]) != rev:
@@ -685,27 +705,32 @@ class RedisBackend:
         aside, number = stem, 0
         while True:
             moved = await self._call(
-                self._deltas_aside_script, [*self._keys(), aside], [rev, *sound]
+                self._deltas_aside_script, [*self._keys(), aside], [rev, *read, *sound]
             )
             self._view = None
             self._pushed.clear()
             if moved[0] == 0:
                 return
             if moved[0] == 1:
+                since = int(moved[2])
                 logger.warning(
                     "%s held a corrupt list of changes (%s); moved it to %s as it was, "
-                    "and put back the %d that were sound",
+                    "and put back the %d that were sound%s",
                     self.description,
                     found.why,
                     aside,
                     len(sound),
+                    f", and the {since} pushed since it was read" if since else "",
                 )
                 return
             number += 1
             aside = f"{stem}-{number}"
 
     def _keys(self, *more: str) -> list[str]:
-        return [self._session_key, self._rev_key, self._deltas_key, self._epoch_key, *more]
+        return [
+            self._session_key, self._rev_key, self._deltas_key, self._epoch_key,
+            self._pushed_key, *more,
+        ]  # fmt: skip
 
     async def _call(
         self, script: AsyncScript, keys: list[str], args: list[Any] | None = None

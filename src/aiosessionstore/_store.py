@@ -127,7 +127,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             self._open = True
             self._guards = _shutdown.protect(
                 self,
-                flush=self._bounded_flush,
+                flush=self._flush_on_signal,
                 flush_sync=self._flush_sync,
                 detach=self._detach,
                 is_open=lambda: self._open,
@@ -142,12 +142,14 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         return self
 
     async def aclose(self) -> None:
-        """Stop the background flush and flush what is pending; safe to call more than once.
+        """Stop the background flush, flush what is pending, and close the backend (Redis
+        folds its list in); safe to call more than once.
 
         Any task may close the store, not only its opener, also while it is still opening.
         The close runs in a task of its own, waited for even in a cancelled scope; a caller
         interrupted anyway (a native ``task.cancel()``) leaves it running to its end. The
-        final flush is bounded by ``close_timeout``, so a stuck disk cannot hang shutdown.
+        final flush and the backend's close are bounded by ``close_timeout`` together, so a
+        stuck disk or server cannot hang shutdown.
         The first caller gets the close's error, if any; later ones just wait for it.
         """
         first = self._closing is None
@@ -170,17 +172,28 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._open = False
         if self._flusher is not None:
             self._flusher.cancel()  # it winds down while the final flush runs
+        deadline = time.monotonic() + self._close_timeout
         flushed = False
         try:
             flushed = await self._bounded_flush()
         except Exception:
-            logger.error(
-                "final flush of %s failed; not saved: %s", self._where, self._writer.unsaved()
+            logger.error(  # its reply may be what was lost: the counts may be stored
+                "final flush of %s failed; not known to be saved: %s",
+                self._where,
+                self._writer.unsaved(),
             )
             raise
         finally:
             await self._flusher_ended()
-            self._writer.close()
+            if not flushed:  # the store's thread may be stuck: wait no longer
+                self._writer.close()
+            elif not await self._writer.aclose(deadline):
+                logger.warning(
+                    "closing %s took longer than %s s; stopped waiting: it goes on in the "
+                    "background until the process ends",
+                    self._where,
+                    self._close_timeout,
+                )
             if flushed:  # else a signal, or the exit hook, makes one more attempt
                 self._guards.close()
 
@@ -237,19 +250,31 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
                     exc,
                 )
 
-    async def _bounded_flush(self) -> bool:
-        """Flush within ``close_timeout``, cancellation or not; False if the time ran out."""
+    async def _bounded_flush(self, *, on_signal: bool = False) -> bool:
+        """Flush within ``close_timeout``, cancellation or not; False if the time ran out.
+
+        What follows a flush that gave up differs: after a close, the exit hook waits for it
+        once more; after a signal, the signal takes its course at once (by default the
+        process dies of it, and no exit hook runs).
+        """
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout) as timer:
             await self._writer.commit(Mode.MERGE)
         if timer.cancelled_caught:
             logger.error(
-                "flushing %s took longer than %s s; stopped waiting: the write goes on in the "
-                "background, and the exit hook waits for it once more",
+                "flushing %s on a signal took longer than %s s; stopped waiting: the signal "
+                "takes its course, and the write goes on in the background only while the "
+                "process lives"
+                if on_signal
+                else "flushing %s took longer than %s s; stopped waiting: the write goes on in "
+                "the background, and the exit hook waits for it once more",
                 self._where,
                 self._close_timeout,
             )
             return False
         return True
+
+    async def _flush_on_signal(self) -> bool:
+        return await self._bounded_flush(on_signal=True)
 
     def _flush_sync(self) -> None:
         """Flush without an event loop: at interpreter exit, or on a signal once it is gone."""
