@@ -26,6 +26,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from run import redis_server, stored_in_redis
 
 from aiosessionstore import AsyncSessionStore
 from aiosessionstore._change import Mode
@@ -63,10 +66,14 @@ def bare_write(path: str, data: bytes) -> None:
         os.close(directory)
 
 
-async def seeded(directory: str, names: int, kinds: int) -> AsyncSessionStore:
-    store = AsyncSessionStore(
-        os.path.join(directory, "session.json"), flush_interval=3600, handle_signals=False
-    )
+async def seeded(where: str, names: int, kinds: int) -> AsyncSessionStore:
+    """An open store on a session of ``names`` tools (with ``kinds`` 3: prompts and clients
+    too), in a directory or, for a URL, in Redis under an app name of its own."""
+    if "://" in where:
+        place: dict[str, Any] = {"url": where, "app_name": f"scaling-{names}-{kinds}"}
+    else:
+        place = {"path": os.path.join(where, "session.json")}
+    store = AsyncSessionStore(**place, flush_interval=3600, handle_signals=False)
     await store.open()
     for number in range(names):
         name = f"tool_{number:04d}_with_a_name_of_a_typical_length"
@@ -89,13 +96,15 @@ async def flush_times(store: AsyncSessionStore, count: int) -> list[float]:
     return times
 
 
+SIZES = [(0, 1), (10, 1), (100, 1), (CAP, 1), (CAP, 3)]
+
+
 async def names_table(count: int, rounds: int) -> bool:
-    sizes = [(0, 1), (10, 1), (100, 1), (CAP, 1), (CAP, 3)]
-    flushes: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
-    floors: dict[tuple[int, int], list[float]] = {size: [] for size in sizes}
+    flushes: dict[tuple[int, int], list[float]] = {size: [] for size in SIZES}
+    floors: dict[tuple[int, int], list[float]] = {size: [] for size in SIZES}
     with tempfile.TemporaryDirectory() as scratch:
         stores = {}
-        for names, kinds in sizes:
+        for names, kinds in SIZES:
             directory = os.path.join(scratch, f"{names}-{kinds}")
             stores[names, kinds] = await seeded(directory, names, kinds)
         # Interleaved rounds, so that drift on a shared machine hits every size alike.
@@ -111,18 +120,25 @@ async def names_table(count: int, rounds: int) -> bool:
                     floors[size].append(time.perf_counter() - start)
         for store in stores.values():
             await store.aclose()
-    zero = statistics.median(flushes[0, 1])
     print(f"\nflush of one pending error, by names in the file ({count * rounds} flushes each)")
-    print(f"{'names':>22} {'bytes':>9} {'median':>9} {'p90':>9} {'floor':>9} {'x floor':>8} "
-          f"{'x 0 names':>9}")  # fmt: skip
+    return print_names(flushes, floors)
+
+
+def print_names(
+    flushes: dict[tuple[int, int], list[float]], floors: dict[tuple[int, int], list[float]]
+) -> bool:
+    zero = statistics.median(flushes[0, 1])
+    print(f"{'names':>22} {'median':>9} {'p90':>9} {'floor':>9} {'x floor':>8} {'x 0 names':>9}")
     ok = True
     for (names, kinds), times in flushes.items():
         label = f"{names:,} tools" + (", prompts, clients" if kinds > 1 else "")
-        median, floor = statistics.median(times), statistics.median(floors[names, kinds])
+        median = statistics.median(times)
+        floor = statistics.median(floors[names, kinds]) if floors else None
         ratio = median / zero
         line = (
-            f"{label:>22} {'':>9} {median * 1e6:7.0f}µs {percentile(times, 0.9) * 1e6:7.0f}µs "
-            f"{floor * 1e6:7.0f}µs {median / floor:7.2f}x {ratio:8.2f}x"
+            f"{label:>22} {median * 1e6:7.0f}µs {percentile(times, 0.9) * 1e6:7.0f}µs "
+            + (f"{floor * 1e6:7.0f}µs {median / floor:7.2f}x" if floor else f"{'':>18}")
+            + f" {ratio:8.2f}x"
         )
         if names == CAP:
             good = ratio <= 1.5
@@ -130,6 +146,23 @@ async def names_table(count: int, rounds: int) -> bool:
             line += f"  target <= 1.5x: {met(good)}"
         print(line)
     return ok
+
+
+async def redis_names_table(count: int, rounds: int) -> bool:
+    """The names table on Redis (AOF, fsync always), if there is a redis-server."""
+    with tempfile.TemporaryDirectory() as scratch, redis_server(scratch) as url:
+        if url is None:
+            print("\nflush on Redis by names: skipped (no redis-server or no redis-py)")
+            return True
+        flushes: dict[tuple[int, int], list[float]] = {size: [] for size in SIZES}
+        stores = {size: await seeded(url, *size) for size in SIZES}
+        for _ in range(rounds):
+            for size, store in stores.items():
+                flushes[size] += await flush_times(store, count)
+        for store in stores.values():
+            await store.aclose()
+    print(f"\nthe same on Redis (AOF, appendfsync always; {count * rounds} flushes each)")
+    return print_names(flushes, {})
 
 
 # -- the loop thread's part of a flush ----------------------------------------------------
@@ -282,6 +315,56 @@ def processes_table(seconds: float) -> bool:
     return ok
 
 
+REDIS_WORKER = """
+import asyncio, json, sys, time
+from aiosessionstore import AsyncSessionStore
+async def main(url, seconds):
+    async with AsyncSessionStore(url=url, flush_interval=3600, handle_signals=False) as store:
+        sys.stdout.write("ready\\n"); sys.stdout.flush(); sys.stdin.readline()
+        flushes, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            await store.increment_tool_calls()
+            await store.flush()
+            flushes += 1
+    print(json.dumps({"flushes": flushes}))
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+def redis_processes_table(seconds: float) -> bool:
+    """Processes flushing back to back into one session on Redis: flushes/s, exact totals."""
+    with tempfile.TemporaryDirectory() as scratch, redis_server(scratch) as url:
+        if url is None:
+            print("\nprocesses on Redis: skipped (no redis-server or no redis-py)")
+            return True
+        print(f"\nprocesses flushing back to back for {seconds} s into one session on Redis "
+              "(AOF, appendfsync always)")  # fmt: skip
+        print(f"{'procs':>5} {'flushes':>8} {'stored':>8} {'exact':>6} {'flushes/s':>10}")
+        ok = True
+        for database, processes in enumerate((1, 2, 4, 8, 16)):
+            where = f"{url.rsplit('/', 1)[0]}/{database}"
+            workers = [
+                subprocess.Popen([sys.executable, "-c", REDIS_WORKER, where, str(seconds)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                for _ in range(processes)
+            ]  # fmt: skip
+            for worker in workers:
+                assert worker.stdout is not None
+                assert worker.stdout.readline() == "ready\n"
+            for worker in workers:
+                assert worker.stdin is not None
+                worker.stdin.write("go\n")
+                worker.stdin.flush()
+            results = [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
+            flushes = sum(result["flushes"] for result in results)
+            stored = stored_in_redis(where)["stats"]["toolCalls"]
+            exact = stored == flushes
+            ok = ok and exact
+            print(f"{processes:>5} {flushes:>8,} {stored:>8,} {'yes' if exact else 'NO':>6} "
+                  f"{flushes / seconds:>10,.0f}")  # fmt: skip
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke test")
@@ -290,11 +373,14 @@ def main() -> None:
     parts = arguments.part or ["names", "pending", "processes"]
     ok = True
     if "names" in parts:
-        ok = bool(asyncio.run(names_table(10, 3 if arguments.quick else 20))) and ok
+        rounds = 3 if arguments.quick else 20
+        ok = bool(asyncio.run(names_table(10, rounds))) and ok
+        ok = bool(asyncio.run(redis_names_table(10, rounds))) and ok
     if "pending" in parts:
         pending_table()
     if "processes" in parts:
         ok = processes_table(1.0 if arguments.quick else 4.0) and ok
+        ok = redis_processes_table(1.0 if arguments.quick else 4.0) and ok
     sys.exit(0 if ok else 1)
 
 

@@ -235,6 +235,43 @@ class RepliesLost(MemoryBackend):
         return record
 
 
+class Faulty:
+    """A real backend behind a switch: while ``failing``, every call but ``close`` raises
+    before it reaches the backend, as an unreachable server or a full disk would."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.description = backend.description
+        self.failing = False
+
+    def _check(self) -> None:
+        if self.failing:
+            raise SessionStoreError(f"{self.description} is out of reach")
+
+    def open(self, change: Change) -> Record:
+        self._check()
+        return self.backend.open(change)
+
+    def commit(self, change: Change) -> Record:
+        self._check()
+        return self.backend.commit(change)
+
+    def read(self) -> Record:
+        self._check()
+        return self.backend.read()
+
+    def peek(self) -> Record:
+        self._check()
+        return self.backend.peek()
+
+    def remove(self) -> bool:
+        self._check()
+        return self.backend.remove()
+
+    def close(self) -> None:
+        self.backend.close()
+
+
 class Place:
     """One place a session lives, as the shared behaviour suite sees it: new backends on it,
     and its raw bytes, to plant bad data and to find what was set aside."""
@@ -280,6 +317,47 @@ def _file_place(tmp_path: Path) -> Place:
     return FilePlace(tmp_path / "home" / "session.json")
 
 
+DELTAS_KEY = "aiosessionstore:{octocode}:deltas"
+
+
+def redis_stored(raw: Any, base: str = "aiosessionstore:{octocode}") -> Record | None:
+    """The session in Redis, as a store reads it: ``:session`` with ``:deltas`` folded in."""
+    from aiosessionstore._delta import fold, read_delta
+
+    with raw.pipeline(transaction=True) as both:  # at one moment: a fold may be under way
+        both.get(f"{base}:session")
+        both.lrange(f"{base}:deltas", 0, -1)
+        data, entries = both.execute()
+    return fold(None if data is None else decode(data), [read_delta(entry) for entry in entries])
+
+
+def before_script(
+    monkeypatch: pytest.MonkeyPatch, backend: Any, script: str, action: Callable[[], object]
+) -> list[object]:
+    """Run ``action`` (blocking, on a thread of its own) once, just before ``backend`` next
+    sends its script ``script`` (as in "_rewrite_script"): a write of another store's that
+    lands between this backend's read and its compare-and-set. The list holds what it gave."""
+    sent = getattr(backend, script)
+    call = backend._call
+    done: list[object] = []
+
+    async def interposed(which: Any, *arguments: Any) -> Any:
+        if which is sent and not done:
+            done.append(await asyncio.to_thread(action))
+        return await call(which, *arguments)
+
+    monkeypatch.setattr(backend, "_call", interposed)
+    return done
+
+
+async def load_the_merge_script(store: Any) -> None:
+    """Flush one tool call, so that the server knows the merge script: a reply lost after
+    it is the script's, not the NOSCRIPT that EVALSHA gets from a server that was never
+    sent it (which applied nothing)."""
+    await store.increment_tool_calls()
+    await store.flush()
+
+
 class RedisPlace(Place):
     """The session of app ``octocode`` in a fresh Redis database."""
 
@@ -301,9 +379,17 @@ class RedisPlace(Place):
         self.raw.set(self.key, data)
 
     def get(self) -> bytes | None:
-        data = self.raw.get(self.key)
+        """The session as a store sees it: the stored value with the deltas folded in (the
+        value itself where there are none)."""
+        with self.raw.pipeline(transaction=True) as both:
+            both.get(self.key)
+            both.llen(DELTAS_KEY)
+            data, count = both.execute()
         assert data is None or isinstance(data, bytes)
-        return data
+        if not count:
+            return data
+        record = redis_stored(self.raw)
+        return None if record is None else encode(record)
 
     def set_aside(self) -> list[bytes]:
         keys = sorted(self.raw.scan_iter(match=self.key + ":corrupt-*"))

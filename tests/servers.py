@@ -226,6 +226,7 @@ class ReplyLoser:
         self._to_client: set[socket.socket] = set()  # server-side sockets
         self._mutex = threading.Lock()
         self._lose_next = False
+        self._lose_at = 0
         self.lose_every = 0
         self.replies = 0
         self.lost = 0
@@ -246,6 +247,11 @@ class ReplyLoser:
     def lose_next_reply(self) -> None:
         with self._mutex:
             self._lose_next = True
+
+    def lose_reply_after(self, replies: int) -> None:
+        """Pass on ``replies`` replies, then lose the one after them."""
+        with self._mutex:
+            self._lose_at = self.replies + replies + 1
 
     def hold(self) -> None:
         """Keep the replies from now on until ``release``; ``request_seen`` tells when a
@@ -314,7 +320,11 @@ class ReplyLoser:
             return
         with self._mutex:
             self.replies += 1
-            lose = self._lose_next or bool(self.lose_every and self.replies % self.lose_every == 0)
+            lose = (
+                self._lose_next
+                or self.replies == self._lose_at
+                or bool(self.lose_every and self.replies % self.lose_every == 0)
+            )
             self._lose_next = False
         if not self._released.is_set():  # a reply to lose is lost on release, not before
             held.append((peer, data, lose))

@@ -16,7 +16,7 @@ from aiosessionstore import (
 from aiosessionstore._backend import Backend
 from aiosessionstore._codec import decode, encode
 
-from .conftest import MemoryBackend, Place, RepliesLost
+from .conftest import Faulty, MemoryBackend, Place, RepliesLost
 
 pytestmark = pytest.mark.anyio
 
@@ -117,6 +117,26 @@ class TestSharedBehaviour:
             await keeper.flush()
             assert stored(place)["sessionId"] == keeper.session_id != old
 
+    async def test_a_failed_delete_keeps_the_counts_of_a_failed_flush(self, place: Place) -> None:
+        """A delete that fails after a flush failed keeps that flush's counts, which land
+        once the fault clears, in the session that was not deleted."""
+        backend = Faulty(place.backend())
+        store = AsyncSessionStore(backend=backend, flush_interval=3600, handle_signals=False)
+        async with store:
+            first = store.session_id
+            await store.increment_tool_calls(7)
+            backend.failing = True
+            with pytest.raises(SessionStoreError, match="out of reach"):
+                await store.flush()
+            with pytest.raises(SessionStoreError, match="out of reach"):
+                await store.delete()
+            assert store.session.stats.tool_calls == 7
+            backend.failing = False
+            await store.increment_tool_calls()
+            await store.flush()
+        assert stored(place)["sessionId"] == first
+        assert stored(place)["stats"]["toolCalls"] == 8  # type: ignore[index]
+
     async def test_a_newer_version_is_refused_and_left_untouched(self, place: Place) -> None:
         """A session a newer release wrote is neither read nor written over."""
         place.put(NEWER)
@@ -209,6 +229,23 @@ class TestExactlyOnce:
             with pytest.raises(asyncio.CancelledError):
                 await flush
         assert backend.peek().session.stats.tool_calls == 4
+
+    async def test_a_final_flush_whose_reply_was_lost_says_not_known(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A final flush that fails may have been applied (its reply lost): the log says
+        its counts are not known to be saved, not that they were not."""
+        backend = RepliesLost(losses=0)
+        store = AsyncSessionStore(backend=backend, handle_signals=False)
+        await store.open()
+        await store.increment_tool_calls(5)
+        backend.losses = 1
+        with pytest.raises(SessionStoreError):
+            await store.aclose()
+        assert "final flush of session in memory failed; not known to be saved: 5" in caplog.text
+        assert backend.peek().session.stats.tool_calls == 5  # it was, this time
+        store._flush_sync()  # what the exit hook runs: sent again, counted once
+        assert backend.peek().session.stats.tool_calls == 5
 
     async def test_a_failed_reset_gives_its_counts_back(self) -> None:
         """A reset that failed is not sent again; the counts it would drop are merged later."""

@@ -1320,6 +1320,17 @@ class TestRedis:
         assert run("new", "--url", redis_url) == 0
         assert json.loads(value(direct) or b"")["sessionId"] != session_id(session_file)
 
+    def test_no_session_is_said_alike_by_every_command(
+        self, redis_url: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """show, reset and delete of a session that is not stored all say "no session in"
+        the store, by the same words."""
+        said = []
+        for command in (["show"], ["reset"], ["delete", "--yes"]):
+            assert run(*command, "--url", redis_url) == EXIT_CODES["missing"]
+            said.append(capsys.readouterr().err.split(": ", 1)[1])
+        assert said == [f"no session in {redis_url} key {BASE}\n"] * 3
+
     def test_delete(self, redis_url: str, direct: redis.Redis, session_file: Path) -> None:
         """delete asks first, --yes deletes the key, and a second delete finds nothing (3)."""
         direct.set(SESSION, stored_bytes(session_file))

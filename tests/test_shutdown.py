@@ -254,6 +254,19 @@ class TestInterpreterExit:
         assert "never closed" in done.stderr
         assert tool_calls_on_disk(session_path) == 13
 
+    def test_a_store_left_open_by_asyncio_run_is_closed_without_warnings(
+        self, session_path: Path
+    ) -> None:
+        """``asyncio.run`` ending right after the open closes the store, saves its counts and
+        leaves no "coroutine was never awaited" warning behind."""
+        done = subprocess.run(
+            [sys.executable, "-W", "always", str(WORKER), "left-open", str(session_path), "7"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "Warning" not in done.stderr, done.stderr
+        assert tool_calls_on_disk(session_path) == 7
+
 
 @posix_only
 class TestFork:
@@ -389,6 +402,19 @@ class TestExactlyOnce:
 
 @posix_only
 class TestExitBound:
+    def test_a_flush_on_a_signal_that_gives_up_says_what_follows(self, session_path: Path) -> None:
+        """A flush on SIGTERM that takes longer than close_timeout says that the signal
+        takes its course, and no exit hook waits for it: the process dies of the signal."""
+        worker = start_worker("stuck-on-signal", session_path, 0.2)
+        wait_for_line(worker, "ready")
+        with lock_held_by_the_test(session_path):
+            worker.send_signal(signal.SIGTERM)
+            _, err = worker.communicate(timeout=60)
+        assert worker.returncode == -signal.SIGTERM, err
+        assert "on a signal took longer than 0.2 s" in err
+        assert "the signal takes its course" in err
+        assert "exit hook" not in err
+
     def test_a_process_ends_on_time_while_its_write_is_stuck(self, session_path: Path) -> None:
         """With the lock held elsewhere for good, exit takes 2 x close_timeout, not lock_timeout."""
         worker = start_worker("close-gives-up", session_path, 0.2, "exit")

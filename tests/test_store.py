@@ -18,6 +18,7 @@ import pytest
 
 from aiosessionstore import (
     AsyncSessionStore,
+    ClientStats,
     LockTimeoutError,
     SessionStats,
     SessionStoreError,
@@ -173,6 +174,139 @@ class TestCounters:
                 with pytest.raises(error, match=message):
                     await store.update_stats(**{name: count})
             assert store.session.stats == SessionStats()
+
+
+class TestHeldLock:
+    """The store never holds its lock across an await; these tests hold it by hand, to show
+    that an update made meanwhile waits for it and is counted exactly once, or not at all."""
+
+    async def test_increments_wait_for_a_held_lock_and_count_once(self, session_path: Path) -> None:
+        """Increments made while the lock is held count nothing until it is released."""
+        async with AsyncSessionStore(session_path) as store:
+            await store._lock.acquire()
+            waiting = [
+                asyncio.ensure_future(getattr(store, f"increment_{name}")(2))
+                for name in COUNTERS
+                for _ in range(50)
+            ]
+            await anyio.wait_all_tasks_blocked()
+            assert store.session.stats == SessionStats()
+            store._lock.release()
+            await asyncio.gather(*waiting)
+            assert store.session.stats == SessionStats(100, 100, 100, 100)
+        assert (await read_on_disk(session_path))["stats"]["rateLimits"] == 100
+
+    async def test_a_cancelled_wait_for_the_lock_counts_nothing(self, session_path: Path) -> None:
+        """Increments cancelled while they wait for the lock count nothing, then or later."""
+        async with AsyncSessionStore(session_path) as store:
+            await store._lock.acquire()
+            waiting = [
+                asyncio.ensure_future(getattr(store, f"increment_{name}")()) for name in COUNTERS
+            ]
+            await anyio.wait_all_tasks_blocked()
+            for task in waiting:
+                task.cancel()
+            store._lock.release()
+            for task in waiting:
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            await store.increment_tool_calls()
+            assert store.session.stats == SessionStats(tool_calls=1)
+        assert (await read_on_disk(session_path))["stats"] == {
+            "toolCalls": 1,
+            "promptCalls": 0,
+            "errors": 0,
+            "rateLimits": 0,
+        }
+
+    async def test_a_waiter_cancelled_as_it_is_woken_passes_the_lock_on(
+        self, session_path: Path
+    ) -> None:
+        """The first waiter, woken by the release and cancelled before it ran, counts nothing,
+        and the one behind it still counts."""
+        async with AsyncSessionStore(session_path) as store:
+            await store._lock.acquire()
+            first = asyncio.ensure_future(store.increment_errors())
+            await anyio.wait_all_tasks_blocked()
+            second = asyncio.ensure_future(store.increment_tool_calls())
+            await anyio.wait_all_tasks_blocked()
+            store._lock.release()  # wakes the first, which has not run yet
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            await second
+            assert store.session.stats == SessionStats(tool_calls=1)
+            assert not store._lock.locked()
+
+    async def test_a_bad_count_waits_its_turn_and_is_refused(self, session_path: Path) -> None:
+        """A bad count made while the lock is held raises once it is released; nothing counted."""
+        async with AsyncSessionStore(session_path) as store:
+            await store._lock.acquire()
+            waiting = asyncio.ensure_future(store.increment_errors(-1))
+            await anyio.wait_all_tasks_blocked()
+            store._lock.release()
+            with pytest.raises(ValueError, match="must not be negative"):
+                await waiting
+            assert store.session.stats == SessionStats()
+
+    async def test_an_increment_waiting_as_the_store_closes_is_refused(
+        self, session_path: Path
+    ) -> None:
+        """An increment still waiting for the lock when the store closes raises
+        StoreClosedError and is not written."""
+        store = AsyncSessionStore(session_path)
+        await store.open()
+        await store._lock.acquire()
+        waiting = asyncio.ensure_future(store.increment_tool_calls())
+        await anyio.wait_all_tasks_blocked()
+        closing = asyncio.ensure_future(store.aclose())
+        await anyio.wait_all_tasks_blocked()
+        store._lock.release()
+        with pytest.raises(StoreClosedError):
+            await waiting
+        await closing
+        assert (await read_on_disk(session_path))["stats"]["toolCalls"] == 0
+
+    async def test_a_tool_call_waits_for_a_held_lock_and_counts_once(
+        self, session_path: Path
+    ) -> None:
+        """A call started while the lock is held is counted, per tool and client, once."""
+        async with AsyncSessionStore(session_path) as store:
+
+            async def call() -> None:
+                async with store.tool_call("search", client="client"):
+                    pass
+
+            await store._lock.acquire()
+            waiting = asyncio.ensure_future(call())
+            await anyio.wait_all_tasks_blocked()
+            assert store.session.stats == SessionStats()
+            store._lock.release()
+            await waiting
+            session = store.session
+            assert session.stats == SessionStats(tool_calls=1)
+            assert session.tools["search"].calls == 1
+            assert session.clients["client"] == ClientStats(1, 0)
+
+    async def test_a_tool_call_cancelled_waiting_for_the_lock_counts_nothing(
+        self, session_path: Path
+    ) -> None:
+        """A call cancelled while it waits for the lock to start counts nothing at all."""
+        async with AsyncSessionStore(session_path) as store:
+
+            @store.prompt_call("greet")
+            async def greet() -> None:
+                raise AssertionError("never started")  # pragma: no cover
+
+            await store._lock.acquire()
+            waiting = asyncio.ensure_future(greet())
+            await anyio.wait_all_tasks_blocked()
+            waiting.cancel()
+            store._lock.release()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert store.session.stats == SessionStats()
+            assert not store.session.prompts
 
 
 BAD_READINGS = [float("nan"), float("inf"), -float("inf"), 1e20, -1.0]

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from aiosessionstore import AsyncSessionStore, ClientStats, SessionStats, ToolStats
+from aiosessionstore import AsyncSessionStore, ClientStats, SessionStats, ToolStats, _names
 from aiosessionstore._codec import encode
 from aiosessionstore._file import MAX_FILE_SIZE
-from aiosessionstore._latency import BUCKETS
-from aiosessionstore._names import OTHER, merge_capped
+from aiosessionstore._latency import BUCKETS, bucket
+from aiosessionstore._names import OTHER, check_name, merge_capped
 from aiosessionstore._session import MAX_COUNT, Record, Session
 
 from .conftest import read_json
@@ -169,6 +172,48 @@ class TestToolNames:
         async with AsyncSessionStore(session_path) as store, store.tool_call(name):
             pass
         assert list(await tools_on_disk(session_path)) == [name]
+
+    def test_a_name_checked_before_is_checked_alike(self) -> None:
+        """A good name is remembered, and passes again as itself; a bad one never is."""
+        assert check_name("search") == check_name("search", "prompt") == "search"
+        assert "search" in _names._PASSED
+        for _ in range(2):
+            with pytest.raises(ValueError, match="prompt names in parentheses"):
+                check_name("(mine)", "prompt")
+            with pytest.raises(TypeError, match="a tool name must be a str"):
+                check_name(b"search")
+
+    def test_the_names_remembered_are_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """However many good names come in, a bounded number is remembered."""
+        monkeypatch.setattr(_names, "_PASSED", set())
+        names = [f"tool-{number}" for number in range(_names._PASSED_MAX + 100)]
+        assert [check_name(name) for name in names] == names
+        assert len(_names._PASSED) == _names._PASSED_MAX
+        assert check_name(names[-1]) == names[-1]  # past the bound: checked in full instead
+
+
+def bucket_as_defined(ms: float) -> int:
+    """The bucket as the file format defines it (the first, plainest implementation)."""
+    microseconds = ms * 1000
+    if not microseconds > 1:
+        return 0
+    if microseconds == math.inf:
+        return BUCKETS - 1
+    return min(BUCKETS - 1, math.ceil(4 * math.log2(microseconds)))
+
+
+class TestLatencyBuckets:
+    @given(st.floats())
+    def test_any_time_lands_in_the_bucket_the_format_defines(self, ms: float) -> None:
+        """The faster bucket() agrees with the format's definition for every float."""
+        assert bucket(ms) == bucket_as_defined(ms)
+
+    @pytest.mark.parametrize("index", range(BUCKETS))
+    def test_the_edges_of_every_bucket(self, index: int) -> None:
+        """Each bucket's upper edge, and the floats either side of it, land as defined."""
+        edge = 2 ** (index / 4) / 1000
+        for ms in (math.nextafter(edge, 0), edge, math.nextafter(edge, math.inf)):
+            assert bucket(ms) == bucket_as_defined(ms)
 
 
 class TestToolNameCap:

@@ -147,8 +147,9 @@ async def handler_saved_and_put_back(path: str, total: str) -> None:
     await wait_for_signal(path, total)
 
 
-def never_closed(path: str, total: str) -> None:
-    """Open and count on a loop that is then abandoned, as a crashed app would leave it."""
+def never_closed(path: str, total: str, wait: str = "no") -> None:
+    """Open and count on a loop that is then abandoned, as a crashed app would leave it; with
+    ``wait``, say "counted" and wait for a line before the process ends."""
 
     async def open_and_count() -> None:
         store = store_at(path, flush_interval=3600)
@@ -156,6 +157,17 @@ def never_closed(path: str, total: str) -> None:
         await store.increment_tool_calls(int(total))
 
     asyncio.new_event_loop().run_until_complete(open_and_count())
+    if wait == "yes":
+        say("counted")
+        sys.stdin.readline()
+
+
+async def left_open(path: str, total: str) -> None:
+    """Open and count, then end ``asyncio.run`` at once: the loop stops in the same step in
+    which the background flush is being started."""
+    store = store_at(path, flush_interval=3600)
+    await store.__aenter__()
+    await store.increment_tool_calls(int(total))
 
 
 def signal_after_loop_stopped(path: str, total: str) -> None:
@@ -314,6 +326,17 @@ def close_gives_up(path: str, close_timeout: str, then: str) -> None:
         wait_until_on_disk(path, 3)
 
 
+async def stuck_on_signal(path: str, close_timeout: str) -> None:
+    """Count with nothing flushed, say "ready", and wait to be signalled; the test holds the
+    lock meanwhile, so the flush on the signal gives up after ``close_timeout``."""
+    async with AsyncSessionStore(
+        path, flush_interval=3600, lock_timeout=600, close_timeout=float(close_timeout)
+    ) as store:
+        await store.increment_tool_calls(3)
+        say("ready")
+        await asyncio.Event().wait()
+
+
 def lock_file_open(path: str) -> bool:
     """Whether this process has the lock file open (Linux's /proc tells)."""
     for fd in os.listdir("/proc/self/fd"):
@@ -395,6 +418,15 @@ async def count_url(url: str, total: str, every: str, pause: str = "no") -> None
     say(f"session {store.session_id}")
 
 
+async def flush_and_leave(url: str, total: str) -> None:
+    """Count and flush ``total`` times on the store at ``url``, leave the block, and end the
+    process at once."""
+    async with AsyncSessionStore(url=url, flush_interval=3600, handle_signals=False) as store:
+        for _ in range(int(total)):
+            await store.increment_tool_calls()
+            await store.flush()
+
+
 async def flush_once(store: AsyncSessionStore, number: int) -> bool:
     try:
         await store.flush()
@@ -411,17 +443,20 @@ MODES: dict[str, Callable[..., object]] = {
     "with-app-handler": with_app_handler,
     "signal-on-another-thread": signal_on_another_thread,
     "never-closed": never_closed,
+    "left-open": left_open,
     "signal-after-loop-stopped": signal_after_loop_stopped,
     "fork-with-pending": fork_with_pending,
     "kill-mid-flush": kill_mid_flush,
     "fork-while-locked": fork_while_locked,
     "cancel-everything-mid-flush": cancel_everything_mid_flush,
     "close-gives-up": close_gives_up,
+    "stuck-on-signal": stuck_on_signal,
     "fork-while-waiting-for-the-lock": fork_while_waiting_for_the_lock,
     "handler-saved-and-put-back": handler_saved_and_put_back,
     "signal-as-the-loop-stops": signal_as_the_loop_stops,
     "ctrl-c-while-asleep": ctrl_c_while_asleep,
     "count-url": count_url,
+    "flush-and-leave": flush_and_leave,
 }
 
 if __name__ == "__main__":

@@ -42,6 +42,10 @@ _LIMIT_MAX_TOOLS = 1000
 MAX_NAME_LENGTH = 128
 #: Control characters (C0, DEL, C1) and lone surrogates, which UTF-8 cannot encode.
 _FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Names (exact ``str``s) that passed ``check_name``, so that a name used again, as every
+#: tool's is on each call, costs a set lookup; bounded, so new names cannot grow it.
+_PASSED: set[str] = set()
+_PASSED_MAX = 4 * _LIMIT_MAX_TOOLS
 
 
 class _Addable(Protocol):
@@ -54,6 +58,8 @@ _T = TypeVar("_T")
 
 def check_name(name: object, what: str = "tool") -> str:
     """``name`` if a file can keep it as a name; else a ValueError that says why."""
+    if type(name) is str and name in _PASSED:
+        return name
     if not isinstance(name, str):
         raise TypeError(f"a {what} name must be a str, not {type(name).__name__}")
     if not 0 < len(name) <= MAX_NAME_LENGTH:
@@ -64,6 +70,8 @@ def check_name(name: object, what: str = "tool") -> str:
         raise ValueError(f"a {what} name must not hold control characters or surrogates: {name!r}")
     if name.startswith("(") and name.endswith(")") and name != UNKNOWN:
         raise ValueError(f"{what} names in parentheses are reserved: {name!r}")
+    if type(name) is str and len(_PASSED) < _PASSED_MAX:
+        _PASSED.add(name)
     return name
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
-from . import _latency
+from ._latency import bucket
 from ._names import OTHER
 from ._session import ClientStats, Counts, SessionStats, ToolStats, timestamp
 
@@ -73,8 +73,9 @@ class Calls:
         self.total_ms += elapsed_ms
         if elapsed_ms > self.max_ms:
             self.max_ms = elapsed_ms
-        index = _latency.bucket(elapsed_ms)
-        self.latency[index] = self.latency.get(index, 0) + 1
+        index = bucket(elapsed_ms)
+        latency = self.latency
+        latency[index] = latency.get(index, 0) + 1
 
     def add(self, more: ToolStats) -> None:
         self.calls += more.calls

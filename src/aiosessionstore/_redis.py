@@ -1,5 +1,6 @@
-"""The session in Redis: one string key holding the file's exact bytes, written by
-compare-and-set, with each writer's changes applied at most once.
+"""The session in Redis: the file's exact bytes in one string key, and the counts of each
+flush appended to a list beside it, folded in now and then; each writer's changes applied at
+most once.
 
 The backend is blocking, as every backend is: the store calls it on its own thread. It runs
 redis-py's asyncio client on an event loop of its own, made in that thread, so the app's loop
@@ -8,11 +9,50 @@ interpreter exit (after the app's loop is gone) works the same.
 
 Keys share the hash tag ``{<app>}``, so that they all live in one cluster slot:
 
-- ``aiosessionstore:{<app>}:session``: the session, as ``encode`` writes the file;
-- ``aiosessionstore:{<app>}:rev``: bumped by every write and delete, never reset, so a
-  compare-and-set that finds the revision it expects finds the value it read (no ABA);
+- ``aiosessionstore:{<app>}:session``: the session as ``encode`` writes the file, as of the
+  last fold;
+- ``aiosessionstore:{<app>}:deltas``: merges not yet folded into it, oldest first;
+- ``aiosessionstore:{<app>}:rev``: bumped by every rewrite of the session, delete and move of
+  a corrupt key aside; never reset. Between two bumps the scripts only push to the list's
+  tail;
+- ``aiosessionstore:{<app>}:pushed``: how many deltas merges ever pushed; never reset. Less
+  the list's length, it is the list's mark, which a push leaves as it is and any other change
+  of the list's length moves, a change by hand too (a DEL of the list bumps no revision). So a
+  compare-and-set that finds the revision and the mark it read finds the deltas it read,
+  still first;
+- ``aiosessionstore:{<app>}:epoch``: set to the new revision by everything that bumps it but a
+  fold or a merge (a reset, a new session, an import, a delete, a corrupt key moved aside);
 - ``aiosessionstore:{<app>}:applied:<writer>``: the number of that writer's last change
   applied, kept 7 days, so that a change sent again after a lost reply is applied once.
+
+The session is ``:session`` with every delta folded over it in list order, by the merge rules
+of ``Change.apply``.
+
+A merge is one script that never conflicts: unless the writer's number says it was applied,
+it pushes the delta, records the number and replies {status, revision, list length}, nothing
+more. The store's view is then what it last read, folded, with its own changes since applied
+(each once). The reply carries the session only where the writer must read it: its change was
+applied before (a lost reply), the epoch or the value's length moved (reset, renewed,
+replaced, deleted, set by hand), the value is one it has not judged and does not begin as
+``encode`` writes version 1 (it is judged first, nothing pushed), the list has no room (the
+merge is then a compare-and-set), or its push makes the list a multiple of ``COMPACT_EVERY``:
+that writer folds. Its view is then exactly what it read.
+
+Everything else is a compare-and-set on the revision and the list's mark, from the session
+read just before, that writes the folded session and trims from the list's head exactly the
+deltas it read: the fold, ``read``, a reset, a new session, an import, and a merge where no
+session is stored yet. So each delta is folded exactly once. A corrupt session is moved
+aside and rebuilt from the ``:session`` value last read (no delta folded in) plus the list,
+if the epoch has not moved since; else from what the change builds on where none is stored.
+
+A delta is a record the session codec reads back (``_delta``); a merge that cannot be said
+so is written by compare-and-set. The scripts are in ``_redis_scripts``.
+
+What a read takes from the list is bounded (``MAX_FILE_SIZE`` bytes as Redis counts them,
+``MAX_FILE_SIZE / 128`` entries); a merge keeps it under half that. A ``:deltas`` of another
+type, past the bound, or with an entry that is no delta, is renamed to
+``:deltas:corrupt-<time>``; the entries that decode are pushed back, and those of a newer
+release (none of an oversized one, which is not read), then those pushed since it was read.
 """
 
 from __future__ import annotations
@@ -23,7 +63,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import SplitResult, parse_qs, urlsplit
@@ -36,8 +76,10 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from ._change import Change
+from . import _redis_scripts as scripts
+from ._change import Change, Mode
 from ._codec import decode, encode
+from ._delta import Delta, fold, make_delta, read_delta
 from ._errors import (
     CorruptSessionError,
     LockTimeoutError,
@@ -46,7 +88,9 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._file import MAX_FILE_SIZE
-from ._session import Record
+from ._session import (
+    Record,
+)
 
 __all__ = ("RedisBackend",)
 
@@ -60,145 +104,46 @@ Client: TypeAlias = "aioredis.Redis | RedisCluster"
 APPLIED_TTL_MS = 7 * 24 * 3600 * 1000
 #: Connect and reply timeouts of a client made from a URL that sets none.
 DEFAULT_SOCKET_TIMEOUT = 5.0
+#: The writer whose push makes the list of deltas a multiple of this long folds it.
+COMPACT_EVERY = 32
 _SCHEMES = ("redis", "rediss")
-
-# Every script checks all it can before its first write: Redis does not roll a script back.
-_LUA_PRELUDE = """
-local function rev_of()
-  local kind = redis.call('TYPE', KEYS[2])['ok']
-  if kind == 'none' then return '' end
-  if kind ~= 'string' then return nil, KEYS[2] .. ' is a ' .. kind .. ', not a revision' end
-  local rev = redis.call('GET', KEYS[2])
-  -- What INCR takes: no sign, no leading zero, below 2^63 (18 digits are far enough).
-  if not (rev == '0' or string.match(rev, '^[1-9][0-9]*$')) or #rev > 18 then
-    return nil, KEYS[2] .. ' holds no revision'
-  end
-  return rev
-end
-local function state(rev, max)
-  local kind = redis.call('TYPE', KEYS[1])['ok']
-  if kind == 'none' then return {rev, 'missing'} end
-  if kind ~= 'string' then return {rev, 'type', kind} end
-  local size = redis.call('STRLEN', KEYS[1])
-  if size > max then return {rev, 'large', size} end
-  return {rev, 'value', redis.call('GET', KEYS[1])}
-end
-local function bump()
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    redis.call('INCR', KEYS[2])
-  else
-    -- A revision lost (a flushed database) restarts from the server's clock in
-    -- microseconds, far above any count of writes: a stale writer's revision never matches.
-    local now = redis.call('TIME')
-    redis.call('SET', KEYS[2], now[1] .. string.rep('0', 6 - #now[2]) .. now[2])
-  end
-  return redis.call('GET', KEYS[2])
-end
-local function reply(status, rev, max)
-  local found = state(rev, max)
-  table.insert(found, 1, status)
-  return found
-end
-"""
-
-#: KEYS: session, rev, applied. ARGV: number, expected rev, expected SHA-1 of the value ("" for
-#: none), new value, TTL of applied (ms), largest value returned.
-_COMMIT = (
-    _LUA_PRELUDE
-    + """
-local rev, err = rev_of()
-if not rev then return redis.error_reply(err) end
-local max = tonumber(ARGV[6])
-local number = tonumber(ARGV[1])
-if number > 0 then
-  local kind = redis.call('TYPE', KEYS[3])['ok']
-  if kind ~= 'none' then
-    local done = kind == 'string' and redis.call('GET', KEYS[3])
-    -- Plain digits only: tonumber would take '1e999' as infinity, and skip every change.
-    if not done or not string.match(done, '^[0-9]+$') or #done > 15 then
-      return redis.error_reply(KEYS[3] .. ' holds no change number')
-    end
-    if number <= tonumber(done) then return reply('applied', rev, max) end
-  end
-end
-if rev ~= ARGV[2] then return reply('conflict', rev, max) end
--- The revision matches; the value must too, should anything have set it by hand.
-local kind = redis.call('TYPE', KEYS[1])['ok']
-local digest = ''
-if kind == 'string' then
-  -- A value set by hand past the bound is not read whole: the reply says it is too large.
-  if redis.call('STRLEN', KEYS[1]) > max then return reply('conflict', rev, max) end
-  digest = redis.sha1hex(redis.call('GET', KEYS[1]))
-elseif kind ~= 'none' then
-  digest = kind
-end
-if digest ~= ARGV[3] then return reply('conflict', rev, max) end
-redis.call('SET', KEYS[1], ARGV[4])
-local new = bump()
-if number > 0 then redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[5]) end
-return {'ok', new}
-"""
-)
-
-#: KEYS: session, rev. ARGV: largest value returned.
-_READ = (
-    _LUA_PRELUDE
-    + """
-local rev, err = rev_of()
-if not rev then return redis.error_reply(err) end
-return state(rev, tonumber(ARGV[1]))
-"""
-)
-
-#: KEYS: session, rev, aside. ARGV: the revision at which the value was judged corrupt.
-#: Returns {1, new rev} once moved; {0} if anything changed since; {-1} if aside is taken.
-_SET_ASIDE = (
-    _LUA_PRELUDE
-    + """
-local rev, err = rev_of()
-if not rev then return redis.error_reply(err) end
-if rev ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {-1} end
-redis.call('RENAME', KEYS[1], KEYS[3])
-return {1, bump()}
-"""
-)
-
-#: KEYS: session, rev. Returns {1 if it existed else 0, new rev}.
-_REMOVE = (
-    _LUA_PRELUDE
-    + """
-local rev, err = rev_of()
-if not rev then return redis.error_reply(err) end
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind ~= 'none' and kind ~= 'string' then
-  return redis.error_reply(KEYS[1] .. ' is a ' .. kind .. ', not a session; left as it is')
-end
-local existed = redis.call('DEL', KEYS[1])
-return {existed, bump()}
-"""
-)
+#: A revision no revision is: "I hold none".
+_NO_REV = "-"
 
 
 @dataclass(frozen=True)
-class _Seen:
-    """The stored session at a revision: its record (None: there is none) and the SHA-1 of
-    its bytes, which a compare-and-set expects to find."""
+class _View:
+    """The stored session as of a revision: ``:session`` (its record, None if there is none
+    or it is corrupt; the SHA-1 of its bytes, which a compare-and-set expects to find; why it
+    is corrupt, if it is), the deltas read after it, and it with them folded in."""
 
     rev: str
-    record: Record | None
+    base: Record | None
     digest: str
+    #: Its length (-1: none; -2: a key of another type): a merge that finds another, at the
+    #: same revision (a value set by hand), reads the session again.
+    size: int
+    corrupt: str | None
+    deltas: tuple[Delta, ...]
+    folded: Record | None
+    #: The epoch at that revision: a merge that finds another reads the session again.
+    epoch: str
+    #: The list's mark (``:pushed`` less the list's length) with ``deltas`` read: where it
+    #: is another at the same revision, the list was changed by hand, and is read whole.
+    mark: int
 
 
 @dataclass(frozen=True)
-class _Corrupt:
-    """A stored value that is no session, at a revision: why, for the messages."""
+class _BadDeltas:
+    """A ``:deltas`` that cannot be read, at a revision: why, for the messages; ``large``:
+    past the bound, so not even its sound entries are read."""
 
     rev: str
     why: str
+    large: bool = False
 
 
-_Found: TypeAlias = "_Seen | _Corrupt"
+_Found: TypeAlias = "_View | _BadDeltas"
 
 
 class RedisBackend:
@@ -223,16 +168,45 @@ class RedisBackend:
         base = f"aiosessionstore:{{{app_name}}}"
         self._session_key = f"{base}:session"
         self._rev_key = f"{base}:rev"
+        self._deltas_key = f"{base}:deltas"
+        self._epoch_key = f"{base}:epoch"
+        self._pushed_key = f"{base}:pushed"
         self._applied_prefix = f"{base}:applied:"
         self._where = _describe(client)
         self.description = f"{self._where} key {base}"
-        self._commit_script: AsyncScript = client.register_script(_COMMIT)
-        self._read_script: AsyncScript = client.register_script(_READ)
-        self._aside_script: AsyncScript = client.register_script(_SET_ASIDE)
-        self._remove_script: AsyncScript = client.register_script(_REMOVE)
+        #: What a change that needs a session stored says where there is none, as ``read``
+        #: and ``peek`` do: "no session in ...".
+        self._missing = f"session in {self.description}"
+        self._merge_script: AsyncScript = client.register_script(scripts.MERGE)
+        self._rewrite_script: AsyncScript = client.register_script(scripts.REWRITE)
+        self._read_script: AsyncScript = client.register_script(scripts.READ)
+        self._aside_script: AsyncScript = client.register_script(scripts.SET_ASIDE)
+        self._deltas_aside_script: AsyncScript = client.register_script(scripts.DELTAS_ASIDE)
+        self._remove_script: AsyncScript = client.register_script(scripts.REMOVE)
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: What this backend last read or wrote: a write expecting it is one round trip.
-        self._seen: _Seen | None = None
+        #: What this backend last read or wrote (exactly as stored then): a later read that
+        #: holds it is sent only what is new since.
+        self._held: _View | None = None
+        #: The session as this store sees it: ``_held`` folded, with this store's merges
+        #: pushed since applied (each once). None where ``_held`` has no session.
+        self._own: Record | None = None
+        #: The last view of a sound value: what a corrupt one is rebuilt from.
+        self._sound_view: _View | None = None
+        #: The deltas this backend pushed since it last read, by their bytes: not decoded
+        #: again when read back. Bounded: it is only a saving.
+        self._pushed: dict[bytes, Delta] = {}
+
+    @property
+    def _view(self) -> _View | None:
+        return self._held
+
+    @_view.setter
+    def _view(self, view: _View | None) -> None:
+        """What was just read or written: the store's own view starts again from it."""
+        self._held = view
+        self._own = None if view is None or view.corrupt is not None else view.folded
+        if view is not None and view.base is not None:
+            self._sound_view = view
 
     @classmethod
     def from_url(
@@ -280,24 +254,35 @@ class RedisBackend:
         return self.commit(change)
 
     def commit(self, change: Change) -> Record:
+        """A merge returns this store's view: the session as it last read it (folded), with
+        its own merges since applied; the others' counts come in when it folds or reads."""
         return self._run(self._commit(change))
 
     def read(self) -> Record:
-        return self._run(self._read(move_corrupt=True))
+        """The session, folded: the deltas are folded into the stored value on the way."""
+        return self._run(self._read())
 
     def peek(self) -> Record:
-        return self._run(self._read(move_corrupt=False))
+        """The session, folded here; nothing is written or moved."""
+        return self._run(self._peek())
 
     def remove(self) -> bool:
         return self._run(self._remove())
 
     def close(self) -> None:
-        """Close the client and our loop; a later call (the exit flush) makes a new loop."""
+        """Fold the deltas, if we pushed any since we last folded, so that a fleet at rest
+        leaves the whole session in ``:session`` (a favour: any failure is only logged);
+        then close the client and our loop. A later call (the exit flush) makes a new loop."""
         loop = self._loop
         if loop is None:
             return
         _refuse_a_running_loop(None)
         self._loop = None
+        if self._pushed or (self._view is not None and self._view.deltas):
+            try:
+                loop.run_until_complete(asyncio.wait_for(self._fold_at_close(), self.timeout))
+            except (RedisError, OSError, asyncio.TimeoutError, SessionStoreError) as exc:
+                logger.debug("folding the deltas of %s failed: %s", self.description, exc)
         try:
             loop.run_until_complete(asyncio.wait_for(self.client.aclose(), self.timeout))
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -323,115 +308,346 @@ class RedisBackend:
             raise SessionStoreError(f"cannot use {self.description}: {_reason(exc)}") from exc
 
     async def _commit(self, change: Change) -> Record:
-        """Compare-and-set until it lands; one round trip when nobody wrote since we did."""
+        """A merge pushes its delta: one round trip, never a conflict. Anything else, and a
+        merge where no session is stored yet, is a compare-and-set of the folded session."""
         deadline = time.monotonic() + self.timeout
-        seen = self._seen
-        if seen is None:
-            seen = await self._settle(await self._state(), change)
+        made = make_delta(change, self._missing) if change.mode is Mode.MERGE else None
+        view = self._view
+        if view is None or made is None or view.corrupt is not None or self._own is None:
+            # Written by compare-and-set: from the session as it is now, our own deltas
+            # (pushed since we read) and those of others folded in, so that it comes after
+            # them all.
+            view = await self._sound(await self._load(view), change)
+            self._view = view
+        while made is None or view.corrupt is not None or self._own is None:
+            done = await self._rewrite(view, change, deadline, merge_instead=made is not None)
+            if isinstance(done, Record):
+                return done
+            view = done  # a session appeared meanwhile: push the delta instead
+        assert made is not None
+        return await self._merge(change, made, deadline)
+
+    async def _merge(self, change: Change, made: tuple[bytes, Delta], deadline: float) -> Record:
+        """Push the delta. Our view is then what we held with this change applied; the
+        reply carries the session only where we must read it (see ``scripts.MERGE``), and then we
+        hold what it says, in which our delta counts once."""
+        data, delta = made
         while True:
-            base = seen.record
-            if base is None:
-                base = change.base_when_missing(self.description)
-            record = change.apply(base)
+            view = self._view
+            assert view is not None
+            reply = await self._call(
+                self._merge_script,
+                self._keys(self._applied_prefix + change.writer),
+                [
+                    change.number,
+                    data,
+                    APPLIED_TTL_MS,
+                    view.rev,
+                    view.size,
+                    view.epoch,
+                    len(view.deltas),
+                    MAX_FILE_SIZE,
+                    COMPACT_EVERY,
+                    view.mark,
+                ],
+            )
+            status = _text(reply[0])
+            if status == "deltas":
+                found: _Found = _bad_deltas(reply)
+            elif status in ("check", "full"):  # a value we have not judged; no room
+                found = self._absorb(None, reply[3])
+            else:
+                break
+            view = await self._sound(found, change)
+            self._view = view
+            if status == "full" and view.corrupt is None and self._own is not None:
+                done = await self._rewrite(view, change, deadline)
+                assert isinstance(done, Record)
+                return done
+            if view.corrupt is not None or self._own is None:
+                done = await self._rewrite(view, change, deadline, merge_instead=True)
+                if isinstance(done, Record):
+                    return done
+        if status == "ok":
+            if len(self._pushed) >= 2 * COMPACT_EVERY:
+                del self._pushed[next(iter(self._pushed))]
+            self._pushed[data] = delta
+        if not reply[3]:  # pushed, and nothing to read: ours is the only change we see
+            own = self._own
+            assert own is not None
+            self._own = change.apply(own)
+            return self._own
+        view = await self._sound(self._absorb(view, reply[3]), change)
+        if view.corrupt is not None:  # moved aside, replaced by a fold that counts ours once
+            done = await self._rewrite(view, change, deadline, include=False)
+            assert isinstance(done, Record)
+            return done
+        self._view = view  # read after our push (or our change's): it counts it once
+        if status == "applied" or view.folded is None:
+            return self._applied(view, change)
+        if int(reply[2]) % COMPACT_EVERY == 0:
+            try:  # our delta is stored: folding it in is a favour, not part of the flush
+                await self._rewrite(view, None, deadline, give_up=True)
+            except (RedisError, OSError, SessionStoreError) as exc:
+                logger.debug("folding the deltas of %s failed: %s", self.description, exc)
+        assert self._own is not None
+        return self._own
+
+    async def _rewrite(
+        self,
+        view: _View,
+        change: Change | None,
+        deadline: float,
+        *,
+        include: bool = True,
+        give_up: bool = False,
+        merge_instead: bool = False,
+    ) -> Record | _View:
+        """Compare-and-set of the folded session, with ``change`` applied (unless ``include``
+        is false: a merge whose delta is in the list already), a corrupt value moved aside
+        and replaced by what ``_replacement`` says. Retried until it lands, unless
+        ``give_up`` (then the view it lost to); ``merge_instead``: a view with a session
+        stored is returned for the merge to push its delta."""
+        stem = f"{self._session_key}:corrupt-{_now()}"
+        aside, number = stem, 0
+        while True:
+            if view.corrupt is not None:
+                assert change is not None
+                record = fold(self._replacement(view, change), view.deltas)
+            else:
+                record = view.folded
+            numbered = change is not None and include
+            if numbered:
+                assert change is not None
+                if record is None:
+                    record = change.base_when_missing(self._missing)
+                record = change.apply(record)
+            elif record is None or (not view.deltas and view.corrupt is None):
+                return view if record is None else record  # nothing to fold
             data = encode(record)
             if len(data) > MAX_FILE_SIZE:
                 raise SessionStoreError(
                     f"cannot write {self.description}: the session would be {len(data)} "
                     f"bytes, over the {MAX_FILE_SIZE}-byte limit"
                 )
+            writer = change.writer if numbered and change is not None else ""
+            identity = view.corrupt is not None or (
+                numbered and change is not None and change.mode is not Mode.MERGE
+            )
             reply = await self._call(
-                self._commit_script,
-                [self._session_key, self._rev_key, self._applied_prefix + change.writer],
-                [change.number, seen.rev, seen.digest, data, APPLIED_TTL_MS, MAX_FILE_SIZE],
+                self._rewrite_script,
+                [*self._keys(self._applied_prefix + writer), aside],
+                [
+                    view.rev,
+                    len(view.deltas),
+                    data,
+                    view.digest,
+                    change.number if numbered and change is not None else 0,
+                    APPLIED_TTL_MS,
+                    MAX_FILE_SIZE,
+                    "1" if view.corrupt is not None else "0",
+                    "1" if identity else "0",
+                    view.mark,
+                ],
             )
             status = _text(reply[0])
             if status == "ok":
-                self._seen = _Seen(_text(reply[1]), record, _sha1(data))
+                if view.corrupt is not None:
+                    logger.warning(
+                        "%s was corrupt (%s); moved it to %s and wrote a valid one in its place",
+                        self.description,
+                        view.corrupt,
+                        aside,
+                    )
+                self._view = _View(
+                    _text(reply[1]), record, _sha1(data), len(data), None, (), record,
+                    _text(reply[2]), int(reply[3]),
+                )  # fmt: skip
+                self._pushed.clear()
                 return record
+            if status == "taken":
+                number += 1
+                aside = f"{stem}-{number}"
+                continue
+            if status == "deltas":
+                found: _Found = _bad_deltas(reply)
+            else:
+                found = self._absorb(None, reply[1])
+            view = await self._sound(found, change)
+            self._view = view
             if status == "applied":
-                return self._applied(self._judge(reply[1:]), change)
+                assert change is not None
+                return self._applied(view, change)
+            if give_up:
+                return view
+            if merge_instead and view.corrupt is None and self._own is not None:
+                return view
             if time.monotonic() >= deadline:
                 raise LockTimeoutError(
                     f"{self.description} changed under every write for {self.timeout} s"
                 )
-            seen = await self._settle(reply[1:], change)
 
-    def _applied(self, found: _Found, change: Change) -> Record:
+    async def _fold_at_close(self) -> None:
+        """A few tries: another store folding at the same time is no reason to wait. A list
+        or a session that is not sound is left as it is."""
+        deadline = time.monotonic() + self.timeout
+        for _ in range(3):
+            found = await self._load(self._view)
+            if isinstance(found, _BadDeltas) or found.corrupt is not None:
+                return
+            self._view = found
+            if isinstance(await self._rewrite(found, None, deadline, give_up=True), Record):
+                return
+
+    def _replacement(self, view: _View, change: Change) -> Record:
+        """What to fold the deltas over in place of a corrupt value.
+
+        The value last read from ``:session`` (no delta folded in), if no reset, new
+        session, import or delete came since: every delta still in the list was pushed
+        after it was folded, so none counts twice (those folded into it since by others
+        are lost with the corrupt value; they are in the key it is moved to). Else what the
+        change builds on where none is stored: never a count that may be in the list too,
+        nor an identity that may have been deleted.
+        """
+        sound = self._sound_view
+        if sound is not None and sound.base is not None and sound.epoch == view.epoch:
+            return sound.base
+        known = change.base_when_corrupt()
+        assert known is not None  # else _sound raised
+        if change.mode is Mode.IMPORT or change.mode is Mode.REPLACE:
+            return known
+        return change.base_when_missing(self._missing)
+
+    def _applied(self, view: _View, change: Change) -> Record:
         """A change sent again after its reply was lost: adopt what is stored now."""
-        if isinstance(found, _Seen):
-            self._seen = found
-            if found.record is not None:
-                return found.record
-        else:
-            self._seen = None  # the next write moves it aside
+        if view.folded is not None and view.corrupt is None:
+            return view.folded
         # Applied, then deleted or spoiled since: the session it went into is gone.
         if change.known is None:
             raise SessionNotFoundError(f"no session in {self.description}")
         return change.apply(change.known)
 
-    async def _settle(self, state: Sequence[Any], change: Change) -> _Seen:
-        """The stored session to build on, a corrupt one moved aside (never overwritten) and
-        replaced by what the change puts in its place."""
+    async def _sound(self, found: _Found, change: Change | None) -> _View:
+        """A view whose deltas all decode, a corrupt list moved aside first (its sound
+        entries pushed back); a corrupt session is moved aside here only where ``change``
+        has nothing to put in its place (and that raises), else by the rewrite."""
         while True:
-            found = self._judge(state)
-            if isinstance(found, _Seen):
+            if isinstance(found, _BadDeltas):
+                await self._set_deltas_aside(found)
+                found = await self._load(None)
+                continue
+            if found.corrupt is None:
                 return found
-            replacement = change.base_when_corrupt()
+            if change is not None and change.base_when_corrupt() is not None:
+                return found
             moved = await self._set_aside(found)
             if moved is None:
-                state = await self._state()  # it changed meanwhile: judge it afresh
+                found = await self._load(None)  # it changed meanwhile: judge it afresh
                 continue
-            aside, rev = moved
-            if replacement is None:
-                raise CorruptSessionError(
-                    f"{self.description} was corrupt ({found.why}); it was moved to {aside}"
-                )
-            logger.warning(
-                "%s was corrupt (%s); moved it to %s and wrote a valid one in its place",
-                self.description,
-                found.why,
-                aside,
+            raise CorruptSessionError(
+                f"{self.description} was corrupt ({found.corrupt}); it was moved to {moved}"
             )
-            # Built on the replacement as on a session we had stored: the id carries on.
-            return _Seen(rev, replacement, "")
 
-    async def _read(self, *, move_corrupt: bool) -> Record:
-        found = self._judge(await self._state())
-        if isinstance(found, _Corrupt):
-            if not move_corrupt:
-                raise CorruptSessionError(
-                    f"{self.description} is corrupt ({found.why}); it was left in place"
-                )
-            moved = await self._set_aside(found)
-            where = f"it was moved to {moved[0]}" if moved else "it has changed since"
-            raise CorruptSessionError(f"{self.description} was corrupt ({found.why}); {where}")
-        if move_corrupt:
-            self._seen = found
-        if found.record is None:
+    async def _read(self) -> Record:
+        deadline = time.monotonic() + self.timeout
+        view = await self._sound(await self._load(self._view), None)
+        self._view = view
+        if view.folded is None:
             raise SessionNotFoundError(f"no session in {self.description}")
-        return found.record
+        done = await self._rewrite(view, None, deadline)
+        if not isinstance(done, Record):  # deleted meanwhile
+            raise SessionNotFoundError(f"no session in {self.description}")
+        return done
+
+    async def _peek(self) -> Record:
+        found = await self._load(None)
+        if isinstance(found, _BadDeltas):
+            raise CorruptSessionError(
+                f"{self.description} holds a corrupt list of changes ({found.why}); "
+                "it was left in place"
+            )
+        if found.corrupt is not None:
+            raise CorruptSessionError(
+                f"{self.description} is corrupt ({found.corrupt}); it was left in place"
+            )
+        if found.folded is None:
+            raise SessionNotFoundError(f"no session in {self.description}")
+        return found.folded
 
     async def _remove(self) -> bool:
-        existed, rev = await self._call(self._remove_script, [self._session_key, self._rev_key])
-        self._seen = _Seen(_text(rev), None, "")
+        existed, rev, mark = await self._call(self._remove_script, self._keys())
+        self._view = _View(_text(rev), None, "", -1, None, (), None, _text(rev), int(mark))
+        self._pushed.clear()
         return bool(existed)
 
-    async def _state(self) -> Sequence[Any]:
-        reply: Sequence[Any] = await self._call(
-            self._read_script, [self._session_key, self._rev_key], [MAX_FILE_SIZE]
+    async def _load(self, held: _View | None) -> _Found:
+        """What is stored; only what is new since ``held``, if it is still current."""
+        reply = await self._call(
+            self._read_script,
+            self._keys(),
+            [
+                MAX_FILE_SIZE,
+                _NO_REV if held is None else held.rev,
+                0 if held is None else len(held.deltas),
+                0 if held is None else held.size,
+                0 if held is None else held.mark,
+            ],
         )
-        return reply
+        if _text(reply[0]) == "deltas":
+            return _bad_deltas(reply)
+        return self._absorb(held, reply[1])
 
-    def _judge(self, state: Sequence[Any]) -> _Found:
-        """What a script found: a session, none, or a corrupt value (a newer one raises)."""
-        rev, kind = _text(state[0]), _text(state[1])
+    def _absorb(self, held: _View | None, seen: Sequence[Any]) -> _Found:
+        """A script's view, on top of ``held`` where it sent only what is new; the deltas we
+        pushed are not decoded again."""
+        rev, kind, epoch, mark = _text(seen[0]), _text(seen[2]), _text(seen[5]), int(seen[6])
+        if kind == "same":
+            assert held is not None
+            assert held.rev == rev
+            assert held.mark == mark
+            assert len(held.deltas) == int(seen[1])
+            view = held
+        else:
+            view = self._judge(rev, kind, seen[3], epoch, mark)
+        deltas, folded = list(view.deltas), view.folded
+        pushed = self._pushed
+        for index, entry in enumerate(seen[4]):
+            entry = entry if isinstance(entry, bytes) else str(entry).encode()
+            delta = pushed.get(entry)
+            if delta is None:
+                at = f"entry {len(view.deltas) + index}"
+                if len(entry) > MAX_FILE_SIZE:
+                    return _BadDeltas(rev, f"{at}: {len(entry)} bytes, over {MAX_FILE_SIZE}")
+                try:
+                    delta = read_delta(entry)
+                except CorruptSessionError as exc:
+                    return _BadDeltas(rev, f"{at}: {exc}")
+                except RecursionError:
+                    return _BadDeltas(rev, f"{at}: nested too deeply")
+                except UnsupportedVersionError as exc:
+                    raise UnsupportedVersionError(
+                        f"{self.description}: a change in its list: {exc}; it is left as it is"
+                    ) from None
+            deltas.append(delta)
+            if view.corrupt is None:
+                folded = delta.onto(folded)
+        pushed.clear()  # read back: the list is what we hold now
+        return replace(view, deltas=tuple(deltas), folded=folded, epoch=epoch, mark=mark)
+
+    def _judge(self, rev: str, kind: str, value: Any, epoch: str, mark: int) -> _View:
+        """What a script found in ``:session``: a session, none, or a corrupt value (a newer
+        one raises)."""
         if kind == "missing":
-            return _Seen(rev, None, "")
+            return _View(rev, None, "", -1, None, (), None, epoch, mark)
         if kind == "type":
-            return _Corrupt(rev, f"a Redis {_text(state[2])}, not a string")
+            name = _text(value)
+            why = f"a Redis {name}, not a string"
+            return _View(rev, None, name, -2, why, (), None, epoch, mark)
         if kind == "large":
-            return _Corrupt(rev, f"{state[2]} bytes, larger than {MAX_FILE_SIZE}")
-        data = state[2] if isinstance(state[2], bytes) else str(state[2]).encode()
+            why = f"{value} bytes, larger than {MAX_FILE_SIZE}"
+            return _View(rev, None, "", int(value), why, (), None, epoch, mark)
+        data = value if isinstance(value, bytes) else str(value).encode()
+        digest = _sha1(data)
         try:
             record = decode(data)
         except UnsupportedVersionError as exc:
@@ -439,28 +655,82 @@ class RedisBackend:
                 f"{self.description}: {exc}; it is left as it is"
             ) from None
         except CorruptSessionError as exc:
-            return _Corrupt(rev, str(exc))
+            return _View(rev, None, digest, len(data), str(exc), (), None, epoch, mark)
         except RecursionError:
-            return _Corrupt(rev, "nested too deeply to parse")
-        return _Seen(rev, record, _sha1(data))
+            why = "nested too deeply to parse"
+            return _View(rev, None, digest, len(data), why, (), None, epoch, mark)
+        return _View(rev, record, digest, len(data), None, (), record, epoch, mark)
 
-    async def _set_aside(self, found: _Corrupt) -> tuple[str, str] | None:
-        """Rename the corrupt value to a key of its own, if it is still what we judged;
-        (that key, the new revision), or None if it changed meanwhile."""
-        now = datetime.now(timezone.utc)
-        stem = f"{self._session_key}:corrupt-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z"
+    async def _set_aside(self, found: _View) -> str | None:
+        """Rename the corrupt value to a key of its own, if it is still what we judged; that
+        key, or None if it changed meanwhile."""
+        stem = f"{self._session_key}:corrupt-{_now()}"
         aside, number = stem, 0
         while True:
-            keys = [self._session_key, self._rev_key, aside]
-            reply = await self._call(self._aside_script, keys, [found.rev])
+            reply = await self._call(self._aside_script, [*self._keys(), aside], [found.rev])
+            self._view = None
             if reply[0] == 1:
-                self._seen = None
-                return aside, _text(reply[1])
+                return aside
             if reply[0] == 0:
-                self._seen = None
                 return None
             number += 1
             aside = f"{stem}-{number}"
+
+    async def _set_deltas_aside(self, found: _BadDeltas) -> None:
+        """Rename a corrupt list of deltas, as it was, to a key of its own, and push its
+        sound entries back in order, if nothing changed since it was judged; a list past
+        the bound is moved whole, unread."""
+        sound: list[bytes] = []
+        rev, read = found.rev, ["-", 0]
+        if not found.large:
+            reply = await self._call(
+                self._read_script, self._keys(), [MAX_FILE_SIZE, _NO_REV, 0, 0, 0]
+            )
+            if _text(reply[0]) == "ok":  # a list, with an entry that does not decode
+                rev = _text(reply[1][0])
+                read = [int(reply[1][6]), len(reply[1][4])]
+                for entry in reply[1][4]:
+                    if len(entry) > MAX_FILE_SIZE:
+                        continue
+                    try:
+                        read_delta(entry)
+                    except UnsupportedVersionError:
+                        pass  # a newer release's: not ours to judge, put back as it is
+                    except (CorruptSessionError, RecursionError):
+                        continue
+                    sound.append(entry)
+            elif _text(reply[1]) != rev:
+                return  # it changed meanwhile: judged afresh by the caller
+        stem = f"{self._deltas_key}:corrupt-{_now()}"
+        aside, number = stem, 0
+        while True:
+            moved = await self._call(
+                self._deltas_aside_script, [*self._keys(), aside], [rev, *read, *sound]
+            )
+            self._view = None
+            self._pushed.clear()
+            if moved[0] == 0:
+                return
+            if moved[0] == 1:
+                since = int(moved[2])
+                logger.warning(
+                    "%s held a corrupt list of changes (%s); moved it to %s as it was, "
+                    "and put back the %d that were sound%s",
+                    self.description,
+                    found.why,
+                    aside,
+                    len(sound),
+                    f", and the {since} pushed since it was read" if since else "",
+                )
+                return
+            number += 1
+            aside = f"{stem}-{number}"
+
+    def _keys(self, *more: str) -> list[str]:
+        return [
+            self._session_key, self._rev_key, self._deltas_key, self._epoch_key,
+            self._pushed_key, *more,
+        ]  # fmt: skip
 
     async def _call(
         self, script: AsyncScript, keys: list[str], args: list[Any] | None = None
@@ -468,6 +738,27 @@ class RedisBackend:
         """EVALSHA, or EVAL once Redis forgot the script (a restart, SCRIPT FLUSH)."""
         reply: Awaitable[Any] = script(keys=keys, args=args or [])
         return await reply
+
+
+def _bad_deltas(reply: Sequence[Any]) -> _BadDeltas:
+    """What a script's {'deltas', rev, kind, detail} reply says."""
+    rev, kind = _text(reply[1]), _text(reply[2])
+    if kind == "large":
+        why = (
+            f"{_text(reply[3])} bytes in {_text(reply[4])} entries, larger than "
+            f"{MAX_FILE_SIZE} bytes or {MAX_FILE_SIZE // 128} entries"
+        )
+        return _BadDeltas(rev, why, True)
+    return _BadDeltas(rev, _wrong_type(reply[3]))
+
+
+def _now() -> str:
+    now = datetime.now(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z"
+
+
+def _wrong_type(kind: Any) -> str:
+    return f"a Redis {_text(kind)}, not a list"
 
 
 def _refuse_a_running_loop(work: Coroutine[Any, Any, Any] | None) -> None:

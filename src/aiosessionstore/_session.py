@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import reprlib
 import uuid
@@ -229,6 +230,8 @@ def format_timestamp(moment: datetime) -> str:
     )
 
 
+# Pure, and given the same text again and again (a session's createdAt; each Redis delta's).
+@functools.lru_cache(maxsize=1024)
 def parse_timestamp(text: str) -> datetime:
     """Read ``YYYY-MM-DDTHH:mm[:ss[.sss]]`` and ``Z`` or ``±HH:mm``; UTC, to the millisecond.
 

@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +30,7 @@ from ._pending import (
     Pending,
 )
 from ._session import Counts, Session, SessionStats
-from ._tools import Outcome, ToolCall
+from ._tools import Counting, Outcome, ToolCall
 from ._writer import Writer
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._guards = contextlib.ExitStack()
         self._pending = Pending(check_max_tools(max_tools))
         self._writer = Writer(self.backend, self._pending, self._lock, clock)
+        self._counting = Counting(self._call_started, self._call_finished)
 
     def __repr__(self) -> str:
         state = "open" if self._open else "closed"
@@ -126,7 +127,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             self._open = True
             self._guards = _shutdown.protect(
                 self,
-                flush=self._bounded_flush,
+                flush=self._flush_on_signal,
                 flush_sync=self._flush_sync,
                 detach=self._detach,
                 is_open=lambda: self._open,
@@ -141,12 +142,14 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         return self
 
     async def aclose(self) -> None:
-        """Stop the background flush and flush what is pending; safe to call more than once.
+        """Stop the background flush, flush what is pending, and close the backend (Redis
+        folds its list in); safe to call more than once.
 
         Any task may close the store, not only its opener, also while it is still opening.
         The close runs in a task of its own, waited for even in a cancelled scope; a caller
         interrupted anyway (a native ``task.cancel()``) leaves it running to its end. The
-        final flush is bounded by ``close_timeout``, so a stuck disk cannot hang shutdown.
+        final flush and the backend's close are bounded by ``close_timeout`` together, so a
+        stuck disk or server cannot hang shutdown.
         The first caller gets the close's error, if any; later ones just wait for it.
         """
         first = self._closing is None
@@ -169,17 +172,28 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         self._open = False
         if self._flusher is not None:
             self._flusher.cancel()  # it winds down while the final flush runs
+        deadline = time.monotonic() + self._close_timeout
         flushed = False
         try:
             flushed = await self._bounded_flush()
         except Exception:
-            logger.error(
-                "final flush of %s failed; not saved: %s", self._where, self._writer.unsaved()
+            logger.error(  # its reply may be what was lost: the counts may be stored
+                "final flush of %s failed; not known to be saved: %s",
+                self._where,
+                self._writer.unsaved(),
             )
             raise
         finally:
             await self._flusher_ended()
-            self._writer.close()
+            if not flushed:  # the store's thread may be stuck: wait no longer
+                self._writer.close()
+            elif not await self._writer.aclose(deadline):
+                logger.warning(
+                    "closing %s took longer than %s s; stopped waiting: it goes on in the "
+                    "background until the process ends",
+                    self._where,
+                    self._close_timeout,
+                )
             if flushed:  # else a signal, or the exit hook, makes one more attempt
                 self._guards.close()
 
@@ -189,9 +203,15 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         Hosts enter and leave a lifespan in cancel scopes and tasks of their own (FastMCP
         does), so no cancel scope of ours may stay open in the task that opened the store.
         """
-        with scope:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._flush_periodically)
+        flushing = self._flush_periodically()
+        try:
+            with scope:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(lambda: flushing)
+        finally:
+            # A loop shut down before the task's first step cancels it unstarted, and Python
+            # would warn that the coroutine was "never awaited": close it (no-op once run).
+            flushing.close()
 
     async def _flusher_ended(self) -> None:
         """Wait for the cancelled background flush to end (cancelled before it started, too,
@@ -230,19 +250,31 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
                     exc,
                 )
 
-    async def _bounded_flush(self) -> bool:
-        """Flush within ``close_timeout``, cancellation or not; False if the time ran out."""
+    async def _bounded_flush(self, *, on_signal: bool = False) -> bool:
+        """Flush within ``close_timeout``, cancellation or not; False if the time ran out.
+
+        What follows a flush that gave up differs: after a close, the exit hook waits for it
+        once more; after a signal, the signal takes its course at once (by default the
+        process dies of it, and no exit hook runs).
+        """
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout) as timer:
             await self._writer.commit(Mode.MERGE)
         if timer.cancelled_caught:
             logger.error(
-                "flushing %s took longer than %s s; stopped waiting: the write goes on in the "
-                "background, and the exit hook waits for it once more",
+                "flushing %s on a signal took longer than %s s; stopped waiting: the signal "
+                "takes its course, and the write goes on in the background only while the "
+                "process lives"
+                if on_signal
+                else "flushing %s took longer than %s s; stopped waiting: the write goes on in "
+                "the background, and the exit hook waits for it once more",
                 self._where,
                 self._close_timeout,
             )
             return False
         return True
+
+    async def _flush_on_signal(self) -> bool:
+        return await self._bounded_flush(on_signal=True)
 
     def _flush_sync(self) -> None:
         """Flush without an event loop: at interpreter exit, or on a signal once it is gone."""
@@ -270,28 +302,55 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         return record.session.session_id
 
     # -- the hot path: memory only ---------------------------------------------------------
-    # Each increment is two lines on purpose: a coroutine frame costs more than all the rest
-    # of the call, so the work is one plain method, called with the lock held.
+    # ``_lock`` serializes updates of the pending counts, and no holder ever awaits while
+    # holding it, so a task that runs finds it free unless someone took it across an await.
+    # An update is synchronous: made while the lock is free, it is as serialized as if it had
+    # taken and released the lock, without the ``acquire()`` coroutine that costs more than
+    # the update itself. Only a lock that is held is waited for (``_lock_freed``). No
+    # allocation and no formatting: the time stays a float until a write needs it.
 
     async def increment_tool_calls(self, count: int = 1) -> None:
         """Count ``count`` tool calls."""
-        await self._lock.acquire()
-        self._add_and_release(TOOL_CALLS, count)
+        if self._lock.locked():
+            await self._lock_freed()
+        self._add(TOOL_CALLS, count)
 
     async def increment_prompt_calls(self, count: int = 1) -> None:
         """Count ``count`` prompt calls."""
-        await self._lock.acquire()
-        self._add_and_release(PROMPT_CALLS, count)
+        if self._lock.locked():
+            await self._lock_freed()
+        self._add(PROMPT_CALLS, count)
 
     async def increment_errors(self, count: int = 1) -> None:
         """Count ``count`` errors."""
-        await self._lock.acquire()
-        self._add_and_release(ERRORS, count)
+        if self._lock.locked():
+            await self._lock_freed()
+        self._add(ERRORS, count)
 
     async def increment_rate_limits(self, count: int = 1) -> None:
         """Count ``count`` rate limits."""
+        if self._lock.locked():
+            await self._lock_freed()
+        self._add(RATE_LIMITS, count)
+
+    def _add(self, counter: int, count: int) -> None:
+        """Check and add one count: synchronous, so as serialized as under ``_lock``."""
+        if type(count) is not int or count < 0 or not self._open:
+            self._reject(count)
+        now = self._clock()  # first: a clock that raises must leave nothing counted
+        pending = self._pending
+        pending.counts[counter] += count
+        pending.active_at = now
+
+    async def _lock_freed(self) -> None:
+        """Wait for ``_lock`` (in turn, as ``acquire()`` queues), and give it back at once.
+
+        Until its caller next awaits, no task holds the lock: one that was waiting for it is
+        only woken, and takes it when it runs. A task cancelled while waiting here raises
+        CancelledError, and has counted nothing.
+        """
         await self._lock.acquire()
-        self._add_and_release(RATE_LIMITS, count)
+        self._lock.release()
 
     async def update_stats(
         self, *, tool_calls: int = 0, prompt_calls: int = 0, errors: int = 0, rate_limits: int = 0
@@ -304,21 +363,6 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             now = self._clock()
             stats = SessionStats(tool_calls, prompt_calls, errors, rate_limits)
             self._pending.add(Counts(stats), now)
-
-    def _add_and_release(self, counter: int, count: int) -> None:
-        """Check and add one count, then release ``_lock``, which the caller acquired.
-
-        No allocation and no formatting: the time is kept as a float until a write needs it.
-        """
-        try:
-            if type(count) is not int or count < 0 or not self._open:
-                self._reject(count)
-            now = self._clock()  # first: a clock that raises must leave nothing counted
-            pending = self._pending
-            pending.counts[counter] += count
-            pending.active_at = now
-        finally:
-            self._lock.release()
 
     def tool_call(
         self,
@@ -333,7 +377,13 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         calling MCP client's name, counted per client; ``rate_limit_errors`` overrides the
         store's for this call. A name the file cannot keep is a ValueError here.
         """
-        return self._call(TOOL_CALLS, check_name(name), client, rate_limit_errors)
+        return ToolCall(
+            self._counting,
+            TOOL_CALLS,
+            check_name(name),
+            None if client is None else client_name(client),
+            self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors,
+        )
 
     def prompt_call(
         self,
@@ -343,40 +393,37 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         rate_limit_errors: tuple[type[BaseException], ...] | None = None,
     ) -> ToolCall:
         """As ``tool_call``, for a prompt: counts a prompt call, kept per prompt."""
-        return self._call(PROMPT_CALLS, check_name(name, "prompt"), client, rate_limit_errors)
+        return ToolCall(
+            self._counting,
+            PROMPT_CALLS,
+            check_name(name, "prompt"),
+            None if client is None else client_name(client),
+            self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors,
+        )
 
-    def _call(
-        self,
-        kind: int,
-        name: str,
-        client: str | None,
-        rate_limit_errors: tuple[type[BaseException], ...] | None,
-    ) -> ToolCall:
-        limits = self.rate_limit_errors if rate_limit_errors is None else rate_limit_errors
-        client = None if client is None else client_name(client)
-
-        async def started() -> None:
-            await self._lock.acquire()
-            self._call_started(kind, name, client)
-
-        def finished(elapsed_ms: float, outcome: Outcome) -> None:
-            self._call_finished(kind, name, elapsed_ms, outcome)
-
-        return ToolCall(started, finished, limits)
-
-    def _call_started(self, kind: int, name: str, client: str | None) -> None:
-        """Count the start of a call, then release ``_lock``, which the caller acquired."""
-        try:
+    def _call_started(self, kind: int, name: str, client: str | None) -> Awaitable[None] | None:
+        """Count the start of a call at once; or, while ``_lock`` is held, return what counts
+        it once the lock is free (see the hot path above)."""
+        if self._lock.locked():
+            return self._call_started_later(kind, name, client)
+        if not self._open:
             self._check_open()
-            now = self._clock()  # first: a clock that raises must leave nothing counted
-            pending = self._pending
-            pending.counts[kind] += 1
-            self._calls_of(kind, name).calls += 1
-            if client is not None:
-                pending.client(client)[0 if kind == TOOL_CALLS else 1] += 1
-            pending.active_at = now
-        finally:
-            self._lock.release()
+        now = self._clock()  # first: a clock that raises must leave nothing counted
+        pending = self._pending
+        pending.counts[kind] += 1
+        calls = (pending.tools if kind == TOOL_CALLS else pending.prompts).get(name)
+        if calls is None:
+            calls = self._calls_of(kind, name)
+        calls.calls += 1
+        if client is not None:
+            pending.client(client)[0 if kind == TOOL_CALLS else 1] += 1
+        pending.active_at = now
+        return None
+
+    async def _call_started_later(self, kind: int, name: str, client: str | None) -> None:
+        await self._lock_freed()
+        counted = self._call_started(kind, name, client)  # the lock is free: counted at once
+        assert counted is None
 
     def _calls_of(self, kind: int, name: str) -> Calls:
         """The pending calls of a tool or prompt; one the session already keeps is never
@@ -402,7 +449,9 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
             logger.warning("the clock raised %r; using the system's time", exc)
             now = time.time()
         pending = self._pending
-        calls = self._calls_of(kind, name)
+        calls = (pending.tools if kind == TOOL_CALLS else pending.prompts).get(name)
+        if calls is None:  # a name past the cap, or one whose start a flush took
+            calls = self._calls_of(kind, name)
         if outcome == "error":
             pending.counts[ERRORS] += 1
             calls.errors += 1

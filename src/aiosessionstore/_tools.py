@@ -1,26 +1,37 @@
 """``store.tool_call(name)`` and ``store.prompt_call(name)``: a call, its outcome, its time.
 
-A ToolCall knows nothing of the store: the store hands it the two functions that count a
-start and an end, so the counting stays in one place and no import runs back to the store.
+A ToolCall knows nothing of the store: the store hands it a ``Counting`` (the two callbacks
+that count a start and an end), so the counting stays in one place and no import runs back
+to the store.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Awaitable, Callable, Coroutine
+from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec, Self
 
     _P = ParamSpec("_P")
 
-__all__ = ("Outcome", "ToolCall", "is_rate_limit")
+__all__ = ("Counting", "Outcome", "ToolCall", "is_rate_limit")
 
 Outcome = Literal["ok", "error", "rate_limit", "cancelled"]
 _T = TypeVar("_T")
+
+
+class Counting(NamedTuple):
+    """How a ToolCall counts: two callbacks a store makes once, ``kind`` telling tools from
+    prompts."""
+
+    #: Count a start at once, or return what counts it once it may (to be awaited).
+    started: Callable[[int, str, str | None], Awaitable[None] | None]
+    #: Count how a call ended (its kind, name, milliseconds and outcome).
+    finished: Callable[[int, str, float, Outcome], None]
 
 
 def is_rate_limit(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
@@ -48,18 +59,29 @@ class ToolCall:
     ``async with store.tool_call("search"):`` or as ``@store.tool_call("search")``.
     """
 
-    __slots__ = ("_error", "_finished", "_rate_limit_errors", "_start", "_started")
+    __slots__ = (
+        "_client",
+        "_counting",
+        "_error",
+        "_kind",
+        "_name",
+        "_rate_limit_errors",
+        "_started",
+    )
 
     def __init__(
         self,
-        start: Callable[[], Awaitable[None]],
-        finished: Callable[[float, Outcome], None],
+        counting: Counting,
+        kind: int,
+        name: str,
+        client: str | None,
         rate_limit_errors: tuple[type[BaseException], ...],
     ) -> None:
-        self._start = start
-        self._finished = finished
+        self._counting = counting
+        self._kind = kind
+        self._name = name
+        self._client = client
         self._rate_limit_errors = rate_limit_errors
-        self._started = 0.0
         self._error = False
 
     def mark_error(self) -> None:
@@ -73,14 +95,19 @@ class ToolCall:
 
         @functools.wraps(function)
         async def counted(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-            async with ToolCall(self._start, self._finished, self._rate_limit_errors):
+            call = ToolCall(
+                self._counting, self._kind, self._name, self._client, self._rate_limit_errors
+            )
+            async with call:
                 return await function(*args, **kwargs)
 
         return counted
 
     async def __aenter__(self) -> Self:
-        await self._start()
-        self._started = time.perf_counter()
+        waiting = self._counting.started(self._kind, self._name, self._client)
+        if waiting is not None:
+            await waiting
+        self._started = perf_counter()
         return self
 
     async def __aexit__(
@@ -89,7 +116,7 @@ class ToolCall:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        elapsed_ms = (time.perf_counter() - self._started) * 1000
+        elapsed_ms = (perf_counter() - self._started) * 1000
         outcome: Outcome
         if exc is None:
             outcome = "error" if self._error else "ok"
@@ -99,4 +126,4 @@ class ToolCall:
             outcome = "error"
         else:
             outcome = "cancelled"  # CancelledError, KeyboardInterrupt: not the tool's fault
-        self._finished(elapsed_ms, outcome)
+        self._counting.finished(self._kind, self._name, elapsed_ms, outcome)

@@ -23,8 +23,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from functools import partial
 from typing import Any
+
+import anyio
 
 from ._backend import Backend
 from ._change import Change, Mode
@@ -43,7 +46,7 @@ _NOTHING = Counts()
 class _Flight:
     """One write on the store's thread: its change, the counts it took, and its outcome."""
 
-    __slots__ = ("abandoned", "change", "done", "error", "on_success", "result", "taken")
+    __slots__ = ("abandoned", "change", "done", "error", "last", "on_success", "result", "taken")
 
     def __init__(self, change: Change, taken: Taken, on_success: Callable[[Any], None]) -> None:
         self.change = change
@@ -54,6 +57,9 @@ class _Flight:
         self.done = threading.Event()  # set on the store's thread
         #: Whether its caller stopped waiting, so that no one else will report a failure.
         self.abandoned = False
+        #: Whether it is sent without a loop (at exit, or on a signal once the loop is gone):
+        #: no later flush is due, so a failure promises none.
+        self.last = False
 
     def run(self, write: Callable[[], Any]) -> None:
         """On the store's thread: run the write and keep its outcome."""
@@ -137,10 +143,13 @@ class Writer:
             await self._send(_Flight(*prepared, self._adopt), write)
 
     async def delete(self) -> bool:
-        """Delete the session and drop the pending counts; the next change starts a new one."""
+        """Delete the session and drop the pending counts; the next change starts a new one.
+
+        A merge still to be sent again is dropped only once the delete is done: its counts
+        belong to the session deleted then. A delete that fails keeps it, to be sent first.
+        """
         async with self._io_lock:
             await self._drain()
-            self._unsent = None  # its counts belong to the session deleted now
             async with self._lock:
                 prepared = self._prepare(Mode.RESET, self._clock())
             assert prepared is not None
@@ -149,15 +158,26 @@ class Writer:
 
             def forget(_existed: bool) -> None:
                 self.record, self.saved = fresh, False
+                self._unsent = None
 
             existed: bool = await self._run(_Flight(change, taken, forget), self.backend.remove)
             return existed
 
-    def close(self) -> None:
+    def close(self) -> Future[None]:
         """Close the backend on the store's thread after any write still running there, and
-        let the thread end once idle."""
-        self._thread.submit(self._close_backend)
+        let the thread end once idle; the future is done once the backend is closed."""
+        closed = self._thread.submit(self._close_backend)
         self._thread.shutdown(wait=False)
+        return closed
+
+    async def aclose(self, until: float) -> bool:
+        """``close``, and wait for it until ``until`` (``time.monotonic``): a backend's close
+        may still write (Redis folds its list in). False if the time ran out, the close going
+        on meanwhile."""
+        closed = asyncio.wrap_future(self.close())
+        with anyio.CancelScope(shield=True):
+            done, _ = await asyncio.wait((closed,), timeout=max(0.0, until - time.monotonic()))
+        return bool(done)
 
     def commit_sync(self, timeout: float) -> None:
         """Merge without an event loop (at exit, or on a signal once the loop is gone).
@@ -211,7 +231,8 @@ class Writer:
         return session
 
     def unsaved(self) -> str:
-        """The counts not yet stored, as a log line names them."""
+        """The counts not known to be stored, as a log line names them: those pending, and
+        those of a merge to send again, which its backend may have applied (a lost reply)."""
         stats = self._pending.snapshot().stats
         if self._unsent is not None:
             stats += self._unsent[1].counts.stats
@@ -271,6 +292,7 @@ class Writer:
     def _send_sync(self, flight: _Flight, deadline: float, timeout: float) -> bool:
         """Submit a merge from outside the loop and wait for it; True once it is stored."""
         flight.abandoned = True  # no caller to raise a failure to: it is logged
+        flight.last = True
         self._flights.append(flight)
         self._thread.submit(_fly, flight, _nothing, partial(self.backend.commit, flight.change))
         if not self._wait(flight, deadline, timeout):
@@ -313,7 +335,9 @@ class Writer:
                 self._pending.give_back(flight.taken)
             if flight.abandoned:  # else its caller raises the error
                 logger.error(
-                    "writing %s failed; its counts will be written later (%s): %s",
+                    "writing %s failed; its counts are not known to be saved (%s): %s"
+                    if flight.last
+                    else "writing %s failed; its counts will be written later (%s): %s",
                     self.backend.description,
                     describe(flight.taken.counts.stats),
                     flight.error,
