@@ -1,7 +1,7 @@
 """The store's own thread: one daemon thread that runs the store's file transactions in order.
 
-It is a ``concurrent.futures.Executor``, and it differs from a one-thread
-``ThreadPoolExecutor`` in the two ways that shutdown needs:
+It is a ``concurrent.futures.Executor``, so aiofiles runs the transactions on it, and it differs
+from a one-thread ``ThreadPoolExecutor`` in the two ways that shutdown needs:
 
 - Work once submitted always runs. A pool's future can be cancelled before its work starts,
   so whether a transaction ran would depend on the fate of whoever awaited it; here it never
@@ -12,7 +12,6 @@ It is a ``concurrent.futures.Executor``, and it differs from a one-thread
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -22,12 +21,9 @@ from typing import Any, TypeVar
 
 __all__ = ("WorkerThread",)
 
-logger = logging.getLogger("aiosessionstore")
-
 _T = TypeVar("_T")
 
-#: A call, and the future of its outcome; None for a call that reports its own outcome.
-_Work = tuple["Future[Any] | None", Callable[[], Any]]
+_Work = tuple["Future[Any]", Callable[[], Any]]
 
 
 class WorkerThread(Executor):
@@ -42,20 +38,12 @@ class WorkerThread(Executor):
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
         future: Future[_T] = Future()
         future.set_running_or_notify_cancel()  # from now on cancel() refuses: the work will run
-        self._put((future, partial(fn, *args, **kwargs)))
-        return future
-
-    def call(self, call: Callable[[], None]) -> None:
-        """Run ``call`` on the thread after the work submitted before it, with no future: it
-        reports its outcome itself (a future costs a lock, a condition and a callback more)."""
-        self._put((None, call))
-
-    def _put(self, work: _Work) -> None:
         with self._mutex:
-            self._queue.put(work)
+            self._queue.put((future, partial(fn, *args, **kwargs)))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
                 self._thread.start()
+        return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Let the thread end once the work already submitted is done; more work restarts it."""
@@ -79,11 +67,7 @@ class WorkerThread(Executor):
             try:
                 result = call()
             except BaseException as exc:  # the submitter's to handle, as in any executor
-                if future is None:
-                    logger.error("the store's thread: %r raised", call, exc_info=exc)
-                else:
-                    future.set_exception(exc)
+                future.set_exception(exc)
             else:
-                if future is not None:
-                    future.set_result(result)
+                future.set_result(result)
             del item, future, call  # hold no result or traceback while idle

@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
+import aiofiles.os
 import anyio
 
 from ._backend import Backend
@@ -73,23 +74,13 @@ class _Flight:
 
 def _fly(flight: _Flight, wake: Callable[[], None], write: Callable[[], Any]) -> None:
     flight.run(write)
-    wake()
+    if flight.abandoned:  # no caller waits to settle it: have the loop do so
+        wake()
 
 
-def _waker(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> Callable[[], None]:
-    """What the store's thread calls, once done, to have ``callback`` run on ``loop``: the
-    one wake-up of the loop that a write makes."""
-
-    def wake() -> None:
-        with contextlib.suppress(RuntimeError):  # a closed loop: commit_sync settles it
-            loop.call_soon_threadsafe(callback)
-
-    return wake
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():  # else its waiter was cancelled
-        future.set_result(None)
+#: The hop to the store's thread and back: the caller's wait ends with the write.
+_in_thread = aiofiles.os.wrap(_fly)
+_barrier = aiofiles.os.wrap(lambda: None)
 
 
 class Writer:
@@ -267,27 +258,28 @@ class Writer:
     async def _run(self, flight: _Flight, write: Callable[[], Any]) -> Any:
         """Run ``flight`` on the store's thread; its outcome settles it, awaited or not.
 
-        The thread wakes the loop once, to settle the flight and end the wait together.
+        The loop wakes once per write: for the end of its caller's wait, which settles it. A
+        caller that stops waiting leaves the thread to wake the loop for it; whichever of the
+        two sees the other's mark settles it (settling twice changes nothing).
         """
         loop = asyncio.get_running_loop()
-        landed: asyncio.Future[None] = loop.create_future()
-        wake = _waker(loop, partial(self._landed, landed))
+
+        def wake() -> None:  # on the store's thread, for a flight no one waits for
+            with contextlib.suppress(RuntimeError):  # a closed loop: commit_sync settles it
+                loop.call_soon_threadsafe(self._settle_finished)
+
         self._flights.append(flight)
         try:
-            self._thread.call(partial(_fly, flight, wake, write))
-            await landed
+            await _in_thread(flight, wake, write, executor=self._thread)
         except BaseException:
             flight.abandoned = True  # cancelled: the flight goes on, and settles when done
+            if flight.done.is_set():  # the thread had looked before the mark: settle it here
+                self._settle_finished()
             raise
+        self._settle_finished()
         if flight.error is not None:
             raise flight.error
         return flight.result
-
-    def _landed(self, landed: asyncio.Future[None]) -> None:
-        """On the loop, once a flight is done: settle it (and any before it), then wake its
-        caller, if it still waits."""
-        self._settle_finished()
-        _resolve(landed)
 
     def _send_sync(self, flight: _Flight, deadline: float, timeout: float) -> bool:
         """Submit a merge from outside the loop and wait for it; True once it is stored."""
@@ -314,10 +306,7 @@ class Writer:
     async def _drain(self) -> None:
         """Let the writes of cancelled callers land first: a failed one is sent again."""
         if self._flights:
-            passed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            # The thread runs in order: once it runs this, they are done.
-            self._thread.call(_waker(asyncio.get_running_loop(), partial(_resolve, passed)))
-            await passed
+            await _barrier(executor=self._thread)  # the thread runs in order: they are done
             self._settle_finished()
 
     def _settle_finished(self) -> None:
