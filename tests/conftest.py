@@ -457,19 +457,48 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture
 def redis_url(redis_server: Any) -> str:
     """The URL of an empty database on the session's server (FLUSHALL before each test)."""
-    subprocess.run(
-        ["redis-cli", "-p", str(redis_server.port), "FLUSHALL"],
-        check=True, capture_output=True, timeout=10,
-    )  # fmt: skip
+    redis_server.command("FLUSHALL")
     url: str = redis_server.url
     return url
 
 
+@pytest.fixture(scope="session", autouse=True)
+def redis_cluster_launched(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The cluster's nodes, launched with the session's first test if a test will use them:
+    no node says its cluster is ok sooner than 2 s after it started, and so those 2 s pass
+    while other tests run. What went wrong, if anything, is for that test to raise."""
+    from .servers import RedisCluster, redis_server_path
+
+    items = request.session.items
+    if redis_server_path() is None or not any(
+        "redis_cluster" in getattr(item, "fixturenames", ()) for item in items
+    ):
+        yield None
+        return
+    try:
+        cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).launch()
+    except Exception as exc:
+        yield exc
+        return
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def redis_cluster(
+    redis_cluster_launched: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """Three primaries joined into a cluster, for the whole test session."""
     _need_redis_server()
-    from .servers import RedisCluster
+    if isinstance(redis_cluster_launched, Exception):
+        raise redis_cluster_launched
+    if redis_cluster_launched is not None:
+        redis_cluster_launched.wait_until_ok()
+        yield redis_cluster_launched
+        return
+    from .servers import RedisCluster  # asked for by no test collected, yet here
 
     cluster = RedisCluster(tmp_path_factory.mktemp("cluster")).start()
     yield cluster

@@ -3,17 +3,20 @@
 Run as a script, it is a server over stdio:
 
     python mcp_servers.py stall PATH   examples/mcp_server.py's server, whose app lifespan
-                                       hangs on shutdown, so that the client must SIGTERM it
+                                       hangs on shutdown, so that the client must SIGTERM it;
+                                       it says STALLED on stderr once it hangs
     python mcp_servers.py named NAME   an MCPServer called NAME with one tool, ``ping``, and
                                        its session where its name puts it
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -39,6 +42,8 @@ TOOLS = {  # calls, errors, rate limits
 }
 PROMPTS = {"summarize": (2, 0, 0), "translate": (1, 1, 0), "(unknown)": (1, 1, 0)}
 _READY = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
+#: What the stall server says on stderr once its shutdown hangs.
+STALLED = "stalled in shutdown"
 
 
 def check_acceptance(document: Mapping[str, Any], *clients: str) -> None:
@@ -114,12 +119,37 @@ async def _read_lines(
         raise AssertionError("the server ended before it listened:\n" + "\n".join(lines))
 
 
+class StderrLines:
+    """A pipe to give a server as its stderr, read to its end on a thread of its own (so a
+    full pipe never blocks the server); ``seen`` is set once ``line`` has come."""
+
+    def __init__(self, line: str) -> None:
+        read_end, write_end = os.pipe()
+        self.errlog = os.fdopen(write_end, "w")
+        self.seen = threading.Event()
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, args=(read_end, line), daemon=True)
+        self._reader.start()
+
+    def _read(self, fd: int, line: str) -> None:
+        with open(fd, encoding="utf-8", errors="replace") as stream:
+            for each in stream:
+                self.lines.append(each)
+                if each.rstrip("\n") == line:
+                    self.seen.set()
+
+    def close(self) -> None:
+        """Close our end, once the server is gone: the reader then sees the end of the pipe."""
+        self.errlog.close()
+        self._reader.join(10)
+
+
 def _serve() -> None:
     from collections.abc import AsyncIterator as Iterator
     from contextlib import asynccontextmanager as lifespan
 
     from mcp.server.mcpserver import MCPServer
-    from mcp_server import build_server
+    from mcp_server import HideExpectedFailures, build_server
 
     from aiosessionstore import session_lifespan
 
@@ -129,11 +159,18 @@ def _serve() -> None:
             yield {"app": "state"}
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.sleep(60)
+                print(STALLED, file=sys.stderr, flush=True)
+                await anyio.sleep(60)  # for good: the client's SIGTERM ends it
 
     kind, argument = sys.argv[1:]
     if kind == "stall":
-        build_server(argument, app_lifespan=stall_on_exit).run("stdio")
+        server = build_server(argument, app_lifespan=stall_on_exit)
+        # As the example server without --verbose: the drive's failures, made on purpose, are
+        # not logged, each with a traceback rendered at some 0.3 s apiece.
+        logging.getLogger("mcp").setLevel(logging.WARNING)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(HideExpectedFailures())
+        server.run("stdio")
         return
     server = MCPServer(argument, lifespan=session_lifespan())
 

@@ -1,7 +1,8 @@
 """Real Redis servers for the tests: started on free loopback ports, ready when they say so.
 
 ``RedisServer`` is one redis-server (optionally with a durable append-only file, for the
-kill-and-restart test); ``RedisCluster`` is three primaries joined into a cluster; and
+kill-and-restart test); ``RedisCluster`` is three primaries joined into a cluster, ready when
+each says so; and
 ``ReplyLoser`` is a TCP proxy in front of a server that can hold or lose its replies, after
 the server has acted on the request, as a network that fails at the wrong moment would.
 """
@@ -15,7 +16,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 READY = "Ready to accept connections"
@@ -44,6 +44,8 @@ class RedisServer:
         self.port = free_port()
         self.process: subprocess.Popen[str] | None = None
         self._log: list[str] = []
+        self._logged = threading.Condition()  # a line came, or the log ended
+        self._log_ended = False
         self._drainer: threading.Thread | None = None
 
     @property
@@ -65,6 +67,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         """Start it and return once it logged that it accepts connections."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._log_ended = False
         path = redis_server_path()
         assert path is not None
         self.process = subprocess.Popen(
@@ -99,9 +102,34 @@ class RedisServer:
 
     def _drain(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
-        with contextlib.suppress(ValueError, OSError):  # closed after a 10 s wait for the end
-            for line in process.stdout:
-                self._log.append(line)
+        try:
+            with contextlib.suppress(ValueError, OSError):  # closed after a 10 s wait for the end
+                for line in process.stdout:
+                    with self._logged:
+                        self._log.append(line)
+                        self._logged.notify_all()
+        finally:
+            with self._logged:
+                self._log_ended = True
+                self._logged.notify_all()
+
+    def wait_for_log(self, text: str) -> None:
+        """Block until the server logs a line holding ``text``: its readiness for something."""
+
+        def logged() -> bool:
+            return self._log_ended or any(text in line for line in self._log)
+
+        with self._logged:
+            self._logged.wait_for(logged, START_TIMEOUT)
+            if not any(text in line for line in self._log):
+                raise RuntimeError(f"redis-server did not log {text!r}: {''.join(self._log)}")
+
+    def command(self, *words: str) -> object:
+        """One command, sent as a client would, and its reply."""
+        import redis  # only the Redis tests start servers, and only they need redis-py
+
+        with redis.Redis(host="127.0.0.1", port=self.port) as client:
+            return client.execute_command(*words)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no last save; what it acknowledged is in its AOF (durable)."""
@@ -145,13 +173,25 @@ class RedisServer:
         self.process.send_signal(signal.SIGCONT)
 
 
+#: What a cluster node logs once it serves: every slot has a primary it can reach.
+CLUSTER_OK = "Cluster state changed: ok"
+SLOTS = 16384
+
+
 class RedisCluster:
-    """Three primaries with ``--cluster-enabled yes``, joined by ``redis-cli --cluster``."""
+    """Three primaries with ``--cluster-enabled yes``, each given a third of the slots.
+
+    ``launch`` starts them and makes them meet; ``wait_until_ok`` waits for each to say the
+    cluster is ok, which no node says sooner than 2 s after it started (redis'
+    CLUSTER_WRITABLE_DELAY), so a session launches it early and waits for it when needed.
+    """
 
     def __init__(self, directory: Path) -> None:
         # The bus port is set apart: its default, the port + 10000, may be past 65535.
+        self.bus_ports = [free_port() for _ in range(3)]
         self.nodes = [
-            RedisServer(directory / f"node{index}", extra=_cluster_options()) for index in range(3)
+            RedisServer(directory / f"node{index}", extra=_cluster_options(bus_port))
+            for index, bus_port in enumerate(self.bus_ports)
         ]
 
     @property
@@ -159,55 +199,46 @@ class RedisCluster:
         return self.nodes[0]
 
     def start(self) -> RedisCluster:
+        """``launch``, then ``wait_until_ok``."""
+        self.launch().wait_until_ok()
+        return self
+
+    def launch(self) -> RedisCluster:
+        """Start the nodes, give each its slots and its own config epoch, and introduce them
+        (what ``redis-cli --cluster create`` does, without its one-second waits)."""
         try:
-            self._start()
+            share = -(-SLOTS // len(self.nodes))
+            for index, node in enumerate(self.nodes):
+                node.start()
+                node.command("CLUSTER", "SET-CONFIG-EPOCH", str(index + 1))
+                last = min((index + 1) * share, SLOTS) - 1
+                node.command("CLUSTER", "ADDSLOTSRANGE", str(index * share), str(last))
+            for node, bus_port in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
+                self.first.command("CLUSTER", "MEET", "127.0.0.1", str(node.port), str(bus_port))
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _start(self) -> None:
-        for node in self.nodes:
-            node.start()
-        subprocess.run(
-            [
-                "redis-cli", "--cluster", "create",
-                *(f"127.0.0.1:{node.port}" for node in self.nodes),
-                "--cluster-replicas", "0", "--cluster-yes",
-            ],
-            check=True, capture_output=True, timeout=START_TIMEOUT,
-        )  # fmt: skip
-        self._wait_until_ok()
-
-    def _wait_until_ok(self) -> None:
-        """Poll CLUSTER INFO on every node until each says the cluster is ok."""
-        deadline = time.monotonic() + START_TIMEOUT
-        for node in self.nodes:
-            while "cluster_state:ok" not in _cli(node.port, "CLUSTER", "INFO"):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the cluster did not come up")
-                time.sleep(0.05)  # polling a condition, not waiting for time to pass
+    def wait_until_ok(self) -> None:
+        """Block until every node has said that the cluster is ok."""
+        try:
+            for node in self.nodes:
+                node.wait_for_log(CLUSTER_OK)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
 
 
-def _cluster_options() -> tuple[str, ...]:
+def _cluster_options(bus_port: int) -> tuple[str, ...]:
     return (
         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-        "--cluster-port", str(free_port()),
+        "--cluster-port", str(bus_port),
     )  # fmt: skip
-
-
-def _cli(port: int, *command: str) -> str:
-    return subprocess.run(
-        ["redis-cli", "-p", str(port), *command],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout
 
 
 class ReplyLoser:

@@ -1173,14 +1173,20 @@ class TestUrl:
         assert b"Traceback" not in done.stderr
         assert os.listdir(tmp_path / "cwd") == []
 
-    def test_the_environment_variable(self, session_file: Path, user_home: Path) -> None:
+    def test_the_environment_variable(
+        self,
+        session_file: Path,
+        user_home: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
         """$OCTOCODE_SESSION_URL is used without --path, and named when it is bad; --path wins."""
-        env = os.environ | {"OCTOCODE_SESSION_URL": "nosuch://:hunter2@host"}
-        done = cli("show", env=env)
-        assert done.returncode == EXIT_CODES["usage"]
-        assert b"$OCTOCODE_SESSION_URL" in done.stderr
-        assert b"hunter2" not in done.stderr
-        assert cli("show", "--path", session_file, env=env).returncode == 0
+        monkeypatch.setenv("OCTOCODE_SESSION_URL", "nosuch://:hunter2@host")
+        assert run("show") == EXIT_CODES["usage"]
+        err = capsys.readouterr().err
+        assert "$OCTOCODE_SESSION_URL" in err
+        assert "hunter2" not in err
+        assert run("show", "--path", str(session_file)) == 0
         assert os.listdir(user_home) == []
 
     @pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
@@ -1442,24 +1448,28 @@ class TestRedis:
         assert value(direct, aside) == b"{oops"
 
     def test_the_environment_variable(
-        self, redis_url: str, direct: redis.Redis, session_file: Path, user_home: Path
+        self,
+        redis_url: str,
+        direct: redis.Redis,
+        session_file: Path,
+        user_home: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
     ) -> None:
         """$OCTOCODE_SESSION_URL puts every command in Redis with no options; --path wins."""
-        env = os.environ | {"OCTOCODE_SESSION_URL": redis_url}
-        done = cli("new", env=env)
-        assert done.returncode == 0, done.stderr
+        monkeypatch.setenv("OCTOCODE_SESSION_URL", redis_url)
+        assert run("new") == 0
         in_redis = json.loads(value(direct) or b"")["sessionId"]
         assert os.listdir(user_home) == []
-        done = cli("show", env=env)
-        assert done.returncode == 0, done.stderr
-        assert f"session      {in_redis}" in done.stdout.decode()
-        done = cli("show", "--path", session_file, env=env)
-        assert done.returncode == 0, done.stderr
-        assert f"session      {session_id(session_file)}" in done.stdout.decode()
-        assert cli("reset", "--path", session_file, env=env).returncode == 0
+        capsys.readouterr()
+        assert run("show") == 0
+        assert f"session      {in_redis}" in capsys.readouterr().out
+        assert run("show", "--path", str(session_file)) == 0
+        assert f"session      {session_id(session_file)}" in capsys.readouterr().out
+        assert run("reset", "--path", str(session_file)) == 0
         assert read_json(session_file)["stats"]["toolCalls"] == 0
         assert json.loads(value(direct) or b"")["sessionId"] == in_redis
-        assert cli("path", env=env).returncode == EXIT_CODES["usage"]
+        assert run("path") == EXIT_CODES["usage"]
 
     @pytest.mark.parametrize("how", ["acl", "requirepass"])
     def test_no_password_in_any_output(
@@ -1468,6 +1478,8 @@ class TestRedis:
         direct: redis.Redis,
         session_file: Path,
         how: str,
+        capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         """With a password set on the server, no command prints it, not even in an error."""
         secret, wrong, piece = "pw-S3cret-9f2", "pw-Wr0ng-7a1", "pw-Pi3ce-4c8"
@@ -1479,11 +1491,11 @@ class TestRedis:
         else:
             direct.config_set("requirepass", secret)
         try:
-            runs: list[tuple[list[str | Path], int]] = [
+            runs: list[tuple[list[str], int]] = [
                 (["new", "--url", good], 0),
                 (["show", "--url", good], 0),
                 (["export", "--url", good], 0),
-                (["import", "--url", good, session_file], EXIT_CODES["exists"]),
+                (["import", "--url", good, str(session_file)], EXIT_CODES["exists"]),
                 (["path", "--url", good], EXIT_CODES["usage"]),
                 (["reset", "--url", bad], EXIT_CODES["error"]),
                 (["show", "--url", bad], EXIT_CODES["error"]),
@@ -1491,13 +1503,15 @@ class TestRedis:
                 (["show", "--url", good.replace(secret, f"{piece}/{secret}")], EXIT_CODES["usage"]),
                 (["show", "--url", good + "?no_such_option=1"], EXIT_CODES["usage"]),
             ]
+            # In this process, what the library logs is in caplog rather than on stderr; the
+            # two runs in a process of their own below go through the console script's all.
             for argv, status in runs:
-                done = cli(*argv)
-                assert done.returncode == status, (argv, done.stderr)
-                for text in (done.stdout, done.stderr):
+                assert run(*argv) == status, (argv, capsys.readouterr().err)
+                out, err = capsys.readouterr()
+                for text in (out, err, caplog.text):
                     for password in (secret, wrong, piece):
-                        assert password.encode() not in text
-                assert b"Traceback" not in done.stderr
+                        assert password not in text
+                assert "Traceback" not in err
             env = os.environ | {"OCTOCODE_SESSION_URL": bad}
             done = cli("show", env=env)
             assert done.returncode == EXIT_CODES["error"]
@@ -1518,17 +1532,36 @@ class TestRedis:
         "command", [["show"], ["export"], ["reset"], ["new"], ["delete", "--yes"], ["import"]],
         ids=" ".join,
     )  # fmt: skip
-    def test_unreachable(self, session_file: Path, command: list[str]) -> None:
+    def test_unreachable(
+        self,
+        session_file: Path,
+        command: list[str],
+        capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
         """No server at the port: exit 1, one clear line, no traceback, no password."""
         port = free_port()
         url = f"redis://user:hunter2@127.0.0.1:{port}/0"
         argv = [*command, str(session_file)] if command == ["import"] else command
-        done = cli(*argv, "--url", url)
+        assert run(*argv, "--url", url) == EXIT_CODES["error"]
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert_unreachable(err, port)
+        assert caplog.records == []  # the console script would print each on stderr
+
+    def test_unreachable_from_the_console(self, session_file: Path) -> None:
+        """The same in a process of its own: exit 1 and only that line on stderr."""
+        port = free_port()
+        done = cli("show", "--url", f"redis://user:hunter2@127.0.0.1:{port}/0")
         assert done.returncode == EXIT_CODES["error"], done.stderr
         assert done.stdout == b""
-        err = done.stderr.decode()
-        assert err.startswith(f"aiosessionstore: cannot use redis://127.0.0.1:{port}/0 key {BASE}")
-        assert "ConnectionError" in err
-        assert err.count("\n") == 1
-        assert "hunter2" not in err
-        assert "Traceback" not in err
+        assert_unreachable(done.stderr.decode(), port)
+
+
+def assert_unreachable(err: str, port: int) -> None:
+    """One clear line on stderr that names the server, never the password; no traceback."""
+    assert err.startswith(f"aiosessionstore: cannot use redis://127.0.0.1:{port}/0 key {BASE}")
+    assert "ConnectionError" in err
+    assert err.count("\n") == 1
+    assert "hunter2" not in err
+    assert "Traceback" not in err

@@ -29,6 +29,8 @@ from .conftest import posix_only, read_json, read_on_disk
 from .mcp_servers import (
     DEMO_SESSION,
     EXAMPLES,
+    STALLED,
+    StderrLines,
     check_acceptance,
     environment,
     http_server,
@@ -37,6 +39,8 @@ from .mcp_servers import (
 mcp = pytest.importorskip("mcp")
 
 from mcp import Client, StdioServerParameters  # noqa: E402
+from mcp.client import stdio as mcp_stdio  # noqa: E402
+from mcp.client.stdio import stdio_client  # noqa: E402
 from mcp.server.mcpserver import Context, MCPServer  # noqa: E402
 from mcp.types import CallToolResult, Implementation, TextContent  # noqa: E402
 from mcp_client import drive  # noqa: E402
@@ -352,7 +356,9 @@ class TestOverStdio:
         assert _read(tmp_path / "status") == "0\n"
         assert "Traceback" not in _read(tmp_path / "stderr")
 
-    async def test_counts_after_the_clients_sigterm_escalation(self, tmp_path: Path) -> None:
+    async def test_counts_after_the_clients_sigterm_escalation(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """A server stuck in shutdown gets SIGTERM from the client: it flushes, then dies."""
         path = tmp_path / "session.json"
         parameters = StdioServerParameters(
@@ -360,8 +366,27 @@ class TestOverStdio:
             args=[str(SERVERS), "stall", str(path)],
             env=environment(tmp_path),
         )
-        async with Client(parameters, client_info=TESTER) as client:
-            await drive(client)
+        stderr = StderrLines(STALLED)
+        escalate = mcp_stdio._terminate_process_tree
+
+        async def once_stalled(process: Any) -> None:
+            try:
+                stalled = await anyio.to_thread.run_sync(stderr.seen.wait, 60)
+            finally:
+                await escalate(process)
+            assert stalled, "".join(stderr.lines)
+
+        # The client's grace period, 2 s, is over at once; its SIGTERM waits for the server
+        # to say that it hangs in its shutdown.
+        monkeypatch.setattr(mcp_stdio, "PROCESS_TERMINATION_TIMEOUT", 0)
+        monkeypatch.setattr(mcp_stdio, "_terminate_process_tree", once_stalled)
+        try:
+            transport = stdio_client(parameters, errlog=stderr.errlog)
+            async with Client(transport, client_info=TESTER) as client:
+                await drive(client)
+        finally:
+            stderr.close()
+        assert stderr.seen.is_set()
         check_acceptance(read_json(path), "tester")
 
     async def test_two_servers_with_two_names_keep_two_files(self, tmp_path: Path) -> None:
