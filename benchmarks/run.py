@@ -684,12 +684,13 @@ async def redis_next_to_the_file(sizes: Sizes, rows: list[Row], scratch: str) ->
                         redis_median / file_median, "median <= the file's",
                         redis_median <= file_median))  # fmt: skip
         # File and Redis in turns, so that drift on a shared machine falls on both alike.
-        ratios, turns = [], []
+        ratios: list[float] = []
+        turns: list[Row] = []
         for database in range(1, 4):
-            on_file = await asyncio.to_thread(many_processes, sizes, turns, scratch)
+            file_rate = await asyncio.to_thread(many_processes, sizes, turns, scratch)
             where = f"{url.rsplit('/', 1)[0]}/{database}"  # a fresh session each turn
-            on_redis = await asyncio.to_thread(many_processes, sizes, turns, scratch, where)
-            ratios.append(on_redis / on_file)
+            redis_rate = await asyncio.to_thread(many_processes, sizes, turns, scratch, where)
+            ratios.append(redis_rate / file_rate)
         rows.extend(turn for turn in turns if turn.number == "9")
         ratio = statistics.median(ratios)
         exact = all(turn.met for turn in turns)
