@@ -311,7 +311,9 @@ class TestBadValues:
             direct.set(applied, b"1")  # repaired by hand
         assert stored(direct).session.stats.tool_calls == 5
 
-    @pytest.mark.parametrize("count", [b"many", b"1e999", b"-1", b"9999999999999999"])
+    @pytest.mark.parametrize(
+        "count", [b"many", b"1e999", b"-1", b"0012", b"9007199254740992", b"99999999999999999"]
+    )
     async def test_a_bad_count_of_pushes_is_refused_before_any_write(
         self, redis_url: str, direct: redis.Redis, count: bytes
     ) -> None:
@@ -1343,11 +1345,18 @@ class TestDeltaFaults:
         assert direct.keys(f"{DELTAS}:corrupt-*") == []
 
     @pytest.mark.parametrize("when", ["before-the-read", "between-read-and-fold"])
+    @pytest.mark.parametrize("count_too", [False, True], ids=["list", "list-and-count"])
     def test_a_list_deleted_by_hand_is_read_afresh(
-        self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch, when: str
+        self,
+        redis_url: str,
+        direct: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch,
+        when: str,
+        count_too: bool,
     ) -> None:
-        """A :deltas deleted by hand (no revision bumped) and pushed to again, before a
-        store's read or between its read and its fold: the store that held the old list
+        """A :deltas deleted by hand (no revision bumped; with its count of pushes, or not)
+        and pushed to again, before a store's read or between its read and its fold: the
+        store that held the old list
         reads the new one whole, so the deleted entries do not come back and none of the
         new ones is trimmed unfolded."""
         pusher, holder, other = (RedisBackend.from_url(redis_url) for _ in range(3))
@@ -1360,6 +1369,8 @@ class TestDeltaFaults:
 
             def delete_and_push() -> None:
                 direct.delete(DELTAS)  # by hand: the 300 and the holder's 1,000 are gone
+                if count_too:  # and its count of pushes with it
+                    direct.delete(f"{BASE}:pushed")
                 for number in range(1, 6):
                     other.commit(one_call("o", number, seen))
 

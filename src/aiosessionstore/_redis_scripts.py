@@ -29,12 +29,15 @@ local function rev_of()
   end
   return rev
 end
--- How many deltas merges ever pushed (0: none yet), or nil and an error.
+-- How many deltas merges pushed, counted on from where the first push found the server's
+-- clock (0: none yet), or nil and an error.
 local function pushed_of()
   local kind = redis.call('TYPE', KEYS[5])['ok']
   if kind == 'none' then return 0 end
   local pushed = kind == 'string' and redis.call('GET', KEYS[5])
-  if not pushed or not string.match(pushed, '^[0-9]+$') or #pushed > 15 then
+  -- What INCR takes (no sign, no leading zero), and exact in Lua's numbers (below 2^53).
+  if not pushed or not (pushed == '0' or string.match(pushed, '^[1-9][0-9]*$'))
+      or #pushed > 16 or tonumber(pushed) >= 9007199254740992 then
     return nil, KEYS[5] .. ' holds no count of pushes'
   end
   return tonumber(pushed)
@@ -183,6 +186,12 @@ end
 -- list and its change by compare-and-set instead.
 if used + #ARGV[2] > max / 2 or count + 1 > max / 256 then
   return {'full', rev, 0, view(rev, max, '-', 0, 0, 0)}
+end
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  -- Counted from the clock in microseconds, so that a list deleted by hand with its count
+  -- never takes the mark of the list it replaced.
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[5], now[1] .. string.rep('0', 6 - #now[2]) .. now[2])
 end
 local n = redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('INCR', KEYS[5])
