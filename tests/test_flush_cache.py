@@ -78,9 +78,13 @@ def change(mode: Mode, pending: Counts, milliseconds: int, known: Record) -> Cha
 
 
 class TestEncodeAfter:
-    @pytest.mark.parametrize("block", [1, 2, 64])  # lines per joined block (64 ships)
-    @settings(max_examples=200, deadline=None)
-    @given(st.booleans(), st.booleans(), st.lists(changes(), min_size=1, max_size=8))
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.sampled_from([1, 2, 64]),  # lines per joined block (64 ships)
+        st.booleans(),
+        st.booleans(),
+        st.lists(changes(), min_size=1, max_size=8),
+    )
     def test_is_encode_and_foresees_decode(
         self, block: int, seeded: bool, hinted: bool, steps: list[tuple[Mode, Counts, int]]
     ) -> None:
