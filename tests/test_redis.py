@@ -1275,7 +1275,8 @@ class TestDeltaFaults:
             seen = writer.commit(one_call("a", 1, FRESH, saved=False))  # writes the session
             other = make_delta(one_call("x", 1, FRESH, calls=100), "here")
             assert other is not None
-            direct.rpush(DELTAS, other[0])
+            direct.rpush(DELTAS, other[0])  # pushed, and counted, as a merge does
+            direct.set(f"{BASE}:pushed", b"1764000000000001")
             pushed = before_script(
                 monkeypatch,
                 folder,
