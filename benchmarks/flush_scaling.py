@@ -260,27 +260,33 @@ asyncio.run(main(sys.argv[1], float(sys.argv[2])))
 """
 
 
-def processes_row(scratch: str, processes: int, seconds: float, alone: float) -> tuple[bool, float]:
-    """One row: ``processes`` flushing for ``seconds``; whether it met the target, and the
-    median flush time of a process on its own (``alone``, or this row's if it is the first)."""
-    path = os.path.join(scratch, f"p{processes}", "session.json")
+def run_together(script: str, processes: int, *arguments: str) -> list[dict[str, Any]]:
+    """``processes`` workers running ``script``, let go at once when all are imported and
+    open (so that only the flushing is timed); what each printed, as JSON."""
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, path, str(seconds)],
+            [sys.executable, "-c", script, *arguments],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for _ in range(processes)
     ]
-    for worker in workers:  # all imported and open: time only the flushing
+    for worker in workers:
         assert worker.stdout is not None
         assert worker.stdout.readline() == "ready\n"
     for worker in workers:
         assert worker.stdin is not None
         worker.stdin.write("go\n")
         worker.stdin.flush()
-    results = [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
+    return [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
+
+
+def processes_row(scratch: str, processes: int, seconds: float, alone: float) -> tuple[bool, float]:
+    """One row: ``processes`` flushing for ``seconds``; whether it met the target, and the
+    median flush time of a process on its own (``alone``, or this row's if it is the first)."""
+    path = os.path.join(scratch, f"p{processes}", "session.json")
+    results = run_together(WORKER, processes, path, str(seconds))
     flushes = sum(result["flushes"] for result in results)
     waits = [wait for result in results for wait in result["waits"]]
     holds = [hold for result in results for hold in result["holds"]]
@@ -345,19 +351,7 @@ def redis_processes_table(seconds: float) -> bool:
         ok = True
         for database, processes in enumerate((1, 2, 4, 8, 16)):
             where = f"{url.rsplit('/', 1)[0]}/{database}"
-            workers = [
-                subprocess.Popen([sys.executable, "-c", REDIS_WORKER, where, str(seconds)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                for _ in range(processes)
-            ]  # fmt: skip
-            for worker in workers:
-                assert worker.stdout is not None
-                assert worker.stdout.readline() == "ready\n"
-            for worker in workers:
-                assert worker.stdin is not None
-                worker.stdin.write("go\n")
-                worker.stdin.flush()
-            results = [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
+            results = run_together(REDIS_WORKER, processes, where, str(seconds))
             flushes = sum(result["flushes"] for result in results)
             stored = stored_in_redis(where)["stats"]["toolCalls"]
             exact = stored == flushes
