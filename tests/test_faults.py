@@ -297,6 +297,22 @@ class TestNeighbours:
             "session.json.lock",
         ]
 
+    async def test_a_store_looks_for_them_again_only_after_a_while(
+        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """After its first write, a store lists the directory at most every SWEEP_EVERY s."""
+        monkeypatch.setattr(_file, "SWEEP_EVERY", float("inf"))
+        stale = anyio.Path(session_path.with_name(OURS[0]))
+        async with AsyncSessionStore(session_path) as store:
+            await stale.write_text("{")  # a writer died after this store's first write
+            await store.increment_tool_calls()
+            await store.flush()
+            assert await stale.exists()  # not looked for at this flush
+            monkeypatch.setattr(_file, "SWEEP_EVERY", 0.0)
+            await store.increment_tool_calls()
+            await store.flush()
+            assert not await stale.exists()
+
 
 async def chattr(flag: str, path: Path) -> None:
     await anyio.run_process(["chattr", flag, str(path)])

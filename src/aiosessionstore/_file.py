@@ -14,6 +14,7 @@ import re
 import secrets
 import stat
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -85,6 +86,10 @@ _TEMP_SUFFIX = re.compile(rf"\.(?:{_TEMP_MARKER})?[0-9a-f]{{16}}\.tmp")
 #: What the stale-temp cleanup has logged already, so that a file it cannot remove is logged
 #: once per process rather than at every flush.
 _reported: set[str] = set()
+#: Seconds between a backend's looks for the temp files of writers that died, after the look
+#: of its first transaction: a look lists the whole directory, which a flush should not pay
+#: each time (a ~/.octocode holds a few files; a /tmp may hold thousands).
+SWEEP_EVERY = 60.0
 
 
 class _Where:
@@ -106,11 +111,22 @@ class Written:
     """What one FileBackend last wrote (or read) under the lock: the file's bytes, and the
     record they decode to. Trusted only while the file holds exactly those bytes."""
 
-    __slots__ = ("last", "where")
+    __slots__ = ("last", "swept_at", "where")
 
     def __init__(self) -> None:
         self.last: Encoded | None = None
         self.where: _Where | None = None
+        #: When this backend last looked for stale temp files (``time.monotonic``), if ever.
+        self.swept_at: float | None = None
+
+    def sweep_due(self) -> bool:
+        """Whether this transaction should look for stale temp files: the first one does,
+        then one at most every ``SWEEP_EVERY`` seconds."""
+        now = time.monotonic()
+        if self.swept_at is not None and now - self.swept_at < SWEEP_EVERY:
+            return False
+        self.swept_at = now
+        return True
 
     def at(self, path: Path) -> _Where:
         where = self.where
@@ -129,7 +145,8 @@ def commit(
     not change are reused (no encode), so a flush costs what changed, not the whole file.
     """
     where = _Where(path) if written is None else written.at(path)
-    with _translated_errors(path), _locked(where, lock_timeout):
+    sweep = written is None or written.sweep_due()
+    with _translated_errors(path), _locked(where, lock_timeout, sweep):
         previous = None if written is None else written.last
         if written is not None:
             written.last = None  # trusted again only once this transaction has landed
@@ -196,14 +213,16 @@ def _translated_errors(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _locked(where: _Where, timeout: float) -> Iterator[None]:
-    """Hold the lock file beside the session file, creating the directory first if need be."""
+def _locked(where: _Where, timeout: float, sweep: bool = True) -> Iterator[None]:
+    """Hold the lock file beside the session file, creating the directory first if need be;
+    with ``sweep``, remove the temp files of writers that died."""
     if not os.path.isdir(
         where.directory
     ):  # a stat, where mkdir(exist_ok=True) costs a failed mkdir
         _make_directories(where.directory)
     with held(where.lock, timeout):
-        _remove_stale_temp_files(where.directory, where.name)
+        if sweep:
+            _remove_stale_temp_files(where.directory, where.name)
         yield
 
 
