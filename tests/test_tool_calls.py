@@ -18,6 +18,7 @@ from aiosessionstore._codec import encode
 from aiosessionstore._file import MAX_FILE_SIZE
 from aiosessionstore._latency import BUCKETS, bucket
 from aiosessionstore._names import OTHER, check_name, merge_capped
+from aiosessionstore._pending import Calls
 from aiosessionstore._session import MAX_COUNT, Record, Session
 
 from .conftest import read_json
@@ -202,18 +203,28 @@ def bucket_as_defined(ms: float) -> int:
     return min(BUCKETS - 1, math.ceil(4 * math.log2(microseconds)))
 
 
+def bucket_timed(ms: float) -> int:
+    """The bucket a pending call's timing counts ``ms`` in (its own copy of bucket())."""
+    calls = Calls()
+    calls.timed(ms)
+    [(index, count)] = calls.latency.items()
+    assert count == 1
+    return index
+
+
 class TestLatencyBuckets:
     @given(st.floats())
     def test_any_time_lands_in_the_bucket_the_format_defines(self, ms: float) -> None:
-        """The faster bucket() agrees with the format's definition for every float."""
-        assert bucket(ms) == bucket_as_defined(ms)
+        """bucket(), and the timing of a call, agree with the format's definition for every
+        float."""
+        assert bucket(ms) == bucket_timed(ms) == bucket_as_defined(ms)
 
     @pytest.mark.parametrize("index", range(BUCKETS))
     def test_the_edges_of_every_bucket(self, index: int) -> None:
         """Each bucket's upper edge, and the floats either side of it, land as defined."""
         edge = 2 ** (index / 4) / 1000
         for ms in (math.nextafter(edge, 0), edge, math.nextafter(edge, math.inf)):
-            assert bucket(ms) == bucket_as_defined(ms)
+            assert bucket(ms) == bucket_timed(ms) == bucket_as_defined(ms)
 
 
 class TestToolNameCap:

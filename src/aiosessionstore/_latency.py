@@ -14,26 +14,33 @@ import math
 from collections.abc import Mapping
 from math import ceil, inf, log2
 
-__all__ = ("BUCKETS", "RELATIVE_ERROR", "bucket", "merge", "percentile")
+__all__ = (
+    "BUCKETS",
+    "LAST_BUCKET",
+    "PER_DOUBLING",
+    "RELATIVE_ERROR",
+    "bucket",
+    "merge",
+    "percentile",
+)
 
 #: 160 buckets: the last starts at 2**(158/4) µs, about 7.5 hours.
 BUCKETS = 160
 #: The most a reported percentile can be off, as a fraction of the true time.
 RELATIVE_ERROR = 2 ** (1 / 8) - 1
-_PER_DOUBLING = 4
-_LAST = BUCKETS - 1
+PER_DOUBLING = 4
+LAST_BUCKET = BUCKETS - 1
 
 
 def bucket(ms: float) -> int:
-    """The bucket of a call that took ``ms`` milliseconds."""
-    # Once per call: names bound here and no min(), which halve its cost.
+    """The bucket of a call that took ``ms`` milliseconds (``Calls.timed`` spells it out)."""
     microseconds = ms * 1000
     if not microseconds > 1:  # also NaN
         return 0
     if microseconds == inf:
-        return _LAST
-    index = ceil(_PER_DOUBLING * log2(microseconds))
-    return index if index < _LAST else _LAST
+        return LAST_BUCKET
+    index = ceil(PER_DOUBLING * log2(microseconds))
+    return index if index < LAST_BUCKET else LAST_BUCKET
 
 
 def merge(latency: Mapping[int, int], more: Mapping[int, int]) -> dict[int, int]:
@@ -53,6 +60,6 @@ def percentile(latency: Mapping[int, int], fraction: float, max_ms: float) -> fl
     for index in sorted(latency):
         seen += latency[index]
         if seen >= rank:
-            middle = 2 ** ((index - 0.5) / _PER_DOUBLING) / 1000 if index else 0.001
+            middle = 2 ** ((index - 0.5) / PER_DOUBLING) / 1000 if index else 0.001
             return min(middle, max_ms) if max_ms > 0 else middle
     raise AssertionError("unreachable: the ranks add up to the total")  # pragma: no cover
