@@ -11,7 +11,9 @@
   10 to 1,000 pending names.
 - processes: 1, 2, 4, 8 and 16 processes flushing back to back into one file; each lock wait
   is timed. Target: the worst wait at most 2x (processes x median flush time); totals exact.
-  ``--lock polled`` (or ``both``) runs the lock as it was before waits queued.
+  ``--lock polled`` (or ``both``) runs the lock as it was before waits queued. By default each
+  worker closes its store and exits when its own time is up, while the last flushes of the
+  others are timed; ``--stay-open`` keeps every store open until all have stopped.
 
 Every ratio is of figures measured in the same run, on the same machine.
 """
@@ -267,14 +269,19 @@ async def main(path, seconds):
             times.append(time.perf_counter() - start)
             flushes += 1
         result = {"flushes": flushes, "spans": spans[:], "times": times}
+        if sys.argv[4] == "stay":  # open until all have stopped: no close overlaps a flush
+            sys.stdout.write("done\\n"); sys.stdout.flush(); sys.stdin.readline()
     print(json.dumps(result))
 asyncio.run(main(sys.argv[1], float(sys.argv[2])))
 """
 
 
-def run_together(script: str, processes: int, *arguments: str) -> list[dict[str, Any]]:
+def run_together(
+    script: str, processes: int, *arguments: str, stay: bool = False
+) -> list[dict[str, Any]]:
     """``processes`` workers running ``script``, let go at once when all are imported and
-    open (so that only the flushing is timed); what each printed, as JSON."""
+    open (so that only the flushing is timed); what each printed, as JSON. With ``stay``,
+    each says "done" when it stops flushing, and all are let close together."""
     workers = [
         subprocess.Popen(
             [sys.executable, "-c", script, *arguments],
@@ -291,6 +298,14 @@ def run_together(script: str, processes: int, *arguments: str) -> list[dict[str,
         assert worker.stdin is not None
         worker.stdin.write("go\n")
         worker.stdin.flush()
+    if stay:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert worker.stdout.readline() == "done\n"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("close\n")
+            worker.stdin.flush()
     return [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
 
 
@@ -305,12 +320,13 @@ def overtaken(spans: list[list[float]]) -> int:
 
 
 def processes_row(
-    scratch: str, processes: int, seconds: float, alone: float, lock: str
+    scratch: str, processes: int, seconds: float, alone: float, lock: str, stay: bool
 ) -> tuple[bool, float]:
     """One row: ``processes`` flushing for ``seconds``; whether it met the target, and the
     median flush time of a process on its own (``alone``, or this row's if it is the first)."""
     path = os.path.join(scratch, f"{lock}{processes}", "session.json")
-    results = run_together(WORKER, processes, path, str(seconds), lock)
+    ending = "stay" if stay else "close"
+    results = run_together(WORKER, processes, path, str(seconds), lock, ending, stay=stay)
     flushes = sum(result["flushes"] for result in results)
     spans = [span for result in results for span in result["spans"]]
     waits = [got - asked for asked, _, got, _ in spans]
@@ -332,9 +348,10 @@ def processes_row(
     return good, alone
 
 
-def processes_table(seconds: float, locks: list[str]) -> bool:
+def processes_table(seconds: float, locks: list[str], stay: bool) -> bool:
+    ending = "; each store kept open until all have stopped flushing" if stay else ""
     print(
-        f"\nprocesses flushing back to back for {seconds} s into one file (times in ms). "
+        f"\nprocesses flushing back to back for {seconds} s into one file{ending} (times in ms). "
         "overtaken: the most locks granted to others during one wait, from its ticket on "
         "(first come, first served: at most procs - 1); "
         "bound: 2 x procs x the median flush of one process alone; by held: 2 x procs x this "
@@ -351,7 +368,9 @@ def processes_table(seconds: float, locks: list[str]) -> bool:
     with tempfile.TemporaryDirectory() as scratch:
         for processes in (1, 2, 4, 8, 16):
             for lock in locks:  # side by side, row by row: the machine's load drifts
-                good, alone[lock] = processes_row(scratch, processes, seconds, alone[lock], lock)
+                good, alone[lock] = processes_row(
+                    scratch, processes, seconds, alone[lock], lock, stay
+                )
                 ok = ok and (good or lock == "polled")
     return ok
 
@@ -407,6 +426,12 @@ def main() -> None:
     parser.add_argument(
         "--no-redis", action="store_true", help="processes: the file table only, not Redis"
     )
+    parser.add_argument(
+        "--stay-open",
+        action="store_true",
+        help="processes: workers close their stores together once all have stopped flushing, "
+        "so that no close or exit overlaps the last flushes of the others",
+    )
     arguments = parser.parse_args()
     parts = arguments.part or ["names", "pending", "processes"]
     ok = True
@@ -418,7 +443,7 @@ def main() -> None:
         pending_table()
     if "processes" in parts:
         locks = ["polled", "queued"] if arguments.lock == "both" else [arguments.lock]
-        ok = processes_table(1.0 if arguments.quick else 4.0, locks) and ok
+        ok = processes_table(1.0 if arguments.quick else 4.0, locks, arguments.stay_open) and ok
         if not arguments.no_redis:
             ok = redis_processes_table(1.0 if arguments.quick else 4.0) and ok
     sys.exit(0 if ok else 1)
