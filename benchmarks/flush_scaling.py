@@ -1,6 +1,7 @@
 """How a flush scales: with the names in the file, and with the processes flushing.
 
-``python benchmarks/flush_scaling.py [--quick] [--part names|pending|processes]``
+``python benchmarks/flush_scaling.py [--quick] [--part names|pending|processes]
+[--lock queued|polled|both]``
 
 - names: a flush of the same pending change (one error) into a file of 0, 10, 100 and 1,000
   tool names (and 1,000 each of tools, prompts and clients), next to the bare floor: the same
@@ -10,6 +11,9 @@
   10 to 1,000 pending names.
 - processes: 1, 2, 4, 8 and 16 processes flushing back to back into one file; each lock wait
   is timed. Target: the worst wait at most 2x (processes x median flush time); totals exact.
+  ``--lock polled`` (or ``both``) runs the lock as it was before waits queued. By default each
+  worker closes its store and exits when its own time is up, while the last flushes of the
+  others are timed; ``--stay-open`` keeps every store open until all have stopped.
 
 Every ratio is of figures measured in the same run, on the same machine.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import os
 import statistics
@@ -229,24 +234,33 @@ async def prepare_table() -> None:
 
 WORKER = """
 import asyncio, contextlib, json, sys, time
-from aiosessionstore import AsyncSessionStore, _file
-waits, holds = [], []
+from aiosessionstore import AsyncSessionStore, _file, _lock
+spans = []  # (asked, queued, got, let go) per lock, on the system-wide monotonic clock
 real = vars(_file)["held"]
+queued = []
 @contextlib.contextmanager
 def timed(*arguments):
     start = time.perf_counter()
+    del queued[:]
     with real(*arguments):
         got = time.perf_counter()
-        waits.append(got - start)
         try:
             yield
         finally:
-            holds.append(time.perf_counter() - got)
+            spans.append((start, queued[0] if queued else start, got, time.perf_counter()))
 vars(_file)["held"] = timed
+take_ticket = _lock._take_ticket
+def ticketed(*arguments):
+    ticket = take_ticket(*arguments)
+    queued.append(time.perf_counter())
+    return ticket
+_lock._take_ticket = ticketed
+if sys.argv[3] == "polled":
+    _lock._QUEUED = False  # the lock as it was: flock polled, backing off to 20 ms
 async def main(path, seconds):
     async with AsyncSessionStore(path, flush_interval=3600, handle_signals=False) as store:
         sys.stdout.write("ready\\n"); sys.stdout.flush(); sys.stdin.readline()
-        del waits[:], holds[:]
+        del spans[:]
         flushes, times, end = 0, [], time.monotonic() + seconds
         while time.monotonic() < end:
             await store.increment_tool_calls()
@@ -254,15 +268,20 @@ async def main(path, seconds):
             await store.flush()
             times.append(time.perf_counter() - start)
             flushes += 1
-        result = {"flushes": flushes, "waits": waits[:], "holds": holds[:], "times": times}
+        result = {"flushes": flushes, "spans": spans[:], "times": times}
+        if sys.argv[4] == "stay":  # open until all have stopped: no close overlaps a flush
+            sys.stdout.write("done\\n"); sys.stdout.flush(); sys.stdin.readline()
     print(json.dumps(result))
 asyncio.run(main(sys.argv[1], float(sys.argv[2])))
 """
 
 
-def run_together(script: str, processes: int, *arguments: str) -> list[dict[str, Any]]:
+def run_together(
+    script: str, processes: int, *arguments: str, stay: bool = False
+) -> list[dict[str, Any]]:
     """``processes`` workers running ``script``, let go at once when all are imported and
-    open (so that only the flushing is timed); what each printed, as JSON."""
+    open (so that only the flushing is timed); what each printed, as JSON. With ``stay``,
+    each says "done" when it stops flushing, and all are let close together."""
     workers = [
         subprocess.Popen(
             [sys.executable, "-c", script, *arguments],
@@ -279,47 +298,80 @@ def run_together(script: str, processes: int, *arguments: str) -> list[dict[str,
         assert worker.stdin is not None
         worker.stdin.write("go\n")
         worker.stdin.flush()
+    if stay:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert worker.stdout.readline() == "done\n"
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("close\n")
+            worker.stdin.flush()
     return [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
 
 
-def processes_row(scratch: str, processes: int, seconds: float, alone: float) -> tuple[bool, float]:
+def overtaken(spans: list[list[float]]) -> int:
+    """The most locks granted to others while one waited from its ticket on (from the call
+    where there are none): at most processes - 1 if first come is first served."""
+    granted = sorted(span[2] for span in spans)
+    return max(
+        bisect.bisect_left(granted, got) - bisect.bisect_right(granted, queued)
+        for _, queued, got, _ in spans
+    )
+
+
+def processes_row(
+    scratch: str, processes: int, seconds: float, alone: float, lock: str, stay: bool
+) -> tuple[bool, float]:
     """One row: ``processes`` flushing for ``seconds``; whether it met the target, and the
     median flush time of a process on its own (``alone``, or this row's if it is the first)."""
-    path = os.path.join(scratch, f"p{processes}", "session.json")
-    results = run_together(WORKER, processes, path, str(seconds))
+    path = os.path.join(scratch, f"{lock}{processes}", "session.json")
+    ending = "stay" if stay else "close"
+    results = run_together(WORKER, processes, path, str(seconds), lock, ending, stay=stay)
     flushes = sum(result["flushes"] for result in results)
-    waits = [wait for result in results for wait in result["waits"]]
-    holds = [hold for result in results for hold in result["holds"]]
+    spans = [span for result in results for span in result["spans"]]
+    waits = [got - asked for asked, _, got, _ in spans]
+    holds = [done - got for _, _, got, done in spans]
     times = [time for result in results for time in result["times"]]
     total = json.loads(Path(path).read_text())["stats"]["toolCalls"]
     exact = bool(total == flushes)  # the opening transaction counts nothing
     alone = alone or statistics.median(times)
-    worst = max(waits)
+    worst, held = max(waits), statistics.median(holds)
     bound = 2 * processes * alone
     good = worst <= bound and exact
     print(
-        f"{processes:>3} {flushes:>8,} {total:>8,} {'yes' if exact else 'NO':>6} "
+        f"{lock:>6} {processes:>5} {flushes:>7,} {'yes' if exact else 'NO':>5} "
         f"{statistics.median(waits) * 1e3:>8.2f} {percentile(waits, 0.99) * 1e3:>8.2f} "
-        f"{worst * 1e3:>8.2f} {statistics.median(holds) * 1e3:>8.2f} "
-        f"{statistics.median(times) * 1e3:>8.2f} {bound * 1e3:>9.2f}  {met(good)}"
+        f"{worst * 1e3:>8.2f} {overtaken(spans):>9} {held * 1e3:>8.2f} {max(holds) * 1e3:>8.2f} "
+        f"{statistics.median(times) * 1e3:>9.2f} {bound * 1e3:>8.2f}  {met(good):<6} "
+        f"{2 * processes * held * 1e3:>8.2f}  {met(worst <= 2 * processes * held)}"
     )
     return good, alone
 
 
-def processes_table(seconds: float) -> bool:
+def processes_table(seconds: float, locks: list[str], stay: bool) -> bool:
+    ending = "; each store kept open until all have stopped flushing" if stay else ""
     print(
-        f"\nprocesses flushing back to back for {seconds} s into one file (times in ms; "
-        "bound: 2 x processes x the median flush of one process alone)"
+        f"\nprocesses flushing back to back for {seconds} s into one file{ending} (times in ms). "
+        "overtaken: the most locks granted to others during one wait, from its ticket on "
+        "(first come, first served: at most procs - 1); "
+        "bound: 2 x procs x the median flush of one process alone; by held: 2 x procs x this "
+        "row's median time holding the lock"
     )
     print(
-        f"{'procs':>5} {'flushes':>8} {'on disk':>8} {'exact':>6} {'wait p50':>8} "
-        f"{'wait p99':>8} {'worst':>8} {'held p50':>8} {'flush p50':>8} {'bound':>9}"
+        f"{'lock':>6} {'procs':>5} {'flushes':>7} {'exact':>5} {'wait p50':>8} "
+        f"{'wait p99':>8} {'worst':>8} {'overtaken':>9} {'held p50':>8} {'held max':>8} "
+        f"{'flush p50':>9} "
+        f"{'bound':>8}  {'':<6} {'by held':>8}"
     )
-    ok, alone = True, 0.0
+    ok = True
+    alone = dict.fromkeys(locks, 0.0)
     with tempfile.TemporaryDirectory() as scratch:
         for processes in (1, 2, 4, 8, 16):
-            good, alone = processes_row(scratch, processes, seconds, alone)
-            ok = ok and good
+            for lock in locks:  # side by side, row by row: the machine's load drifts
+                good, alone[lock] = processes_row(
+                    scratch, processes, seconds, alone[lock], lock, stay
+                )
+                ok = ok and (good or lock == "polled")
     return ok
 
 
@@ -365,6 +417,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke test")
     parser.add_argument("--part", choices=["names", "pending", "processes"], action="append")
+    parser.add_argument(
+        "--lock",
+        choices=["queued", "polled", "both"],
+        default="queued",
+        help="processes: the lock as shipped (queued), as it was (polled), or both",
+    )
+    parser.add_argument(
+        "--no-redis", action="store_true", help="processes: the file table only, not Redis"
+    )
+    parser.add_argument(
+        "--stay-open",
+        action="store_true",
+        help="processes: workers close their stores together once all have stopped flushing, "
+        "so that no close or exit overlaps the last flushes of the others",
+    )
     arguments = parser.parse_args()
     parts = arguments.part or ["names", "pending", "processes"]
     ok = True
@@ -375,8 +442,10 @@ def main() -> None:
     if "pending" in parts:
         pending_table()
     if "processes" in parts:
-        ok = processes_table(1.0 if arguments.quick else 4.0) and ok
-        ok = redis_processes_table(1.0 if arguments.quick else 4.0) and ok
+        locks = ["polled", "queued"] if arguments.lock == "both" else [arguments.lock]
+        ok = processes_table(1.0 if arguments.quick else 4.0, locks, arguments.stay_open) and ok
+        if not arguments.no_redis:
+            ok = redis_processes_table(1.0 if arguments.quick else 4.0) and ok
     sys.exit(0 if ok else 1)
 
 

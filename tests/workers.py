@@ -437,7 +437,130 @@ async def flush_once(store: AsyncSessionStore, number: int) -> bool:
     return True
 
 
+def queue_for_the_lock(path: str, timeout: str, log: str) -> None:
+    """Take the lock file ``path`` once alone (a process's first acquisition on a file system
+    finds out whether it can queue there) and say "ready". At "take", queue for it, saying
+    "queued" once in the queue and "got" once it has it, or "timed out <monotonic time>";
+    then append this process's id to ``log`` and let go, or with ``log`` "-", hold it until
+    "release". Either way, linger until stdin closes."""
+    real = _lock._take_ticket
+
+    def announced(fd: int, path: Path, timeout: float, deadline: float) -> int:
+        ticket = real(fd, path, timeout, deadline)
+        say("queued")
+        return ticket
+
+    _lock._take_ticket = announced
+    with _lock.held(Path(path), timeout=30):
+        pass
+    say("ready")
+    assert sys.stdin.readline() == "take\n"
+    asked = time.monotonic()
+    try:
+        with _lock.held(Path(path), timeout=float(timeout)):
+            say("got")
+            if log == "-":
+                sys.stdin.readline()
+            else:
+                with open(log, "a") as file:
+                    file.write(f"{os.getpid()}\n")
+    except SessionStoreError as exc:
+        now = time.monotonic()
+        say(f"timed out {now} {now - asked} {exc}")
+        if sys.stdin.readline() == "check\n":  # the wait's helper lets go once granted
+            while has_open(path):  # waits for the helper, not for time
+                time.sleep(0.001)
+            say("closed")
+    else:
+        say("released")
+    sys.stdin.read()
+
+
+def has_open(path: str) -> bool:
+    """Whether this process has the file ``path`` open (Linux's /proc tells)."""
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == path:
+                return True
+    return False
+
+
+def fork_in_the_queue(path: str) -> None:
+    """Take the lock file ``path`` once alone and say "ready"; at "take", queue for it in a
+    thread and, once a helper waits in the kernel for the ticket before ours, fork a child
+    that lingers and does not exec; say "forked <child's pid>" and linger until killed."""
+    import warnings
+
+    warnings.simplefilter("ignore", DeprecationWarning)  # fork with a thread: on purpose
+    with _lock.held(Path(path), timeout=30):  # the first acquisition: alone
+        pass
+    say("ready")
+    assert sys.stdin.readline() == "take\n"
+
+    def take() -> None:
+        with _lock.held(Path(path), timeout=600):
+            say("got")
+
+    threading.Thread(target=take, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not any(t.name == "aiosessionstore-queue" for t in threading.enumerate()):
+        if time.monotonic() > deadline:
+            say("no helper")
+            return
+        time.sleep(0.001)  # waits for the helper, not for time
+    child = os.fork()
+    if child == 0:
+        null = os.open(os.devnull, os.O_RDWR)
+        for stream in (0, 1, 2):
+            os.dup2(null, stream)
+        signal.pause()
+        os._exit(0)
+    say(f"forked {child}")
+    sys.stdin.read()
+
+
+def count_under_the_lock(path: str, counter: str, times: str) -> None:
+    """At a line on stdin, ``times`` times: under the lock file ``path``, read the number in
+    ``counter`` and write it back plus one, with no lock of its own."""
+    with _lock.held(Path(path), timeout=30):  # the first acquisition: alone
+        pass
+    say("ready")
+    sys.stdin.readline()
+    for _ in range(int(times)):
+        with _lock.held(Path(path), timeout=60):
+            with open(counter) as file:
+                number = int(file.read())
+            with open(counter, "w") as file:
+                file.write(str(number + 1))
+
+
+def fork_while_queued(path: str) -> None:
+    """Hold the lock file ``path`` in the queue, fork a child that lingers and does not exec,
+    then let go and say "released"; the child is killed when stdin closes."""
+    import warnings
+
+    warnings.simplefilter("ignore", DeprecationWarning)
+    with _lock.held(Path(path), timeout=30):  # the first acquisition: alone
+        pass
+    with _lock.held(Path(path), timeout=30):
+        child = os.fork()
+        if child == 0:
+            null = os.open(os.devnull, os.O_RDWR)
+            for stream in (0, 1, 2):  # the test waits for the end of the parent's
+                os.dup2(null, stream)
+            signal.pause()
+            os._exit(0)
+    say("released")
+    sys.stdin.read()
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+
+
 MODES: dict[str, Callable[..., object]] = {
+    "queue-for-the-lock": queue_for_the_lock,
+    "count-under-the-lock": count_under_the_lock,
+    "fork-while-queued": fork_while_queued,
+    "fork-in-the-queue": fork_in_the_queue,
     "count": count,
     "wait-for-signal": wait_for_signal,
     "with-app-handler": with_app_handler,
