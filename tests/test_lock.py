@@ -305,6 +305,57 @@ class TestQueue:
         _, err = worker.communicate(timeout=30)  # which kills the child
         assert worker.returncode == 0, err
 
+    def test_a_stopped_waiter_does_not_hold_up_the_next(self, queued: Path) -> None:
+        """A waiter stopped (SIGSTOP) in the queue keeps its place, but the one behind it takes
+        the flock once it is free rather than waiting for the stopped one's turn."""
+        holder, stopped, behind = in_line(queued, 30), in_line(queued, 30), in_line(queued, 30)
+        ready(holder, stopped, behind)
+        queue_up(holder, "queued", "got")
+        queue_up(stopped, "queued")
+        os.kill(stopped.pid, signal.SIGSTOP)
+        try:
+            queue_up(behind, "queued")
+            say_to(holder, "release")
+            wait_for_line(behind, "got")  # it would say "timed out" after 30 s
+            say_to(behind, "release")
+            wait_for_line(behind, "released")
+        finally:
+            os.kill(stopped.pid, signal.SIGCONT)
+        wait_for_line(stopped, "got")  # its turn came long ago; the flock is free again
+
+    def test_a_mutex_held_for_good_leaves_the_waits_unqueued(self, queued: Path) -> None:
+        """The ticket mutex held by a process that never lets go (one stopped while taking a
+        ticket) costs a wait a moment and its place in the queue, never the lock itself."""
+        import fcntl
+
+        stuck = _lock._open(queued)
+        try:
+            _lock._set(stuck, fcntl.F_WRLCK, _lock._MUTEX)  # as that process holds it
+            count = queued.read_bytes()
+            with _lock.held(queued, timeout=30):  # LockTimeoutError after 30 s, before
+                pass
+            assert queued.read_bytes() == count  # no ticket taken
+        finally:
+            _lock._close(stuck)
+
+    def test_the_helper_threads_are_bounded(self, queued: Path) -> None:
+        """Waits stuck behind a ticket that is never let go (while the count is lost again
+        and again) start at most _MOST_HELPERS threads; the waits past them are unqueued."""
+        import fcntl
+
+        holder = _lock._open(queued)
+        try:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            assert _lock._take_ticket(holder, time.monotonic() + 1) >= _lock._BASE
+            for _ in range(2 * _lock._MOST_HELPERS):
+                queued.write_bytes(b"")  # the count lost: the next ticket follows the stuck one
+                with pytest.raises(LockTimeoutError), _lock.held(queued, timeout=0.01):
+                    pass
+            helpers = [t for t in threading.enumerate() if t.name == "aiosessionstore-queue"]
+            assert len(helpers) <= _lock._MOST_HELPERS
+        finally:
+            _lock._close(holder)  # the helpers' waits are granted, and they go idle
+
     def test_a_lost_count_skips_tickets_still_held(self, queued: Path) -> None:
         """A count lost while a ticket is held (as an O_TRUNC open by filelock 3 loses it) gives
         the next process the next free ticket, not the held one."""
@@ -312,9 +363,9 @@ class TestQueue:
         first = _lock._open(queued)
         second = _lock._open(queued)
         try:
-            assert _lock._take_ticket(first, queued, 1, time.monotonic() + 1) == _lock._BASE
+            assert _lock._take_ticket(first, time.monotonic() + 1) == _lock._BASE
             os.truncate(queued, 0)
-            assert _lock._take_ticket(second, queued, 1, time.monotonic() + 1) == _lock._BASE + 1
+            assert _lock._take_ticket(second, time.monotonic() + 1) == _lock._BASE + 1
         finally:
             _lock._close(first)
             _lock._close(second)

@@ -445,8 +445,8 @@ def queue_for_the_lock(path: str, timeout: str, log: str) -> None:
     "release". Either way, linger until stdin closes."""
     real = _lock._take_ticket
 
-    def announced(fd: int, path: Path, timeout: float, deadline: float) -> int:
-        ticket = real(fd, path, timeout, deadline)
+    def announced(fd: int, deadline: float) -> int:
+        ticket = real(fd, deadline)
         say("queued")
         return ticket
 

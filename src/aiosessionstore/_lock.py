@@ -25,11 +25,15 @@ the process that holds them):
 
 Mutual exclusion rests on the flock alone: the queue only orders the attempts. A waiter
 that dies, times out or finds the count wrong only lets its successor contend for the flock
-sooner, which it then polls as before; and earlier versions, which only take the flock,
-still exclude, merely unqueued. Where flock(2) is itself a byte-range lock in disguise (NFS
-emulates it so), the two would block each other: the first acquisition in a process on a
-file system checks for that, under the flock, and a file system where it is so is never
-queued on.
+sooner, which it then polls as before. A process stopped (SIGSTOP, a frozen cgroup) must not
+stall the others while the flock is free: a waiter tries the flock every ``_TRY_EVERY`` while
+its turn has not come (one stopped in the queue ahead of it keeps its place for good), and a
+mutex held past ``_MUTEX_PATIENCE`` (its holder stopped while taking a ticket) leaves that
+wait unqueued, as do ``_MOST_HELPERS`` helper threads all busy. Earlier versions, which
+only take the flock, still exclude, merely unqueued. Where flock(2) is itself a byte-range
+lock in disguise (NFS emulates it so), the two would block each other: the first acquisition
+in a process on a file system checks for that, under the flock, and a file system where it
+is so is never queued on.
 """
 
 from __future__ import annotations
@@ -97,6 +101,14 @@ _RECORD = len(_MAGIC) + 8
 _BASE = 1 << 32  # ticket t is the byte at _BASE + t (beyond the end of the file: no matter)
 _TICKETS = 1 << 32
 _SKIPS = 64  # tickets found held in a row before taking none (and polling as before)
+#: How long to try for the mutex before taking no ticket this time: it is held for
+#: microseconds, so a longer wait means its holder was stopped (SIGSTOP, a frozen cgroup).
+_MUTEX_PATIENCE = 0.1
+#: While waiting for its turn, how often a waiter tries the flock anyway: a turn that does not
+#: come while the flock is free means that a process queued ahead was stopped.
+_TRY_EVERY = 0.1
+#: The most helper threads a process keeps; past them a wait is not queued.
+_MOST_HELPERS = 8
 #: struct flock's l_type, l_whence, l_start and l_len, as every Linux lays them out, then
 #: zeros: l_pid must be 0 for these locks, and the kernel reads no further than its struct.
 _FLOCK = struct.Struct("@hhqq")
@@ -209,15 +221,19 @@ def _acquire(place: _Place, path: Path, device: int, timeout: float) -> None:
 def _poll(fd: int, path: Path, timeout: float, deadline: float) -> None:
     """Take the flock, trying every so often (backing off to 20 ms) until ``deadline``."""
     delay = 0.0005
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise _timed_out(path, timeout) from None
-            time.sleep(delay)  # a worker thread: this blocks no event loop
-            delay = min(delay * 2, 0.02)
+    while not _try_flock(fd):
+        if time.monotonic() >= deadline:
+            raise _timed_out(path, timeout)
+        time.sleep(delay)  # a worker thread: this blocks no event loop
+        delay = min(delay * 2, 0.02)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _timed_out(path: Path, timeout: float, queued: bool = False) -> LockTimeoutError:
@@ -271,7 +287,7 @@ def _flock_stands_alone(path: Path) -> bool:
 def _queue(place: _Place, path: Path, timeout: float, deadline: float) -> None:
     """Take a ticket and wait for our turn, then for the flock."""
     try:
-        place.ticket = _take_ticket(place.fd, path, timeout, deadline)
+        place.ticket = _take_ticket(place.fd, deadline)
     except OSError:  # no lock left in the kernel?: unqueued this time, as before
         place.ticket = -1
     if place.ticket >= 0:
@@ -280,13 +296,15 @@ def _queue(place: _Place, path: Path, timeout: float, deadline: float) -> None:
     _poll(place.fd, path, timeout, deadline)  # free at once, but for unqueued holders
 
 
-def _take_ticket(fd: int, path: Path, timeout: float, deadline: float) -> int:
+def _take_ticket(fd: int, deadline: float) -> int:
     """Take the next ticket: the offset of a byte now locked by ``fd``; -1 if there is none
-    to be had (each of the next _SKIPS held)."""
+    to be had (each of the next _SKIPS held, or the mutex held for longer than a running
+    process holds it)."""
     delay = 0.00002  # held for microseconds: by a process that runs, unless stopped
+    give_up = min(deadline, time.monotonic() + _MUTEX_PATIENCE)
     while not _try(fd, _MUTEX):
-        if time.monotonic() >= deadline:
-            raise _timed_out(path, timeout, queued=True)
+        if time.monotonic() >= give_up:
+            return -1  # its holder is stopped: unqueued this time, as before
         time.sleep(delay)
         delay = min(delay * 2, 0.001)
     try:
@@ -334,8 +352,11 @@ def _wait_for_turn(fd: int, ticket: int, path: Path, timeout: float, deadline: f
         if isinstance(exc, RuntimeError):  # no thread to be had: unqueued this time
             return
         raise
-    if not granted.wait(max(0.0, deadline - time.monotonic())):
-        raise _timed_out(path, timeout, queued=True)
+    while not granted.wait(max(0.0, min(deadline - time.monotonic(), _TRY_EVERY))):
+        if time.monotonic() >= deadline:
+            raise _timed_out(path, timeout, queued=True)
+        if _try_flock(fd):  # free while our turn has not come: someone ahead is stopped
+            return
 
 
 class _Helpers:
@@ -346,17 +367,31 @@ class _Helpers:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.idle = 0
+        self.started = 0
         self.requests: queue.SimpleQueue[tuple[int, int, threading.Event]] = queue.SimpleQueue()
 
     def run(self, copy: int, before: int, granted: threading.Event) -> None:
         """Hand the wait to a free helper, or to a new one; the helper closes ``copy``
-        (unless this raises: then nothing was handed over)."""
+        (unless this raises: then nothing was handed over). RuntimeError when there is none
+        to be had: _MOST_HELPERS are busy (stuck behind holders that never let go, say)."""
         with self.lock:
             start = self.idle == 0
             if not start:
                 self.idle -= 1
+            elif self.started >= _MOST_HELPERS:
+                raise RuntimeError("every helper thread is busy")
+            else:
+                self.started += 1
         if start:  # first, so that a failed start leaves no request behind
-            threading.Thread(target=self.serve, name="aiosessionstore-queue", daemon=True).start()
+            try:
+                thread = threading.Thread(
+                    target=self.serve, name="aiosessionstore-queue", daemon=True
+                )
+                thread.start()
+            except BaseException:
+                with self.lock:
+                    self.started -= 1
+                raise
         self.requests.put((copy, before, granted))
 
     def serve(self) -> None:
