@@ -247,6 +247,27 @@ class TestExactlyOnce:
         store._flush_sync()  # what the exit hook runs: sent again, counted once
         assert backend.peek().session.stats.tool_calls == 5
 
+    async def test_counts_the_exit_cannot_send_are_named(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """At exit, counts made after a merge in doubt wait for it; when it fails again they
+        are not sent, and the log names them as lost, beside the merge's own."""
+        backend = RepliesLost(losses=0)
+        async with AsyncSessionStore(backend=backend, handle_signals=False) as store:
+            await store.increment_tool_calls(5)
+            backend.losses = 1
+            with pytest.raises(SessionStoreError):
+                await store.flush()
+            await store.increment_tool_calls(2)
+            backend.losses = 1
+            store._flush_sync()  # what the exit hook runs
+            assert "its counts are not known to be saved (5 tool calls" in caplog.text
+            assert (
+                "the counts made after a write that did not land are not sent at exit, and are "
+                "lost: 2 tool calls" in caplog.text
+            )
+        assert backend.peek().session.stats.tool_calls == 7  # the process lived on: all sent
+
     async def test_a_failed_reset_gives_its_counts_back(self) -> None:
         """A reset that failed is not sent again; the counts it would drop are merged later."""
         backend = RepliesLost(losses=0)

@@ -181,16 +181,29 @@ class Writer:
             return
         deadline = time.monotonic() + timeout
         if self._flights and not self._wait(self._flights[-1], deadline, timeout):
+            self._not_sent()
             return
         self._settle_finished()
         if self._unsent is not None:
             change, taken = self._unsent
             self._unsent = None
             if not self._send_sync(_Flight(change, taken, self._adopt), deadline, timeout):
+                self._not_sent()
                 return
         prepared = self._prepare(Mode.MERGE, self._clock())
         if prepared is not None:
             self._send_sync(_Flight(*prepared, self._adopt), deadline, timeout)
+
+    def _not_sent(self) -> None:
+        """Say that the pending counts are lost: a write before them did not land, and they
+        may only follow it, so the exit sends them no more than it."""
+        if self._pending.active_at is not None:
+            logger.error(
+                "%s: the counts made after a write that did not land are not sent at exit, "
+                "and are lost: %s",
+                self.backend.description,
+                describe(self._pending.snapshot().stats),
+            )
 
     def session(self) -> Session:
         """The session as it stands: as last read or written, plus every count made since.
