@@ -336,7 +336,8 @@ def _wait_for_turn(fd: int, ticket: int, path: Path, timeout: float, deadline: f
     flock is the mutual exclusion: our successor merely contends sooner); the helper, once
     granted, lets go of the byte and closes its duplicate itself (the descriptor a thread is
     blocked on is never closed under it). A waiter that blocks uses no CPU, which the holder
-    then has to itself.
+    then has to itself. Every ``_TRY_EVERY`` it tries the flock all the same, and keeps it if
+    it is free: a process stopped in the queue ahead keeps its place, not the lock.
     """
     before = _BASE + (ticket - _BASE - 1) % _TICKETS
     if not _held_by_another(fd, before, 1):
