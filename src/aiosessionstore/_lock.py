@@ -27,9 +27,10 @@ Mutual exclusion rests on the flock alone: the queue only orders the attempts. A
 that dies, times out or finds the count wrong only lets its successor contend for the flock
 sooner, which it then polls as before. A process stopped (SIGSTOP, a frozen cgroup) must not
 stall the others while the flock is free: a waiter tries the flock every ``_TRY_EVERY`` while
-its turn has not come (one stopped in the queue ahead of it keeps its place for good), and a
-mutex held past ``_MUTEX_PATIENCE`` (its holder stopped while taking a ticket) leaves that
-wait unqueued, as do ``_MOST_HELPERS`` helper threads all busy. Earlier versions, which
+its turn has not come, and takes it when free twice in a row (one stopped in the queue ahead
+of it keeps its place for good); and a mutex held past ``_MUTEX_PATIENCE`` (its holder
+stopped while taking a ticket) leaves that wait unqueued, as do ``_MOST_HELPERS`` helper
+threads all busy. Earlier versions, which
 only take the flock, still exclude, merely unqueued. Where flock(2) is itself a byte-range
 lock in disguise (NFS emulates it so), the two would block each other: the first acquisition
 in a process on a file system checks for that, under the flock, and a file system where it
@@ -337,7 +338,8 @@ def _wait_for_turn(fd: int, ticket: int, path: Path, timeout: float, deadline: f
     granted, lets go of the byte and closes its duplicate itself (the descriptor a thread is
     blocked on is never closed under it). A waiter that blocks uses no CPU, which the holder
     then has to itself. Every ``_TRY_EVERY`` it tries the flock all the same, and keeps it if
-    it is free: a process stopped in the queue ahead keeps its place, not the lock.
+    it was free at the try before too (once could be a hand-over between two others): a
+    process stopped in the queue ahead keeps its place, not the lock.
     """
     before = _BASE + (ticket - _BASE - 1) % _TICKETS
     if not _held_by_another(fd, before, 1):
@@ -353,11 +355,17 @@ def _wait_for_turn(fd: int, ticket: int, path: Path, timeout: float, deadline: f
         if isinstance(exc, RuntimeError):  # no thread to be had: unqueued this time
             return
         raise
+    free_before = False
     while not granted.wait(max(0.0, min(deadline - time.monotonic(), _TRY_EVERY))):
         if time.monotonic() >= deadline:
             raise _timed_out(path, timeout, queued=True)
-        if _try_flock(fd):  # free while our turn has not come: someone ahead is stopped
+        if not _try_flock(fd):
+            free_before = False
+        elif free_before:  # free at two tries in a row, our turn not come: one ahead is stopped
             return
+        else:  # free at a hand-over, maybe, where the next in line is about to take it
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            free_before = True
 
 
 class _Helpers:
