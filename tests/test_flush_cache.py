@@ -78,7 +78,7 @@ def change(mode: Mode, pending: Counts, milliseconds: int, known: Record) -> Cha
 
 
 class TestEncodeAfter:
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=150, deadline=None)
     @given(
         st.sampled_from([1, 2, 64]),  # lines per joined block (64 ships)
         st.booleans(),

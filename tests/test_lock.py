@@ -202,7 +202,7 @@ class TestQueue:
     def test_a_wait_that_times_out_in_the_queue_lets_the_next_one_go(self, queued: Path) -> None:
         """A queued wait past lock_timeout raises LockTimeoutError; the one queued behind it gets
         the lock once the holder lets go, while the one that gave up still runs."""
-        holder, late, behind = in_line(queued, 30), in_line(queued, 2), in_line(queued, 30)
+        holder, late, behind = in_line(queued, 30), in_line(queued, 1), in_line(queued, 30)
         ready(holder, late, behind)
         queue_up(holder, "queued", "got")
         queue_up(late, "queued")
@@ -212,9 +212,9 @@ class TestQueue:
         line = late.stdout.readline().removeprefix("timed out ")
         timed_out, waited, message = line.split(" ", 2)
         assert behind_queued < float(timed_out), "queued behind a wait already over: too slow"
-        assert 2.0 <= float(waited) < 2.0 + 10, "lock_timeout kept neither early nor (much) late"
+        assert 1.0 <= float(waited) < 1.0 + 10, "lock_timeout kept neither early nor (much) late"
         assert message == (
-            f"timed out after 2.0 s waiting for the lock on {queued}: another process holds it, "
+            f"timed out after 1.0 s waiting for the lock on {queued}: another process holds it, "
             "or waits for it ahead of this one\n"
         )
         say_to(holder, "release")
