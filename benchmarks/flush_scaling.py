@@ -292,22 +292,21 @@ def run_together(
         )
         for _ in range(processes)
     ]
+    answer_all(workers, "ready", "go")
+    if stay:
+        answer_all(workers, "done", "close")
+    return [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
+
+
+def answer_all(workers: list[subprocess.Popen[str]], line: str, answer: str) -> None:
+    """Once every worker has said ``line``, say ``answer`` to each: they go on together."""
     for worker in workers:
         assert worker.stdout is not None
-        assert worker.stdout.readline() == "ready\n"
+        assert worker.stdout.readline() == line + "\n"
     for worker in workers:
         assert worker.stdin is not None
-        worker.stdin.write("go\n")
+        worker.stdin.write(answer + "\n")
         worker.stdin.flush()
-    if stay:
-        for worker in workers:
-            assert worker.stdout is not None
-            assert worker.stdout.readline() == "done\n"
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write("close\n")
-            worker.stdin.flush()
-    return [json.loads(worker.communicate(timeout=600)[0]) for worker in workers]
 
 
 def overtaken(spans: list[list[float]]) -> int:
