@@ -230,9 +230,8 @@ def _translated_errors(path: Path) -> Iterator[None]:
 def _locked(where: _Where, timeout: float, sweep: bool = True) -> Iterator[None]:
     """Hold the lock file beside the session file, creating the directory first if need be;
     with ``sweep``, remove the temp files of writers that died."""
-    if not os.path.isdir(
-        where.directory
-    ):  # a stat, where mkdir(exist_ok=True) costs a failed mkdir
+    # A stat, where mkdir(exist_ok=True) would cost a failed mkdir each time.
+    if not os.path.isdir(where.directory):
         _make_directories(where.directory)
     with held(where.lock, timeout):
         if sweep:
@@ -505,9 +504,7 @@ def _remove_stale_temp_files(directory: Path, name: str) -> None:
     """
     try:
         with os.scandir(directory) as entries:
-            stale = [
-                e for e in entries if e.name.startswith(name) and _is_our_temp_name(e.name, name)
-            ]
+            stale = [e for e in entries if _is_our_temp_name(e.name, name)]
     except OSError as exc:
         _report(f"cannot look for stale temp files in {directory}: {exc.strerror or exc}")
         return
