@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -71,6 +72,30 @@ class TestInjectedFaults:
             assert store.session.stats.tool_calls == 5
         assert read_json(session_path)["stats"]["toolCalls"] == 5
         assert "could not sync its directory" in caplog.text
+
+    async def test_the_directory_is_synced_once_the_lock_is_free(
+        self, session_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The rename is made durable after the lock is let go: the next writer need not wait."""
+        free_while_syncing: list[bool] = []
+        sync = _file.fsync_directory
+
+        def sync_and_try_the_lock(directory: Path) -> None:
+            with open(f"{session_path}.lock", "rb") as other:  # another open file description
+                try:
+                    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    free_while_syncing.append(False)
+                else:
+                    free_while_syncing.append(True)
+            sync(directory)
+
+        async with AsyncSessionStore(session_path) as store:
+            await store.increment_tool_calls(5)
+            monkeypatch.setattr(_file, "fsync_directory", sync_and_try_the_lock)
+            await store.flush()
+        assert free_while_syncing == [True]
+        assert read_json(session_path)["stats"]["toolCalls"] == 5
 
 
 def mount(*arguments: str) -> None:

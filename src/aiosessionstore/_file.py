@@ -170,7 +170,10 @@ def commit(
         _write_atomic(where, data, size)
         if written is not None:
             written.last = encoded
-        return record
+    # Outside the lock: the rename has landed, and the next writer, who reads it, need not
+    # wait for it to be made durable too (about a fifth of the time the lock was held).
+    _sync_directory(where)
+    return record
 
 
 #: Lets go of the GIL, and of the CPU, between two stretches of Python on the store's thread.
@@ -411,7 +414,8 @@ def _quarantine(path: Path, now: datetime) -> Path:
 
 
 def _write_atomic(where: _Where, data: Sequence[bytes], size: int) -> None:
-    """Write a fresh temp file, fsync it, replace the session file, fsync the directory.
+    """Write a fresh temp file, fsync it, and replace the session file with it (the caller
+    then syncs the directory: ``_sync_directory``).
 
     ``data`` is the file's bytes in parts, ``size`` in all. A session over MAX_FILE_SIZE is
     refused: the next read would only quarantine it.
@@ -430,12 +434,16 @@ def _write_atomic(where: _Where, data: Sequence[bytes], size: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def _sync_directory(where: _Where) -> None:
+    """Make a replace of the session file durable; a failure is only logged."""
     try:
         fsync_directory(where.directory)
     except OSError as exc:  # the write has landed: failing it now would count it twice
         logger.warning(
             "wrote %s but could not sync its directory (%s): a power loss may undo that write",
-            path,
+            where.path,
             exc.strerror or exc,
         )
 
