@@ -1405,6 +1405,23 @@ class TestRedis:
         assert value(direct) == encode(decode(other.read_bytes()))
         assert json.loads(value(direct) or b"")["theme"] == "dark"
 
+    @pytest.mark.anyio
+    async def test_a_refused_import_folds_nothing(
+        self, redis_url: str, direct: redis.Redis, tmp_path: Path
+    ) -> None:
+        """Refused over a session with flushes not yet folded in: every key as it was."""
+        async with AsyncSessionStore(url=redis_url, handle_signals=False) as store:
+            for count in (3, 4):
+                await store.increment_tool_calls(count)
+                await store.flush()
+            assert direct.llen(f"{BASE}:deltas") == 2
+            before = {key: direct.dump(key) for key in keys(direct)}
+            other = write_session(tmp_path / "other.json", session_id="other-id")
+            argv = ["import", "--url", redis_url, str(other)]
+            status = await anyio.to_thread.run_sync(lambda: run(*argv))
+            assert status == EXIT_CODES["exists"]
+            assert {key: direct.dump(key) for key in keys(direct)} == before
+
     @pytest.mark.parametrize(("make", "status"), BAD_SOURCES.values(), ids=BAD_SOURCES.keys())
     def test_a_bad_file_creates_no_key(
         self, redis_url: str, direct: redis.Redis, tmp_path: Path, make: Any, status: str

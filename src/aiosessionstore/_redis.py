@@ -83,6 +83,7 @@ from ._delta import Delta, fold, make_delta, read_delta
 from ._errors import (
     CorruptSessionError,
     LockTimeoutError,
+    SessionExistsError,
     SessionNotFoundError,
     SessionStoreError,
     UnsupportedVersionError,
@@ -256,7 +257,13 @@ class RedisBackend:
     def commit(self, change: Change) -> Record:
         """A merge returns this store's view: the session as it last read it (folded), with
         its own merges since applied; the others' counts come in when it folds or reads."""
-        return self._run(self._commit(change))
+        before = self._held, self._own, self._sound_view
+        try:
+            return self._run(self._commit(change))
+        except SessionExistsError:
+            # An import refused changes nothing: what it read is not ours to fold at close.
+            self._held, self._own, self._sound_view = before
+            raise
 
     def read(self) -> Record:
         """The session, folded: the deltas are folded into the stored value on the way."""
