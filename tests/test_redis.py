@@ -736,6 +736,21 @@ class TestConfiguration:
         with pytest.raises(ValueError, match="option redis-py does not take"):
             RedisBackend.from_url(f"redis://localhost/0?{query}")
 
+    @pytest.mark.parametrize(
+        ("url", "why"),
+        [
+            ("redis://localhost/0?protocol=9", "option value redis-py refuses"),
+            ("rediss://localhost/0?ssl_cert_reqs=bogus", "option value redis-py refuses"),
+            ("redis://localhost/0?encoding=bogus", "UTF-8"),
+            ("redis://localhost/0?encoding=utf-16", "UTF-8"),
+        ],
+    )
+    def test_an_option_value_redis_py_or_the_session_refuses(self, url: str, why: str) -> None:
+        """A value redis-py refuses only when it connects, or an encoding other than UTF-8
+        (the scripts and keys go through it), is a ValueError at once."""
+        with pytest.raises(ValueError, match=why):
+            AsyncSessionStore(url=url)
+
     @pytest.mark.parametrize("name", ["a{b", "a}b", ""])
     def test_app_names_that_break_the_hash_tag(self, name: str) -> None:
         """An app name with braces would split the keys across slots."""

@@ -58,6 +58,7 @@ release (none of an oversized one, which is not read), then those pushed since i
 from __future__ import annotations
 
 import asyncio
+import codecs
 import hashlib
 import logging
 import re
@@ -158,10 +159,16 @@ class RedisBackend:
 
     def __init__(self, client: Client, *, app_name: str = "octocode", timeout: float = 10.0):
         _check_app_name(app_name)
-        if client.get_encoder().decode_responses:
+        encoder = client.get_encoder()
+        if encoder.decode_responses:
             raise ValueError(
                 "the session is kept as bytes: give RedisBackend a client without "
                 "decode_responses (and no decode_responses option in the URL)"
+            )
+        if _codec_name(encoder.encoding) != "utf-8":  # the scripts and keys are sent through it
+            raise ValueError(
+                f"the session is kept as UTF-8: give RedisBackend a client whose encoding is "
+                f"utf-8, the default (and no encoding option in the URL), not {encoder.encoding!r}"
             )
         self.client = client
         self.app_name = app_name
@@ -243,6 +250,10 @@ class RedisBackend:
         except TypeError as exc:
             raise ValueError(
                 f"the session URL has an option redis-py does not take ({exc})"
+            ) from None
+        except RedisError as exc:  # a value it does not take (protocol=9, ssl_cert_reqs=x)
+            raise ValueError(
+                f"the session URL has an option value redis-py refuses ({exc})"
             ) from None
         return cls(client, app_name=app_name, timeout=timeout)
 
@@ -780,6 +791,14 @@ def _refuse_a_running_loop(work: Coroutine[Any, Any, Any] | None) -> None:
         "RedisBackend's methods block: call them from a thread with no running event loop "
         "(the store runs them on its own thread)"
     )
+
+
+def _codec_name(encoding: str) -> str | None:
+    """The canonical name of a codec, or None for one Python does not know."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        return None
 
 
 def _check_app_name(app_name: str) -> None:
