@@ -388,6 +388,14 @@ class TestExactlyOnce:
         _, err = worker.communicate(timeout=60)
         assert tool_calls_on_disk(session_path) == 3, err
 
+    def test_counts_made_while_the_signal_flushes_are_flushed_too(self, session_path: Path) -> None:
+        """Tasks that count while SIGTERM's flush waits for the lock: flushed before it kills."""
+        worker = start_worker("count-while-the-signal-flushes", session_path)
+        hold_the_lock_until(worker, "counted", session_path)
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == -signal.SIGTERM, err
+        assert tool_calls_on_disk(session_path) == 8, err
+
     def test_a_close_that_gave_up_writes_its_counts_once_when_the_write_lands(
         self, session_path: Path
     ) -> None:

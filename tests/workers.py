@@ -337,6 +337,23 @@ async def stuck_on_signal(path: str, close_timeout: str) -> None:
         await asyncio.Event().wait()
 
 
+async def count_while_the_signal_flushes(path: str) -> None:
+    """Count 5 and say "open"; once the test holds the lock, take SIGTERM, wait until its
+    flush has taken the 5 (it then waits for the lock), count 3 more, and say "counted"."""
+    async with AsyncSessionStore(
+        path, flush_interval=3600, lock_timeout=600, close_timeout=60
+    ) as store:
+        await store.increment_tool_calls(5)
+        say("open")
+        await asyncio.to_thread(sys.stdin.readline)  # the test holds the lock now
+        os.kill(os.getpid(), signal.SIGTERM)
+        while store._pending.active_at is not None:  # noqa: ASYNC110 (no event says it took them)
+            await asyncio.sleep(0)
+        await store.increment_tool_calls(3)  # requests still being served
+        say("counted")
+        await asyncio.Event().wait()
+
+
 def lock_file_open(path: str) -> bool:
     """Whether this process has the lock file open (Linux's /proc tells)."""
     for fd in os.listdir("/proc/self/fd"):
@@ -574,6 +591,7 @@ MODES: dict[str, Callable[..., object]] = {
     "cancel-everything-mid-flush": cancel_everything_mid_flush,
     "close-gives-up": close_gives_up,
     "stuck-on-signal": stuck_on_signal,
+    "count-while-the-signal-flushes": count_while_the_signal_flushes,
     "fork-while-waiting-for-the-lock": fork_while_waiting_for_the_lock,
     "handler-saved-and-put-back": handler_saved_and_put_back,
     "signal-as-the-loop-stops": signal_as_the_loop_stops,

@@ -48,8 +48,10 @@ _hooks_installed = False
 def protect(
     owner: object,
     *,
-    flush: Callable[[], Awaitable[object]],
+    flush: Callable[[float], Awaitable[bool]],
     flush_sync: Callable[[], None],
+    unsaved: Callable[[], str | None],
+    patience: float,
     detach: Callable[[], None],
     is_open: Callable[[], bool],
     signals: bool,
@@ -58,8 +60,9 @@ def protect(
 
     The exit hook flushes it if it was never closed; a forked child drops its copy of the
     parent's counts instead; SIGTERM and SIGHUP (with ``signals``, from the main thread)
-    flush it before the signal does what it would have done. Closing the returned stack,
-    once the counts are stored, undoes all of it.
+    flush it (``flush(patience)``: whether it was done in time), for at most ``patience``
+    seconds while ``unsaved()`` names counts still pending, before the signal does what it
+    would have done. Closing the returned stack, once the counts are stored, undoes all of it.
     """
     pid = os.getpid()
 
@@ -72,7 +75,9 @@ def protect(
     _register(guard)
     stack.callback(_guards.pop, id(guard), None)
     if signals and signal_hub.available():
-        signal_hub.add(guard, flush, flush_here)
+        signal_hub.add(
+            guard, _Entry(asyncio.get_running_loop(), flush, flush_here, unsaved, patience)
+        )
         stack.callback(signal_hub.discard, guard)
     return stack
 
@@ -117,9 +122,13 @@ def _drain(reader: socket.socket) -> None:
 
 
 class _Entry(NamedTuple):
+    """What a signal needs of one open store."""
+
     loop: asyncio.AbstractEventLoop
-    flush: Callable[[], Awaitable[object]]
+    flush: Callable[[float], Awaitable[bool]]
     flush_sync: Callable[[], None]
+    unsaved: Callable[[], str | None]
+    patience: float
 
 
 class SignalHub:
@@ -149,17 +158,11 @@ class SignalHub:
         """Handlers can only be set from the main thread, and only where the signals exist."""
         return bool(SIGNALS) and threading.current_thread() is threading.main_thread()
 
-    def add(
-        self,
-        store: object,
-        flush: Callable[[], Awaitable[object]],
-        flush_sync: Callable[[], None],
-    ) -> None:
+    def add(self, store: object, entry: _Entry) -> None:
         """Flush ``store`` on SIGTERM and SIGHUP from now on; call from its running loop."""
-        loop = asyncio.get_running_loop()
         if not self._entries:
-            self._install(loop)
-        self._entries[id(store)] = _Entry(loop, flush, flush_sync)
+            self._install(entry.loop)
+        self._entries[id(store)] = entry
 
     def discard(self, store: object) -> None:
         """Stop flushing ``store``; the last one out puts the previous handlers back."""
@@ -245,28 +248,49 @@ class SignalHub:
             if not entry.loop.is_running():
                 entry.flush_sync()  # its loop is gone: nothing else will flush it
         # Handlers run in the main thread, which runs at most one loop: the stores' own.
-        flushes = [entry.flush for entry in entries if entry.loop.is_running()]
-        if flushes:
-            loop = next(entry.loop for entry in entries if entry.loop.is_running())
+        running = [entry for entry in entries if entry.loop.is_running()]
+        if running:
+            loop = running[0].loop
             self._flushing_on = loop
-            loop.call_soon_threadsafe(self._start_flush, signum, flushes)
+            loop.call_soon_threadsafe(self._start_flush, signum, running)
             return
         self._flushing = False
         self._chain(signum, frame)
 
-    def _start_flush(self, signum: int, flushes: list[Callable[[], Awaitable[object]]]) -> None:
+    def _start_flush(self, signum: int, entries: list[_Entry]) -> None:
         loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._flush_then_chain(signum, flushes))
+        self._task = loop.create_task(self._flush_then_chain(signum, entries))
 
-    async def _flush_then_chain(
-        self, signum: int, flushes: list[Callable[[], Awaitable[object]]]
-    ) -> None:
+    async def _flush_then_chain(self, signum: int, entries: list[_Entry]) -> None:
+        """Flush, and flush again what tasks counted meanwhile, for at most the stores'
+        patience. The last look at what is pending and the chain are one step of the loop,
+        so no count slips in between them unsaved and unsaid."""
+        name = signal.Signals(signum).name
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(entry.patience for entry in entries)
         try:
-            outcomes = await asyncio.gather(*(flush() for flush in flushes), return_exceptions=True)
-            for outcome in outcomes:
-                if isinstance(outcome, Exception):
-                    name = signal.Signals(signum).name
-                    logger.error("flush on signal %s failed: %s", name, outcome)
+            while entries:
+                remaining = max(deadline - loop.time(), 0.0)
+                outcomes = await asyncio.gather(
+                    *(entry.flush(remaining) for entry in entries), return_exceptions=True
+                )
+                for outcome in outcomes:
+                    if isinstance(outcome, Exception):
+                        logger.error("flush on signal %s failed: %s", name, outcome)
+                # A flush that failed or ran out of time has said so; the others go again.
+                entries = [
+                    entry
+                    for entry, outcome in zip(entries, outcomes, strict=True)
+                    if outcome is True and entry.unsaved() is not None
+                ]
+                if entries and loop.time() >= deadline:
+                    for entry in entries:
+                        logger.error(
+                            "counts made while flushing on signal %s are not saved: %s",
+                            name,
+                            entry.unsaved(),
+                        )
+                    break
         finally:
             self._flushing = False
             self._flushing_on = None

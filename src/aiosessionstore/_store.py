@@ -129,6 +129,8 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
                 self,
                 flush=self._flush_on_signal,
                 flush_sync=self._flush_sync,
+                unsaved=self._unsaved,
+                patience=self._close_timeout,
                 detach=self._detach,
                 is_open=lambda: self._open,
                 signals=self._handle_signals,
@@ -175,7 +177,7 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         deadline = time.monotonic() + self._close_timeout
         flushed = False
         try:
-            flushed = await self._bounded_flush()
+            flushed = await self._bounded_flush(self._close_timeout)
         except Exception:
             logger.error(  # its reply may be what was lost: the counts may be stored
                 "final flush of %s failed; not known to be saved: %s",
@@ -250,14 +252,14 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
                     exc,
                 )
 
-    async def _bounded_flush(self, *, on_signal: bool = False) -> bool:
-        """Flush within ``close_timeout``, cancellation or not; False if the time ran out.
+    async def _bounded_flush(self, patience: float, *, on_signal: bool = False) -> bool:
+        """Flush within ``patience`` seconds, cancellation or not; False if the time ran out.
 
         What follows a flush that gave up differs: after a close, the exit hook waits for it
         once more; after a signal, the signal takes its course at once (by default the
         process dies of it, and no exit hook runs).
         """
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_timeout) as timer:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(patience) as timer:
             await self._writer.commit(Mode.MERGE)
         if timer.cancelled_caught:
             logger.error(
@@ -268,13 +270,17 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
                 else "flushing %s took longer than %s s; stopped waiting: the write goes on in "
                 "the background, and the exit hook waits for it once more",
                 self._where,
-                self._close_timeout,
+                round(patience, 3),
             )
             return False
         return True
 
-    async def _flush_on_signal(self) -> bool:
-        return await self._bounded_flush(on_signal=True)
+    async def _flush_on_signal(self, patience: float) -> bool:
+        return await self._bounded_flush(patience, on_signal=True)
+
+    def _unsaved(self) -> str | None:
+        """The pending counts, as a log line names them; None when there are none."""
+        return None if self._pending.active_at is None else self._writer.unsaved()
 
     def _flush_sync(self) -> None:
         """Flush without an event loop: at interpreter exit, or on a signal once it is gone."""
