@@ -162,6 +162,22 @@ def never_closed(path: str, total: str, wait: str = "no") -> None:
         sys.stdin.readline()
 
 
+def ctrl_c_at_exit(path: str) -> None:
+    """Count 5 on a store never closed, say "counted" and wait for a line (the test takes the
+    lock); then end, and say "waiting" once the exit hook's flush goes for the lock."""
+    goes_for_the_lock = probe_lock_waits()
+
+    def announce() -> None:
+        goes_for_the_lock.wait()
+        say("waiting")
+
+    never_closed(path, "5")
+    goes_for_the_lock.clear()
+    threading.Thread(target=announce, daemon=True).start()
+    say("counted")
+    sys.stdin.readline()
+
+
 async def left_open(path: str, total: str) -> None:
     """Open and count, then end ``asyncio.run`` at once: the loop stops in the same step in
     which the background flush is being started."""
@@ -583,6 +599,7 @@ MODES: dict[str, Callable[..., object]] = {
     "with-app-handler": with_app_handler,
     "signal-on-another-thread": signal_on_another_thread,
     "never-closed": never_closed,
+    "ctrl-c-at-exit": ctrl_c_at_exit,
     "left-open": left_open,
     "signal-after-loop-stopped": signal_after_loop_stopped,
     "fork-with-pending": fork_with_pending,

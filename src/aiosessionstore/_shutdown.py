@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
 from typing import NamedTuple
 
@@ -94,16 +94,42 @@ def _register(guard: _Guard) -> None:
 
 def _flush_at_exit() -> None:
     """Last chance for a store that was never closed, or whose loop stopped: flush in sync."""
-    for guard in list(_guards.values()):
-        if guard.is_open():
-            warnings.warn(
-                f"{guard.owner!r} was never closed; flushing it at interpreter exit",
-                ResourceWarning,
-                stacklevel=1,
-            )
-            logger.warning("%r was never closed; flushing it at interpreter exit", guard.owner)
-        guard.flush_sync()
-    _guards.clear()
+    with _ctrl_c_deferred():
+        for guard in list(_guards.values()):
+            if guard.is_open():
+                warnings.warn(
+                    f"{guard.owner!r} was never closed; flushing it at interpreter exit",
+                    ResourceWarning,
+                    stacklevel=1,
+                )
+                logger.warning("%r was never closed; flushing it at interpreter exit", guard.owner)
+            guard.flush_sync()
+        _guards.clear()
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold off Ctrl-C while the exit hook flushes, which is bounded by ``close_timeout``.
+
+    A KeyboardInterrupt raised inside the flush (a second Ctrl-C at an app already shutting
+    down, say) would drop counts that are about to land, and the process is ending anyway.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGINT, _say_ctrl_c_waits)
+    except (ValueError, OSError):  # no SIGINT here, or handlers cannot be set
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+def _say_ctrl_c_waits(signum: int, frame: FrameType | None) -> None:
+    logger.warning("Ctrl-C at exit: the exit flush ends first (it waits at most close_timeout)")
 
 
 def _detach_in_child() -> None:
