@@ -168,6 +168,7 @@ def ctrl_c_at_exit(path: str) -> None:
     goes_for_the_lock = probe_lock_waits()
 
     def announce() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # for the main thread
         goes_for_the_lock.wait()
         say("waiting")
 

@@ -52,6 +52,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._errors import LockTimeoutError, SessionStoreError
+from ._worker import start_deaf_to_signals
 
 try:
     import fcntl
@@ -396,7 +397,7 @@ class _Helpers:
                 thread = threading.Thread(
                     target=self.serve, name="aiosessionstore-queue", daemon=True
                 )
-                thread.start()
+                start_deaf_to_signals(thread)
             except BaseException:
                 with self.lock:
                     self.started -= 1
