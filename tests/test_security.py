@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aiosessionstore import AsyncSessionStore, SessionStoreError, _file
+from aiosessionstore import AsyncSessionStore, CorruptSessionError, SessionStoreError, _file
 from aiosessionstore._codec import decode, encode
 from aiosessionstore._session import Record, Session
 
@@ -278,6 +278,65 @@ def quarantined(session_path: Path) -> list[Path]:
     return sorted(session_path.parent.glob("session.json.corrupt-*"))
 
 
+class TestALinkToTheFile:
+    @pytest.fixture
+    def target(self, session_path: Path) -> Path:
+        """A session path that is a link to ``elsewhere/session.json``, not yet made."""
+        target = session_path.parent.parent / "elsewhere" / "session.json"
+        target.parent.mkdir(parents=True)
+        session_path.parent.mkdir()
+        session_path.symlink_to(target)
+        return target
+
+    async def test_a_write_lands_in_the_file_and_the_link_stays(
+        self, session_path: Path, target: Path
+    ) -> None:
+        """The file a link leads to is written, beside it; the link is not replaced."""
+        async with AsyncSessionStore(session_path, handle_signals=False) as store:
+            await store.increment_tool_calls(3)
+        assert await anyio.Path(session_path).is_symlink()
+        assert read_json(target)["stats"]["toolCalls"] == 3
+        assert sorted(p.name for p in session_path.parent.iterdir()) == ["session.json"]
+        assert (target.parent / "session.json.lock").exists()
+
+    async def test_the_link_and_the_file_are_one_session_under_one_lock(
+        self, session_path: Path, target: Path
+    ) -> None:
+        """A store on the link and one on the file count into the same file, and take the
+        same lock file: the one beside the file."""
+        async with (
+            AsyncSessionStore(session_path, handle_signals=False) as by_link,
+            AsyncSessionStore(target, handle_signals=False) as by_file,
+        ):
+            await by_link.increment_tool_calls(3)
+            await by_file.increment_tool_calls(4)
+        assert read_json(target)["stats"]["toolCalls"] == 7
+        assert not (session_path.parent / "session.json.lock").exists()
+
+    async def test_a_corrupt_file_is_moved_aside_beside_it(
+        self, session_path: Path, target: Path
+    ) -> None:
+        """The corrupt file, not the link, is moved aside; the link leads to the new one."""
+        await anyio.Path(target).write_text("{oops")
+        async with AsyncSessionStore(session_path, handle_signals=False) as store:
+            await store.increment_tool_calls(2)
+        [aside] = sorted(target.parent.glob("session.json.corrupt-*"))
+        assert await anyio.Path(aside).read_text() == "{oops"
+        assert await anyio.Path(session_path).is_symlink()
+        assert read_json(session_path)["stats"]["toolCalls"] == 2
+
+    async def test_delete_deletes_the_file_and_the_link_leads_to_the_next(
+        self, session_path: Path, target: Path
+    ) -> None:
+        """delete() removes the session's file, not the link; the next write makes it again."""
+        async with AsyncSessionStore(session_path, handle_signals=False) as store:
+            assert await store.delete()
+            assert not await anyio.Path(target).exists()
+            assert await anyio.Path(session_path).is_symlink()
+            await store.increment_tool_calls(5)
+        assert read_json(target)["stats"]["toolCalls"] == 5
+
+
 class TestReadBound:
     async def test_a_file_of_exactly_the_bound_is_read(self, session_path: Path) -> None:
         """16 MiB is still a session: the file is read, and its id kept."""
@@ -319,12 +378,16 @@ class TestReadBound:
 
     @pytest.mark.skipif(not os.path.exists("/proc/self/pagemap"), reason="Linux's /proc")
     async def test_a_file_that_reads_past_its_size_is_bounded(self, session_path: Path) -> None:
-        """A link to /proc/self/pagemap (size 0, terabytes to read) is bounded and moved aside."""
+        """A link to /proc/self/pagemap (size 0, terabytes to read): a read is bounded and
+        finds it corrupt; a store, which works beside the file a link leads to, cannot make
+        its lock file in /proc, and says so, leaving the link as it is."""
         await anyio.Path(session_path.parent).mkdir()
         await anyio.Path(session_path).symlink_to("/proc/self/pagemap")
-        assert await in_a_child(session_path) == "opened"
-        [aside] = quarantined(session_path)
-        assert await anyio.Path(aside).readlink() == anyio.Path("/proc/self/pagemap")
+        with pytest.raises(CorruptSessionError, match="left in place"):
+            await anyio.to_thread.run_sync(_file.peek, session_path)
+        assert (await in_a_child(session_path)).startswith("SessionStoreError")
+        assert await anyio.Path(session_path).readlink() == anyio.Path("/proc/self/pagemap")
+        assert quarantined(session_path) == []
 
     async def test_deep_nesting_is_corrupt_not_a_crash(self, session_path: Path) -> None:
         """100,000 nested arrays make json raise RecursionError; it is corruption like any other."""

@@ -131,7 +131,7 @@ class Written:
 
     def at(self, path: Path) -> _Where:
         where = self.where
-        if where is None or where.path is not path:
+        if where is None or (where.path is not path and where.path != path):
             where = self.where = _Where(path)
         return where
 
@@ -145,6 +145,7 @@ def commit(
     bytes, their record is taken as read (no parse), and the lines of the entries that did
     not change are reused (no encode), so a flush costs what changed, not the whole file.
     """
+    path = _target(path)
     where = _Where(path) if written is None else written.at(path)
     sweep = written is None or written.sweep_due()
     with _translated_errors(path), _locked(where, lock_timeout, sweep):
@@ -189,6 +190,7 @@ _let_others_run: Callable[[], None] = getattr(os, "sched_yield", None) or partia
 
 def read(path: Path, lock_timeout: float) -> Record:
     """The session on disk, changing nothing but moving a corrupt file aside."""
+    path = _target(path)
     with _translated_errors(path), _locked(_Where(path), lock_timeout):
         return _read_existing(path)
 
@@ -206,16 +208,38 @@ def open_session(
 def remove(path: Path, lock_timeout: float) -> bool:
     """Delete the session file under the lock; True if it existed. The lock file stays.
 
-    Anything but a regular file (or a link to one) is not ours to delete, and is refused.
+    Anything but a regular file (or a link to one, whose file is deleted) is not ours to
+    delete, and is refused.
     """
+    path = _target(path)
     with _translated_errors(path), _locked(_Where(path), lock_timeout):
-        with contextlib.suppress(FileNotFoundError):  # missing, or a dangling link: unlink it
+        with contextlib.suppress(FileNotFoundError):  # missing: nothing to refuse
             _refuse_unless_regular(path, os.stat(path).st_mode)
         try:
             path.unlink()
         except FileNotFoundError:
             return False
         return True
+
+
+def _target(path: Path) -> Path:
+    """The file to lock beside, read, replace and delete: the session file, or, where a
+    link is at the session path, the file it leads to (made there if it is missing).
+    Replacing the link itself would cut it, and the processes that name its file would take
+    another lock file. A link to anything but a regular file is judged, and refused, as is."""
+    try:
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return path
+    except OSError:
+        return path  # missing, or not to be looked at: the open that follows says why
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return path
+    except FileNotFoundError:
+        pass  # a link to a file not made yet, or deleted by ``delete()``: it is made there
+    except OSError:
+        return path
+    return Path(os.path.realpath(path))
 
 
 @contextlib.contextmanager
