@@ -1209,6 +1209,23 @@ class TestDeltas:
         finally:
             backend.close()
 
+    def test_a_newer_value_is_not_deleted(self, redis_url: str, direct: redis.Redis) -> None:
+        """delete() over a newer release's session raises, and leaves every key as it is."""
+        known = Record(Session.new(timestamp(1_764_000_000)))
+        backend = RedisBackend.from_url(redis_url)
+        try:
+            backend.commit(one_call("w", 1, known, saved=False))
+            document = json.loads(_bytes(direct.get(SESSION)))
+            document["version"] = 2
+            direct.set(SESSION, json.dumps(document, indent=2).encode())
+            direct.incr(REV)
+            before = {key: direct.dump(key) for key in direct.keys("*")}
+            with pytest.raises(UnsupportedVersionError):
+                backend.remove()
+            assert {key: direct.dump(key) for key in direct.keys("*")} == before
+        finally:
+            backend.close()
+
     def test_the_merge_script_expects_the_head_encode_writes(self) -> None:
         """The bytes a merge takes for a judged version 1 are how encode begins one, and
         no other version begins so."""

@@ -23,6 +23,7 @@ from aiosessionstore import (
     SessionStats,
     SessionStoreError,
     StoreClosedError,
+    UnsupportedVersionError,
 )
 
 from .conftest import (
@@ -742,6 +743,23 @@ class TestDelete:
         async with AsyncSessionStore(session_path) as store:
             await store.delete()
         assert await anyio.Path(str(session_path) + ".lock").exists()
+
+    async def test_a_newer_version_is_left_alone(self, session_path: Path) -> None:
+        """A file another, newer tool wrote meanwhile is not ours to delete: refused, as is."""
+        async with AsyncSessionStore(session_path) as store:
+            newer = json.dumps({**await read_on_disk(session_path), "version": 2})
+            await write_text(session_path, newer)
+            with pytest.raises(UnsupportedVersionError):
+                await store.delete()
+        assert await anyio.Path(session_path).read_text() == newer
+
+    async def test_a_corrupt_file_is_moved_aside_not_deleted(self, session_path: Path) -> None:
+        """Bad files are kept: delete() moves a corrupt one aside, and is True."""
+        async with AsyncSessionStore(session_path) as store:
+            await write_text(session_path, "{oops")
+            assert await store.delete() is True
+        [aside] = [p async for p in anyio.Path(session_path.parent).glob("session.json.corrupt-*")]
+        assert await aside.read_text() == "{oops"
 
 
 class TestFileChangedUnderneath:

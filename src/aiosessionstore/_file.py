@@ -208,16 +208,28 @@ def open_session(
 def remove(path: Path, lock_timeout: float) -> bool:
     """Delete the session file under the lock; True if it existed. The lock file stays.
 
-    Anything but a regular file (or a link to one, whose file is deleted) is not ours to
-    delete, and is refused.
+    The file is judged first, as every reader does: one of a newer version is left alone
+    (UnsupportedVersionError), a corrupt one is moved aside rather than deleted, and
+    anything but a regular file (or a link to one, whose file is deleted) is refused.
     """
     path = _target(path)
     with _translated_errors(path), _locked(_Where(path), lock_timeout):
-        with contextlib.suppress(FileNotFoundError):  # missing: nothing to refuse
-            _refuse_unless_regular(path, os.stat(path).st_mode)
+        try:
+            _decode_file(path)
+        except FileNotFoundError:
+            return False
+        except CorruptSessionError as exc:
+            aside = _quarantine(path, datetime.now(timezone.utc))
+            logger.warning(
+                "session file %s is corrupt (%s); moved it to %s instead of deleting it",
+                path,
+                exc,
+                aside,
+            )
+            return True
         try:
             path.unlink()
-        except FileNotFoundError:
+        except FileNotFoundError:  # not ours: another remover, without our lock
             return False
         return True
 

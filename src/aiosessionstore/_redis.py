@@ -593,6 +593,8 @@ class RedisBackend:
         return found.folded
 
     async def _remove(self) -> bool:
+        """Delete the keys; a session of a newer version is left alone, as the file's is."""
+        await self._load(None)  # raises UnsupportedVersionError for one
         existed, rev, mark = await self._call(self._remove_script, self._keys())
         self._view = _View(_text(rev), None, "", -1, None, (), None, _text(rev), int(mark))
         self._pushed.clear()
