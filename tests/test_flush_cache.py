@@ -4,6 +4,7 @@ lines of unchanged entries are reused, with the very bytes that ``encode`` write
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from datetime import datetime, timedelta, timezone
@@ -328,3 +329,24 @@ def test_parts_are_written_whole_through_short_writes(
     _file.write_new(tmp_path / "whole", parts)
     assert (tmp_path / "short").read_bytes() == b"".join(parts)
     assert (tmp_path / "whole").read_bytes() == b"".join(parts)
+
+
+def test_a_file_another_process_wrote_is_read_and_written_in_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parsing, checking and encoding a file at the cap pause every STEP entries, so that an
+    event loop on another thread runs meanwhile (it waited 6-10 ms per flush at 744 KB)."""
+    entry = {"calls": 1, "errors": 0, "rateLimits": 0, "totalMs": 1.5, "maxMs": 1.5}
+    document = {
+        **json.loads(SEEDED),
+        "tools": {f"t{index}": entry for index in range(1000)},
+        "prompts": {f"p{index}": entry for index in range(1000)},
+    }
+    data = json.dumps(document, indent=2).encode()
+    pauses: list[int] = []
+    monkeypatch.setattr(_codec, "pause", lambda: pauses.append(1))
+    record = decode(data)
+    read = len(pauses)
+    assert read >= 2 * (2000 // _codec.STEP)  # parsed, then checked
+    encode(record)
+    assert len(pauses) - read >= 2000 // _codec.STEP

@@ -18,13 +18,14 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from aiosessionstore import AsyncSessionStore, SessionStats
-from aiosessionstore._codec import decode, encode
+from aiosessionstore._codec import _loads_in_steps, decode, encode
 from aiosessionstore._errors import CorruptSessionError, UnsupportedVersionError
 
 from .conftest import read_json
@@ -115,6 +116,76 @@ class TestCodec:
         assert all(0 <= count <= 2**53 - 1 for count in counts)
         assert decode(written) == record
         assert encode(decode(written)) == written
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+#: What may stand between two tokens in JSON, and what may not (a form feed, a BOM).
+SPACES = st.text(st.sampled_from(" \t\n\r"), max_size=3) | st.sampled_from(["\f", "\ufeff"])
+
+
+@st.composite
+def json_texts(draw: st.DrawFn) -> str:
+    """A JSON value as text, spaced at random, now and then cut short, given a tail, or with
+    a character swapped."""
+    value = draw(JSON_VALUES | st.dictionaries(st.text(), JSON_VALUES, max_size=6))
+    text = json.dumps(value, indent=draw(st.sampled_from([None, 0, 2])))
+    text = draw(SPACES) + text.replace(", ", "," + draw(SPACES)) + draw(SPACES)
+    if draw(st.booleans()):
+        cut = draw(st.integers(0, len(text)))
+        text = text[:cut] + draw(st.sampled_from(["", "}", ",", '"', "{", ':"x"}', "} {}"]))
+    if text and draw(st.booleans()):  # one character swapped for punctuation
+        at = draw(st.integers(0, len(text) - 1))
+        text = text[:at] + draw(st.sampled_from(list(',:{}[]"= 1'))) + text[at + 1 :]
+    return text
+
+
+class TestParsingInSteps:
+    @settings(max_examples=300, deadline=None)
+    @given(json_texts())
+    def test_what_it_parses_is_what_json_loads_parses(self, text: str) -> None:
+        """Parsed member by member, an object is exactly what json.loads makes of it; anything
+        else, or anything malformed, is left to json.loads (None)."""
+        try:
+            expected: Any = json.loads(text)
+        except ValueError:
+            expected = None
+        found = _loads_in_steps(text)
+        if found is not None:
+            assert found == expected
+            assert list(found) == list(expected)  # the order of the keys too
+        elif type(expected) is dict:
+            raise AssertionError(f"an object not parsed in steps: {text!r}")
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            '{"a"=1}',
+            '{"a":1,}',
+            '{,"a":1}',
+            '{"a":1 "b":2}',
+            "{1:2}",
+            "{'a':1}",
+            '{"a":1}}',
+            '{"a":1} x',
+            '{"a":{"b":1,}}',
+            '{"a":{"b" 1}}',
+            '\ufeff{"a":1}',
+            '{"a":1\f}',
+            "[]",
+            "",
+        ],
+    )
+    def test_malformed_or_no_object_is_left_to_json_loads(self, text: str) -> None:
+        """Punctuation out of place, a non-string key, a tail, or no object: None."""
+        assert _loads_in_steps(text) is None
 
 
 COUNTERS = ("tool_calls", "prompt_calls", "errors", "rate_limits")

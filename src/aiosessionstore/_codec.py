@@ -7,10 +7,13 @@ from __future__ import annotations
 import codecs
 import json
 import math
+import os
 import re
 import sys
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from itertools import chain, compress, islice
 from operator import is_not
 from types import MappingProxyType
@@ -313,7 +316,11 @@ def _section(
         return _utf8(f"    {_STRING(name)}: {encode_entry(entry, more)}")
 
     def plain() -> _Section:
-        lines = [line(name, entry) for name, entry in entries.items()]
+        lines = []
+        for number, (name, entry) in enumerate(entries.items(), 1):
+            if number % STEP == 0:
+                pause()
+            lines.append(line(name, entry))
         return _Section([b",\n".join(lines)], None, None)  # one block
 
     if canonical_entry is None:
@@ -334,7 +341,9 @@ def _section(
         positions.update(zip(added, range(first_added, len(names)), strict=True))
     canonical: dict[str, _T] = {}
     written: dict[int, bytes] = {}  # lines written otherwise than the entry's own
-    for index in chain(stale, range(first_added, len(names))):
+    for number, index in enumerate(chain(stale, range(first_added, len(names))), 1):
+        if number % STEP == 0:
+            pause()
         name = names[index]
         entry = entries[name]
         lines[index] = text = line(name, entry)
@@ -638,7 +647,8 @@ def _parse(data: bytes) -> Any:
         data = data[len(codecs.BOM_UTF8) :]
     try:
         # Decoded here: json.loads(bytes) lets UTF-8-encoded surrogates through.
-        return json.loads(data.decode(), parse_constant=_refuse_constant)
+        text = data.decode()
+        return _loads_in_steps(text) or json.loads(text, parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
         raise CorruptSessionError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except RecursionError:
@@ -647,9 +657,93 @@ def _parse(data: bytes) -> Any:
         raise CorruptSessionError(f"not valid JSON ({exc})") from None
 
 
+#: Lets go of the GIL, and of the CPU, between two stretches of Python on the store's thread.
+#: An event loop woken meanwhile (a request on a socket) waits for the GIL until this thread
+#: lets go of it. A plain release (``time.sleep(0)``) seldom hands it over: this thread takes
+#: it back before the waiting one has woken. ``sched_yield`` gives up the CPU too, so the
+#: waiting thread runs first; with no one waiting it is one system call. ``_file`` calls it
+#: between the read, the merge and the encode of a flush, 100-180 µs of work each at the
+#: tool-name cap (``benchmarks/loop.py``: the probe's p99 over the control at the cap
+#: +0.36-0.40 ms before, +0.08-0.10 ms after, with as many flushes a second).
+let_others_run: Callable[[], None] = getattr(os, "sched_yield", None) or partial(time.sleep, 0)
+
+#: The entries parsed, checked or encoded between two pauses: a few hundred µs of work. A file
+#: another process wrote (one of 1,000 each of tools, prompts and clients: 744 KB) took its
+#: reader 9 ms of one ``json.loads`` and 14 ms of checks, holding the GIL, in which an event
+#: loop on another thread of the process could not run.
+STEP = 200
+
+def pause() -> None:
+    """Let an event loop on another thread run, if it waits: sleep a moment. Not
+    ``let_others_run``: a thread that lets go of the GIL and takes it back again and again
+    keeps the waiting one from ever getting it (CPython's forced switch only comes when the
+    GIL changed hands no time in its interval): a loop waited 25-40 ms."""
+    time.sleep(0.00005)
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace, and only it
+
+
+def _loads_in_steps(text: str) -> dict[str, Any] | None:
+    """``json.loads(text)`` for a JSON object, parsed member by member, and the members of
+    its objects entry by entry, with a pause every STEP of them; None for anything else,
+    or anything malformed, which ``json.loads`` then parses whole, to say what is wrong.
+
+    Each value is parsed by the json module itself (``raw_decode``); only the punctuation
+    between them is read here, as strictly as JSON has it."""
+    try:
+        members, end = _object_in_steps(text, _skip(text, 0), [0], nested=True)
+    except (ValueError, IndexError, RecursionError):  # JSONDecodeError, or not an object
+        return None
+    return members if _skip(text, end) == len(text) else None
+
+
+def _object_in_steps(
+    text: str, index: int, parsed: list[int], nested: bool
+) -> tuple[dict[str, Any], int]:
+    """The object at ``text[index]`` and where it ends; ``nested``: its members that are
+    objects are parsed in steps too. ``parsed`` counts the values parsed, for the pauses."""
+    if text[index] != "{":
+        raise ValueError("not an object")
+    members: dict[str, Any] = {}
+    index = _skip(text, index + 1)
+    if text[index] == "}":
+        return members, index + 1
+    while True:
+        if text[index] != '"':
+            raise ValueError("a key that is not a string")
+        key, index = _DECODER.raw_decode(text, index)
+        index = _skip(text, index)
+        if text[index] != ":":
+            raise ValueError("no colon")
+        index = _skip(text, index + 1)
+        if nested and text[index] == "{":
+            value, index = _object_in_steps(text, index, parsed, nested=False)
+        else:
+            value, index = _DECODER.raw_decode(text, index)
+            parsed[0] += 1
+            if parsed[0] % STEP == 0:
+                pause()
+        members[key] = value  # a key given twice: the last one, as json.loads keeps
+        index = _skip(text, index)
+        if text[index] == "}":
+            return members, index + 1
+        if text[index] != ",":
+            raise ValueError("no comma")
+        index = _skip(text, index + 1)
+
+
 def _refuse_constant(name: str) -> NoReturn:
     """NaN, Infinity and -Infinity: Python's json reads them, JSON.parse refuses them."""
     raise CorruptSessionError(f"not valid JSON ({name} is not a JSON value)")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def _skip(text: str, index: int) -> int:
+    """Past the whitespace at ``index`` (the pattern matches anywhere, if only nothing)."""
+    return _SPACE.match(text, index).end()  # type: ignore[union-attr]
 
 
 def _check_unknown(key: str, value: Any, depth: int) -> None:
@@ -682,7 +776,9 @@ def _decode_section(
     if section not in document:
         return _NONE, _NONE
     decoded, extra = {}, {}
-    for name, entry in _object(document, section).items():
+    for number, (name, entry) in enumerate(_object(document, section).items(), 1):
+        if number % STEP == 0:
+            pause()
         try:
             if type(entry) is not dict:
                 raise CorruptSessionError(f" should be an object, not {shown(entry)}")

@@ -15,13 +15,12 @@ import secrets
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
 from ._change import Change
-from ._codec import Encoded, decode, encode, encode_parts_after
+from ._codec import Encoded, decode, encode, encode_parts_after, let_others_run
 from ._errors import (
     CorruptSessionError,
     SessionNotFoundError,
@@ -153,9 +152,9 @@ def commit(
         if written is not None:
             written.last = None  # trusted again only once this transaction has landed
         base, known = _read_base(path, change, previous)
-        _let_others_run()
+        let_others_run()
         record = change.apply(base)
-        _let_others_run()
+        let_others_run()
         # Built on what this backend wrote: only the names the change touched may differ.
         touched = change.touched() if known is previous and known is not None else None
         data, encoded = encode_parts_after(record, known, touched)
@@ -175,17 +174,6 @@ def commit(
     # wait for it to be made durable too (about a fifth of the time the lock was held).
     _sync_directory(where)
     return record
-
-
-#: Lets go of the GIL, and of the CPU, between two stretches of Python on the store's thread.
-#: An event loop woken meanwhile (a request on a socket) waits for the GIL until this thread
-#: lets go of it, and the read, merge and encode of a flush are one stretch of 100-180 µs at
-#: the tool-name cap. A plain release (``time.sleep(0)``) seldom hands it over: this thread
-#: takes it back before the waiting one has woken. ``sched_yield`` gives up the CPU too, so
-#: the waiting thread runs first; with no one waiting it is one system call. Measured with
-#: ``benchmarks/loop.py``: the probe's p99 over the control at the cap +0.36-0.40 ms before,
-#: +0.08-0.10 ms after, with as many flushes a second.
-_let_others_run: Callable[[], None] = getattr(os, "sched_yield", None) or partial(time.sleep, 0)
 
 
 def read(path: Path, lock_timeout: float) -> Record:
