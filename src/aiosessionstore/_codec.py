@@ -667,11 +667,13 @@ def _parse(data: bytes) -> Any:
 #: +0.36-0.40 ms before, +0.08-0.10 ms after, with as many flushes a second).
 let_others_run: Callable[[], None] = getattr(os, "sched_yield", None) or partial(time.sleep, 0)
 
-#: The entries parsed, checked or encoded between two pauses: a few hundred µs of work. A file
-#: another process wrote (one of 1,000 each of tools, prompts and clients: 744 KB) took its
-#: reader 9 ms of one ``json.loads`` and 14 ms of checks, holding the GIL, in which an event
-#: loop on another thread of the process could not run.
+#: The entries checked or encoded between two pauses, and the characters of a member parsed
+#: before one: under a millisecond of work. A file another process wrote (one of 1,000 each
+#: of tools, prompts and clients: 744 KB) took its reader 3-9 ms of one ``json.loads`` and
+#: 14 ms of checks, holding the GIL, in which an event loop on another thread could not run.
 STEP = 200
+_LARGE = 64 * 1024
+
 
 def pause() -> None:
     """Let an event loop on another thread run, if it waits: sleep a moment. Not
@@ -685,52 +687,37 @@ _SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace, and only it
 
 
 def _loads_in_steps(text: str) -> dict[str, Any] | None:
-    """``json.loads(text)`` for a JSON object, parsed member by member, and the members of
-    its objects entry by entry, with a pause every STEP of them; None for anything else,
-    or anything malformed, which ``json.loads`` then parses whole, to say what is wrong.
+    """``json.loads(text)`` for a JSON object, parsed member by member, with a pause after
+    each large one (a section of many entries); None for anything else, or anything
+    malformed, which ``json.loads`` then parses whole, to say what is wrong.
 
-    Each value is parsed by the json module itself (``raw_decode``); only the punctuation
-    between them is read here, as strictly as JSON has it."""
-    try:
-        members, end = _object_in_steps(text, _skip(text, 0), [0], nested=True)
-    except (ValueError, IndexError, RecursionError):  # JSONDecodeError, or not an object
-        return None
-    return members if _skip(text, end) == len(text) else None
-
-
-def _object_in_steps(
-    text: str, index: int, parsed: list[int], nested: bool
-) -> tuple[dict[str, Any], int]:
-    """The object at ``text[index]`` and where it ends; ``nested``: its members that are
-    objects are parsed in steps too. ``parsed`` counts the values parsed, for the pauses."""
-    if text[index] != "{":
-        raise ValueError("not an object")
+    Each member's value is parsed by the json module itself (``raw_decode``); only the
+    punctuation between them is read here, as strictly as JSON has it."""
     members: dict[str, Any] = {}
-    index = _skip(text, index + 1)
-    if text[index] == "}":
-        return members, index + 1
-    while True:
-        if text[index] != '"':
-            raise ValueError("a key that is not a string")
-        key, index = _DECODER.raw_decode(text, index)
-        index = _skip(text, index)
-        if text[index] != ":":
-            raise ValueError("no colon")
+    try:
+        index = _skip(text, 0)
+        if text[index] != "{":
+            return None
         index = _skip(text, index + 1)
-        if nested and text[index] == "{":
-            value, index = _object_in_steps(text, index, parsed, nested=False)
-        else:
-            value, index = _DECODER.raw_decode(text, index)
-            parsed[0] += 1
-            if parsed[0] % STEP == 0:
+        while text[index] != "}":
+            if members:  # a comma before each member but the first
+                if text[index] != ",":
+                    return None
+                index = _skip(text, index + 1)
+            if text[index] != '"':
+                return None
+            key, index = _DECODER.raw_decode(text, index)
+            index = _skip(text, index)
+            if text[index] != ":":
+                return None
+            start = _skip(text, index + 1)
+            members[key], index = _DECODER.raw_decode(text, start)  # a key twice: the last
+            if index - start > _LARGE:
                 pause()
-        members[key] = value  # a key given twice: the last one, as json.loads keeps
-        index = _skip(text, index)
-        if text[index] == "}":
-            return members, index + 1
-        if text[index] != ",":
-            raise ValueError("no comma")
-        index = _skip(text, index + 1)
+            index = _skip(text, index)
+    except (ValueError, IndexError, RecursionError):  # JSONDecodeError, or cut short
+        return None
+    return members if _skip(text, index + 1) == len(text) else None
 
 
 def _refuse_constant(name: str) -> NoReturn:
