@@ -1226,6 +1226,20 @@ class TestDeltas:
         finally:
             backend.close()
 
+    def test_a_corrupt_value_is_moved_aside_not_deleted(
+        self, redis_url: str, direct: redis.Redis
+    ) -> None:
+        """delete() over a corrupt session moves it to a key of its own, as a flush would."""
+        backend = RedisBackend.from_url(redis_url)
+        try:
+            direct.set(SESSION, b"{oops")
+            assert backend.remove() is True
+            [aside] = [_bytes(key) for key in direct.keys(f"{SESSION}:corrupt-*")]
+            assert direct.get(aside) == b"{oops"
+            assert direct.get(SESSION) is None
+        finally:
+            backend.close()
+
     def test_the_merge_script_expects_the_head_encode_writes(self) -> None:
         """The bytes a merge takes for a judged version 1 are how encode begins one, and
         no other version begins so."""

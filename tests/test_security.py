@@ -243,10 +243,10 @@ class TestNotARegularFile:
         )
         after = os.lstat(session_path)
         assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
-        assert sorted(p.name for p in session_path.parent.iterdir()) == [
-            "session.json",
-            "session.json.lock",
-        ]  # not moved aside, not replaced: it is not ours
+        # Not moved aside, not replaced: it is not ours. A link is refused before any lock
+        # file is made, beside it or beside what it leads to.
+        made = [] if name.startswith("link") else ["session.json.lock"]
+        assert sorted(p.name for p in session_path.parent.iterdir()) == ["session.json", *made]
 
     async def test_a_fifo_planted_after_opening_fails_the_flush(self, session_path: Path) -> None:
         """A flush that finds a FIFO fails as fast, with the same error, and keeps its counts."""
@@ -324,6 +324,15 @@ class TestALinkToTheFile:
         assert await anyio.Path(aside).read_text() == "{oops"
         assert await anyio.Path(session_path).is_symlink()
         assert read_json(session_path)["stats"]["toolCalls"] == 2
+
+    async def test_a_link_into_a_directory_others_can_write_is_warned_about(
+        self, session_path: Path, target: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The file's own directory is the one others could replace it in: it is judged too."""
+        await anyio.Path(target.parent).chmod(0o777)
+        async with AsyncSessionStore(session_path, handle_signals=False):
+            pass
+        assert f"chmod 700 {target.parent}" in caplog.text
 
     async def test_delete_deletes_the_file_and_the_link_leads_to_the_next(
         self, session_path: Path, target: Path

@@ -255,20 +255,25 @@ class TestInterpreterExit:
         assert tool_calls_on_disk(session_path) == 13
 
     @posix_only
-    def test_ctrl_c_during_the_exit_flush_lets_it_land(self, session_path: Path) -> None:
+    @pytest.mark.parametrize("handler", ["python's", "app's"])
+    def test_ctrl_c_during_the_exit_flush_lets_it_land(
+        self, session_path: Path, handler: str
+    ) -> None:
         """Ctrl-C while the exit hook's flush waits for the lock is said and held off: no
-        KeyboardInterrupt inside the hook, and the counts land."""
-        worker = start_worker("ctrl-c-at-exit", session_path)
+        KeyboardInterrupt inside the hook, and the counts land; then an app's own SIGINT
+        handler gets it."""
+        worker = start_worker("ctrl-c-at-exit", session_path, handler)
         wait_for_line(worker, "counted")
         with lock_held_by_the_test(session_path):
             say_to(worker, "locked")
             wait_for_line(worker, "waiting")
             worker.send_signal(signal.SIGINT)
-        _, err = worker.communicate(timeout=60)
+        out, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err
         assert "Ctrl-C at exit" in err
         assert "KeyboardInterrupt" not in err
         assert tool_calls_on_disk(session_path) == 5, err
+        assert out == ("app's handler\n" if handler == "app's" else "")
 
     def test_a_store_left_open_by_asyncio_run_is_closed_without_warnings(
         self, session_path: Path
@@ -411,6 +416,17 @@ class TestExactlyOnce:
         _, err = worker.communicate(timeout=60)
         assert worker.returncode == -signal.SIGTERM, err
         assert tool_calls_on_disk(session_path) == 8, err
+
+    def test_a_server_that_goes_on_counting_dies_of_the_signal_all_the_same(
+        self, session_path: Path
+    ) -> None:
+        """SIGTERM while a task counts without end: a few flushes (not close_timeout's 600 s of
+        them), what is still pending is named in the log, and the process dies of it."""
+        worker = start_worker("count-through-the-signal", session_path)
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == -signal.SIGTERM, err
+        assert "counts not saved before signal SIGTERM: " in err
+        assert tool_calls_on_disk(session_path) > 0, err
 
     def test_a_close_that_gave_up_writes_its_counts_once_when_the_write_lands(
         self, session_path: Path

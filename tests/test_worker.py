@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aiosessionstore import AsyncSessionStore
-from aiosessionstore._worker import WorkerThread
 
 
 @pytest.mark.anyio
@@ -34,15 +32,3 @@ async def test_a_flush_wakes_the_loop_once(session_path: Path) -> None:
         finally:
             del loop.call_soon_threadsafe
     assert len(wakes) == 3
-
-
-@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
-def test_the_store_thread_leaves_ending_signals_to_the_main_thread() -> None:
-    """SIGINT, SIGTERM and SIGHUP are blocked in the store's thread, so that the kernel hands
-    them to a thread that runs Python's handlers at once; the starting thread's mask is kept."""
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    thread = WorkerThread("aiosessionstore")
-    blocked = thread.submit(signal.pthread_sigmask, signal.SIG_BLOCK, []).result(timeout=30)
-    thread.shutdown()
-    assert {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} <= blocked
-    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before

@@ -162,9 +162,12 @@ def never_closed(path: str, total: str, wait: str = "no") -> None:
         sys.stdin.readline()
 
 
-def ctrl_c_at_exit(path: str) -> None:
+def ctrl_c_at_exit(path: str, handler: str = "python's") -> None:
     """Count 5 on a store never closed, say "counted" and wait for a line (the test takes the
-    lock); then end, and say "waiting" once the exit hook's flush goes for the lock."""
+    lock); then end, and say "waiting" once the exit hook's flush goes for the lock. With
+    ``handler`` "app's", an app's SIGINT handler says "app's handler" when it runs."""
+    if handler == "app's":
+        signal.signal(signal.SIGINT, lambda signum, frame: say("app's handler"))
     goes_for_the_lock = probe_lock_waits()
 
     def announce() -> None:
@@ -369,6 +372,20 @@ async def count_while_the_signal_flushes(path: str) -> None:
         await store.increment_tool_calls(3)  # requests still being served
         say("counted")
         await asyncio.Event().wait()
+
+
+async def count_through_the_signal(path: str) -> None:
+    """Take SIGTERM while a task counts without end, as a busy server goes on serving."""
+    async with AsyncSessionStore(path, flush_interval=3600, close_timeout=600) as store:
+
+        async def serve() -> None:
+            while True:
+                await store.increment_tool_calls()
+                await asyncio.sleep(0)
+
+        serving = asyncio.create_task(serve())
+        os.kill(os.getpid(), signal.SIGTERM)
+        await serving
 
 
 def lock_file_open(path: str) -> bool:
@@ -610,6 +627,7 @@ MODES: dict[str, Callable[..., object]] = {
     "close-gives-up": close_gives_up,
     "stuck-on-signal": stuck_on_signal,
     "count-while-the-signal-flushes": count_while_the_signal_flushes,
+    "count-through-the-signal": count_through_the_signal,
     "fork-while-waiting-for-the-lock": fork_while_waiting_for_the_lock,
     "handler-saved-and-put-back": handler_saved_and_put_back,
     "signal-as-the-loop-stops": signal_as_the_loop_stops,

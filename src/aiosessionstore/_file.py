@@ -190,6 +190,9 @@ def open_session(
     record = commit(path, change, lock_timeout, written)
     with _translated_errors(path):
         _warn_if_others_can_write(path.parent)
+        target = _target(path)
+        if target.parent != path.parent:  # a link into another directory: that one too
+            _warn_if_others_can_write(target.parent)
     return record
 
 
@@ -226,20 +229,17 @@ def _target(path: Path) -> Path:
     """The file to lock beside, read, replace and delete: the session file, or, where a
     link is at the session path, the file it leads to (made there if it is missing).
     Replacing the link itself would cut it, and the processes that name its file would take
-    another lock file. A link to anything but a regular file is judged, and refused, as is."""
+    another lock file. A link to anything but a regular file is refused here, before a lock
+    file is made beside what it leads to (a device in /dev, say)."""
     try:
         if not stat.S_ISLNK(os.lstat(path).st_mode):
             return path
     except OSError:
         return path  # missing, or not to be looked at: the open that follows says why
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return path
-    except FileNotFoundError:
-        pass  # a link to a file not made yet, or deleted by ``delete()``: it is made there
-    except OSError:
-        return path
-    return Path(os.path.realpath(path))
+    target = Path(os.path.realpath(path))
+    with contextlib.suppress(FileNotFoundError):  # a file not made yet, or deleted
+        _refuse_unless_regular(path, os.stat(target).st_mode)
+    return target
 
 
 @contextlib.contextmanager

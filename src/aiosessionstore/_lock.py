@@ -52,7 +52,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._errors import LockTimeoutError, SessionStoreError
-from ._worker import start_deaf_to_signals
 
 try:
     import fcntl
@@ -397,7 +396,7 @@ class _Helpers:
                 thread = threading.Thread(
                     target=self.serve, name="aiosessionstore-queue", daemon=True
                 )
-                start_deaf_to_signals(thread)
+                thread.start()
             except BaseException:
                 with self.lock:
                     self.started -= 1

@@ -593,12 +593,23 @@ class RedisBackend:
         return found.folded
 
     async def _remove(self) -> bool:
-        """Delete the keys; a session of a newer version is left alone, as the file's is."""
-        await self._load(None)  # raises UnsupportedVersionError for one
+        """Delete the keys; as the file's, a session of a newer version is left alone, and a
+        corrupt value is moved aside, not deleted."""
+        found = await self._load(None)  # raises UnsupportedVersionError for a newer one
+        aside = None
+        if isinstance(found, _View) and found.corrupt is not None:
+            aside = await self._set_aside(found)
+            if aside is not None:
+                logger.warning(
+                    "%s was corrupt (%s); moved it to %s instead of deleting it",
+                    self.description,
+                    found.corrupt,
+                    aside,
+                )
         existed, rev, mark = await self._call(self._remove_script, self._keys())
         self._view = _View(_text(rev), None, "", -1, None, (), None, _text(rev), int(mark))
         self._pushed.clear()
-        return bool(existed)
+        return bool(existed) or aside is not None
 
     async def _load(self, held: _View | None) -> _Found:
         """What is stored; only what is new since ``held``, if it is still current."""

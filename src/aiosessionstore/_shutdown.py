@@ -24,6 +24,11 @@ __all__ = ("SignalHub", "protect", "signal_hub")
 
 logger = logging.getLogger("aiosessionstore")
 
+#: The most flushes a signal makes: the counts pending when it came, those counted while
+#: the first flush waited (for the lock, say), and those counted during the second. Past
+#: that the app is still busy counting, and waiting on would meet the SIGKILL that follows.
+ROUNDS = 3
+
 #: The signals a service manager or an MCP client sends to end a server.
 SIGNALS: tuple[signal.Signals, ...] = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
@@ -60,9 +65,10 @@ def protect(
 
     The exit hook flushes it if it was never closed; a forked child drops its copy of the
     parent's counts instead; SIGTERM and SIGHUP (with ``signals``, from the main thread)
-    flush it (``flush(patience)``: whether it was done in time), for at most ``patience``
-    seconds while ``unsaved()`` names counts still pending, before the signal does what it
-    would have done. Closing the returned stack, once the counts are stored, undoes all of it.
+    flush it (``flush(patience)``: whether it was done in time), again while ``unsaved()``
+    names counts still pending (see ``SignalHub._flush_then_chain``), before the signal does
+    what it would have done. Closing the returned stack, once the counts are stored, undoes
+    all of it.
     """
     pid = os.getpid()
 
@@ -109,16 +115,24 @@ def _flush_at_exit() -> None:
 
 @contextlib.contextmanager
 def _ctrl_c_deferred() -> Iterator[None]:
-    """Hold off Ctrl-C while the exit hook flushes, which is bounded by ``close_timeout``.
+    """Hold off Ctrl-C while the exit hook flushes, which is bounded by ``close_timeout``,
+    then hand it to the app's own handler, if it set one.
 
     A KeyboardInterrupt raised inside the flush (a second Ctrl-C at an app already shutting
-    down, say) would drop counts that are about to land, and the process is ending anyway.
+    down, say) would drop counts that are about to land, and the process is ending anyway:
+    with Python's own handler, the interrupt has nothing left to do.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    caught: list[FrameType | None] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        logger.warning("Ctrl-C at exit: the exit flush ends first (it waits at most close_timeout)")
+        caught.append(frame)
+
     try:
-        previous = signal.signal(signal.SIGINT, _say_ctrl_c_waits)
+        previous = signal.signal(signal.SIGINT, hold)
     except (ValueError, OSError):  # no SIGINT here, or handlers cannot be set
         yield
         return
@@ -126,10 +140,8 @@ def _ctrl_c_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-
-
-def _say_ctrl_c_waits(signum: int, frame: FrameType | None) -> None:
-    logger.warning("Ctrl-C at exit: the exit flush ends first (it waits at most close_timeout)")
+        if caught and callable(previous) and previous is not signal.default_int_handler:
+            previous(signal.SIGINT, caught[0])
 
 
 def _detach_in_child() -> None:
@@ -288,14 +300,14 @@ class SignalHub:
         self._task = loop.create_task(self._flush_then_chain(signum, entries))
 
     async def _flush_then_chain(self, signum: int, entries: list[_Entry]) -> None:
-        """Flush, and flush again what tasks counted meanwhile, for at most the stores'
-        patience. The last look at what is pending and the chain are one step of the loop,
-        so no count slips in between them unsaved and unsaid."""
+        """Flush, and flush again what tasks counted meanwhile: at most ROUNDS flushes, in
+        the stores' patience. The last look at what is pending and the chain are one step
+        of the loop, so no count slips in between them unsaid."""
         name = signal.Signals(signum).name
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(entry.patience for entry in entries)
         try:
-            while entries:
+            for round_ in range(1, ROUNDS + 1):
                 remaining = max(deadline - loop.time(), 0.0)
                 outcomes = await asyncio.gather(
                     *(entry.flush(remaining) for entry in entries), return_exceptions=True
@@ -303,20 +315,18 @@ class SignalHub:
                 for outcome in outcomes:
                     if isinstance(outcome, Exception):
                         logger.error("flush on signal %s failed: %s", name, outcome)
-                # A flush that failed or ran out of time has said so; the others go again.
-                entries = [
+                again = [
                     entry
                     for entry, outcome in zip(entries, outcomes, strict=True)
                     if outcome is True and entry.unsaved() is not None
                 ]
-                if entries and loop.time() >= deadline:
-                    for entry in entries:
-                        logger.error(
-                            "counts made while flushing on signal %s are not saved: %s",
-                            name,
-                            entry.unsaved(),
-                        )
+                if not again or round_ == ROUNDS or loop.time() >= deadline:
                     break
+                entries = again
+            for entry in entries:  # those flushed last: a failed flush keeps its counts
+                unsaved = entry.unsaved()
+                if unsaved is not None:
+                    logger.error("counts not saved before signal %s: %s", name, unsaved)
         finally:
             self._flushing = False
             self._flushing_on = None

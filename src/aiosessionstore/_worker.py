@@ -13,39 +13,17 @@ from a one-thread ``ThreadPoolExecutor`` in the two ways that shutdown needs:
 from __future__ import annotations
 
 import queue
-import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from functools import partial
 from typing import Any, TypeVar
 
-__all__ = ("WorkerThread", "start_deaf_to_signals")
+__all__ = ("WorkerThread",)
 
 _T = TypeVar("_T")
 
 _Work = tuple["Future[Any]", Callable[[], Any]]
-
-#: The signals that ask a process to end. The kernel hands one to any thread that does not
-#: block it, and only the main thread runs Python's handlers: one handed to our thread would
-#: wait until the main thread next ran Python, which a main thread blocked in a wait (the exit
-#: hook's, for our write) does not do until that wait ends. Our threads block them.
-_ENDING = frozenset(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-
-
-def start_deaf_to_signals(thread: threading.Thread) -> None:
-    """Start ``thread`` with the ending signals blocked in it (a thread is born with the
-    signal mask of the thread that starts it); the caller's mask is put back at once."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: signals go to the main thread
-        thread.start()
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, _ENDING)
-    try:
-        thread.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class WorkerThread(Executor):
@@ -64,7 +42,7 @@ class WorkerThread(Executor):
             self._queue.put((future, partial(fn, *args, **kwargs)))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
-                start_deaf_to_signals(self._thread)
+                self._thread.start()
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
