@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from functools import partial
 from itertools import chain, compress, islice
@@ -316,11 +316,7 @@ def _section(
         return _utf8(f"    {_STRING(name)}: {encode_entry(entry, more)}")
 
     def plain() -> _Section:
-        lines = []
-        for number, (name, entry) in enumerate(entries.items(), 1):
-            if number % STEP == 0:
-                pause()
-            lines.append(line(name, entry))
+        lines = [line(name, entry) for name, entry in _paced(entries.items())]
         return _Section([b",\n".join(lines)], None, None)  # one block
 
     if canonical_entry is None:
@@ -341,9 +337,7 @@ def _section(
         positions.update(zip(added, range(first_added, len(names)), strict=True))
     canonical: dict[str, _T] = {}
     written: dict[int, bytes] = {}  # lines written otherwise than the entry's own
-    for number, index in enumerate(chain(stale, range(first_added, len(names))), 1):
-        if number % STEP == 0:
-            pause()
+    for index in _paced(chain(stale, range(first_added, len(names)))):
         name = names[index]
         entry = entries[name]
         lines[index] = text = line(name, entry)
@@ -683,6 +677,14 @@ def pause() -> None:
     time.sleep(0.00005)
 
 
+def _paced(items: Iterable[_T]) -> Iterator[_T]:
+    """``items``, with a ``pause`` after every STEP of them."""
+    for number, item in enumerate(items, 1):
+        if number % STEP == 0:
+            pause()
+        yield item
+
+
 _SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace, and only it
 
 
@@ -763,9 +765,7 @@ def _decode_section(
     if section not in document:
         return _NONE, _NONE
     decoded, extra = {}, {}
-    for number, (name, entry) in enumerate(_object(document, section).items(), 1):
-        if number % STEP == 0:
-            pause()
+    for name, entry in _paced(_object(document, section).items()):
         try:
             if type(entry) is not dict:
                 raise CorruptSessionError(f" should be an object, not {shown(entry)}")
