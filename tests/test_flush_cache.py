@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
@@ -19,7 +20,15 @@ from hypothesis import strategies as st
 
 from aiosessionstore import _codec, _file
 from aiosessionstore._change import Change, Mode
-from aiosessionstore._codec import Encoded, decode, encode, encode_after, encode_parts_after
+from aiosessionstore._codec import (
+    Encoded,
+    decode,
+    decode_after,
+    encode,
+    encode_after,
+    encode_parts_after,
+)
+from aiosessionstore._errors import SessionStoreError
 from aiosessionstore._file import FileBackend
 from aiosessionstore._session import (
     ClientStats,
@@ -164,8 +173,151 @@ class TestEncodeAfter:
         assert encoded.record.session.created_at.tzinfo is timezone.utc
 
 
-def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every decode a transaction makes, by the bytes it parsed."""
+@st.composite
+def rivals(draw: st.DrawFn, ours: Record) -> Record:
+    """What another process may have stored over ``ours``: entries changed, added, removed
+    or moved, and keys we do not know (at the top, in stats, in an entry)."""
+    session = ours.session
+    fields: dict[str, Any] = {"stats": draw(session_stats)}
+    for section, stats in (
+        ("tools", tool_stats),
+        ("prompts", tool_stats),
+        ("clients", client_stats),
+    ):
+        entries = dict(getattr(session, section))
+        for name in draw(st.sets(names, max_size=2)):
+            entries.pop(name, None)
+        entries.update(draw(st.dictionaries(names, stats, max_size=3)))
+        if draw(st.booleans()):
+            entries = dict(reversed(entries.items()))
+        fields[section] = MappingProxyType(entries)
+    rival = ours.with_session(**fields)
+    extra: dict[str, Any] = draw(
+        st.sampled_from([{}, {}, {"later": "kept"}, {"tools": {}}, {"x": {"y": [1]}}])
+    )
+    stats_extra: dict[str, Any] = draw(st.sampled_from([{}, {}, {"new": [1]}]))
+    entries_extra: dict[str, Any] = {}
+    if fields["tools"] and draw(st.booleans()):
+        entries_extra["tools"] = {draw(st.sampled_from(list(fields["tools"]))): {"new": 1}}
+    return dataclasses.replace(
+        rival,
+        extra=MappingProxyType(extra),
+        stats_extra=MappingProxyType(stats_extra),
+        entries_extra=MappingProxyType(entries_extra),
+    )
+
+
+#: Byte-level damage: a character put in, taken out, or a line given twice.
+damages = st.tuples(
+    st.sampled_from(["none", "none", "insert", "delete", "twice"]),
+    st.floats(0, 1),
+    st.sampled_from([b" ", b"\n", b",", b"}", b"{", b'"', b"1", b"\n    }", b",\n    "]),
+)
+
+
+def damaged(data: bytes, damage: tuple[str, float, bytes]) -> bytes:
+    kind, where, text = damage
+    at = int(where * len(data))
+    if kind == "insert":
+        return data[:at] + text + data[at:]
+    if kind == "delete":
+        return data[:at] + data[at + len(text) :]
+    if kind == "twice":  # the line at ``at`` given twice, as a duplicate entry would be
+        start = data.rfind(b"\n", 0, at) + 1
+        end = data.find(b"\n", at)
+        end = len(data) if end < 0 else end + 1
+        return data[:end] + data[start:end] + data[end:]
+    return data
+
+
+def outcome(read: Callable[[], Any]) -> Any:
+    """What ``read`` returns, or the type and message of the SessionStoreError it raises."""
+    try:
+        return read()
+    except SessionStoreError as exc:
+        return type(exc), str(exc)
+
+
+class TestDecodeAfter:
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.sampled_from([1, 2, 64]),  # lines per joined block (64 ships)
+        st.data(),
+        damages,
+    )
+    def test_is_decode(
+        self, block: int, draw: st.DataObject, damage: tuple[str, float, bytes]
+    ) -> None:
+        """Over what another process wrote after us, damaged or not, decode_after returns
+        decode's record, in decode's order, or raises decode's error; and the next encode
+        built on what it returns writes encode's very bytes."""
+        with patch.object(_codec, "_BLOCK", block):
+            ours = Record(Session.new(START)).with_session(
+                **{
+                    section: MappingProxyType(draw.draw(st.dictionaries(names, stats, max_size=5)))
+                    for section, stats in (
+                        ("tools", tool_stats),
+                        ("prompts", tool_stats),
+                        ("clients", client_stats),
+                    )
+                }
+            )
+            _, previous = encode_parts_after(ours, None)
+            assert previous is not None
+            data = damaged(encode(draw.draw(rivals(previous.record))), damage)
+            expected = outcome(lambda: decode(data))
+            read = outcome(lambda: decode_after(data, previous))
+            if not isinstance(expected, Record):
+                assert read == expected  # the same error, with the same message
+                return
+            assert read.record == expected
+            assert encode(read.record) == encode(expected)  # the same order, too
+            assert read.matches(data)
+            mode, pending, milliseconds = draw.draw(changes())
+            made = change(mode, pending, milliseconds, read.record)
+            after = made.apply(read.record)
+            parts, encoded = encode_parts_after(after, read, made.touched())
+            assert b"".join(parts) == encode(after)
+            if encoded is not None:
+                assert encoded.record == decode(b"".join(parts))
+
+    def test_parses_only_what_another_process_changed(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A file another of our processes rewrote, one entry changed, is read without a
+        whole parse: one entry parsed, the rest taken as this process wrote them."""
+        tools = {f"t{index}": ToolStats(index) for index in range(300)}
+        ours = Record(Session.new(START)).with_session(tools=MappingProxyType(tools))
+        _, previous = encode_parts_after(ours, None)
+        assert previous is not None
+        data = encode(previous.record.with_session(tools={**tools, "t150": ToolStats(7)}))
+        parsed: list[bytes] = []
+        real = _codec._members_of
+
+        def counted(text: bytes) -> dict[str, Any] | None:
+            parsed.append(text)
+            return real(text)
+
+        monkeypatch.setattr(_codec, "_members_of", counted)
+        monkeypatch.setattr(_codec, "decode", None)  # a whole parse would fail
+        read = decode_after(data, previous)
+        assert read.record.session.tools["t150"] == ToolStats(7)
+        assert len(parsed) == 3  # the head, the entry, the tail
+        assert read.record.session.tools["t1"] is previous.record.session.tools["t1"]
+
+    def test_another_layout_is_parsed_whole(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A file in another layout (compact JSON) is left to decode."""
+        ours = Record(Session.new(START)).with_session(tools={"t": ToolStats(1)})
+        _, previous = encode_parts_after(ours, None)
+        assert previous is not None
+        data = json.dumps(json.loads(encode(previous.record)), separators=(",", ":")).encode()
+        decodes = counting_decodes(monkeypatch, _codec)
+        assert decode_after(data, previous).record == decode(data)
+        assert decodes == [data]
+
+
+def counting_decodes(monkeypatch: pytest.MonkeyPatch, module: Any = _file) -> list[bytes]:
+    """Every decode a transaction (or ``module``) makes, by the bytes it parsed."""
     seen: list[bytes] = []
     real = decode
 
@@ -173,7 +325,7 @@ def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         seen.append(data)
         return real(data)
 
-    monkeypatch.setattr("aiosessionstore._file.decode", counted)
+    monkeypatch.setattr(module, "decode", counted)
     return seen
 
 

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from functools import partial
-from itertools import chain, compress, islice
+from itertools import chain, compress, count, islice
 from operator import is_not
 from types import MappingProxyType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 from ._errors import CorruptSessionError, UnsupportedVersionError
 from ._latency import BUCKETS
@@ -35,7 +35,7 @@ from ._session import (
     shown,
 )
 
-__all__ = ("Encoded", "decode", "encode", "encode_after", "encode_parts_after")
+__all__ = ("Encoded", "decode", "decode_after", "encode", "encode_after", "encode_parts_after")
 
 _T = TypeVar("_T")
 
@@ -45,6 +45,7 @@ _TOOL_KEYS = ("calls", "errors", "rateLimits", "totalMs", "maxMs", "latency")
 _CLIENT_KEYS = ("toolCalls", "promptCalls")
 #: Our sections, each an object of entries by name, in the order they are written.
 _SECTIONS = ("tools", "prompts", "clients")
+_SECTION_KEYS = frozenset(_SECTIONS)
 _KNOWN_KEYS = frozenset({"version", "sessionId", "createdAt", "lastActiveAt", "stats", *_SECTIONS})
 #: Deepest nesting kept: json.dumps(indent=2) recurses in Python, so a deeper value adopted at
 #: open would raise RecursionError at every flush after it.
@@ -572,6 +573,16 @@ def decode(data: bytes) -> Record:
     document = _parse(data)
     if type(document) is not dict:
         raise CorruptSessionError("not a JSON object")
+    session_id, stats = _head(document)
+    sections = {
+        section: _decode_section(document, section, decode_entry, known)
+        for section, decode_entry, known, _ in _ENTRY_DECODERS
+    }
+    return _record(document, session_id, stats, sections)
+
+
+def _head(document: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The version checked, the session id and the stats object of a document."""
     _refuse_a_newer_version(document.get("version"))
     version = _safe_integer(document, "version")
     if version < 1:
@@ -581,35 +592,204 @@ def decode(data: bytes) -> Record:
         raise CorruptSessionError("sessionId is empty")
     if _SURROGATE.search(session_id):  # it goes into logs and headers, which need UTF-8
         raise CorruptSessionError(f"sessionId is not valid Unicode: {shown(session_id)}")
-    stats = _object(document, "stats")
-    tools, tools_extra = _decode_section(document, "tools", _decode_calls, _TOOL_KEYS)
-    prompts, prompts_extra = _decode_section(document, "prompts", _decode_calls, _TOOL_KEYS)
-    clients, clients_extra = _decode_section(document, "clients", _decode_client, _CLIENT_KEYS)
+    return session_id, _object(document, "stats")
+
+
+def _record(
+    document: dict[str, Any],
+    session_id: str,
+    stats: dict[str, Any],
+    sections: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Mapping[str, Any]]]],
+) -> Record:
+    """The record of a document whose version, id and stats object are checked, and whose
+    sections are decoded: the times, the counts and the unknown keys checked here."""
     session = Session(
         version=CURRENT_VERSION,
         session_id=session_id,
         created_at=_timestamp(document, "createdAt"),
         last_active_at=_timestamp(document, "lastActiveAt"),
         stats=SessionStats(*(_safe_integer(stats, key, "stats.") for key in _STAT_KEYS)),
-        tools=tools,
-        prompts=prompts,
-        clients=clients,
+        tools=sections["tools"][0],
+        prompts=sections["prompts"][0],
+        clients=sections["clients"][0],
     )
-    entries_extra = {
-        section: extra
-        for section, extra in (
-            ("tools", tools_extra),
-            ("prompts", prompts_extra),
-            ("clients", clients_extra),
-        )
-        if extra
-    }
+    entries_extra = {section: extra for section, (_, extra) in sections.items() if extra}
     return Record(
         session,
         _unknown(document, _KNOWN_KEYS, 2),
         _unknown(stats, _STAT_KEYS, 3) if len(stats) > len(_STAT_KEYS) else _NONE,
         MappingProxyType(entries_extra) if entries_extra else _NONE,
     )
+
+
+def decode_after(data: bytes, previous: Encoded | None) -> Encoded:
+    """``decode(data)``, as an Encoded the next encode may build on. ``previous``, what this
+    process wrote last, spares parsing and checking again what ``data`` still holds of it.
+
+    A file another of our processes rewrote holds most of our lines as we wrote them: the
+    same entries in the same places, a few changed. Where ``data`` holds, at an entry's place,
+    the very line ``previous`` wrote of it, the entry is taken as it was; every other stretch
+    is parsed by ``json`` and checked. The result is ``decode(data)``'s: each stretch parsed
+    alone is whole members, and whole members joined by the punctuation found between them
+    are the document (a property test holds it to decode). So a flush after another writer
+    costs what it changed, with no long stretch holding the GIL. A file in any other layout,
+    and anything wrong, is left to ``decode``.
+    """
+    if previous is not None and previous.sections and not previous.spent:
+        read = _read_after(data, previous)
+        if read is not None:
+            return read
+    return Encoded.decoded(data, decode(data))
+
+
+#: Where our layout (JSON.stringify's, indented by 2) ends an entry, goes on to the next one,
+#: and ends a section. No string holds a line break, and nothing inside an entry is indented
+#: by only 4, so these are found nowhere else in a file we wrote.
+_ENTRY_END = b"\n    }"
+_NEXT = b",\n"
+_SECTION_END = b"\n  }"
+
+
+def _read_after(data: bytes, previous: Encoded) -> Encoded | None:
+    """``decode_after``'s reading: None for anything but our layout, or anything wrong."""
+    sections: dict[str, tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
+    kept: dict[str, _Kept] = {}
+    head_end = -1
+    position = 0
+    for section, decode_entry, known, encode_entry in _ENTRY_DECODERS:
+        at = data.find(_OPENING[section], position)
+        if at < 0:
+            sections[section] = (_NONE, _NONE)
+            continue
+        if head_end < 0:
+            head_end = at
+        elif at != position:
+            return None  # something between two sections: not our layout
+        read = _read_section(
+            data,
+            at + len(_OPENING[section]),
+            _EntryCodec(decode_entry, known, encode_entry),
+            previous.sections.get(section),
+            getattr(previous.record.session, section),
+        )
+        if read is None:
+            return None
+        position, entries, kept[section] = read
+        sections[section] = (entries, _NONE)
+        pause()  # a section holds up to MAX_TOOLS entries: let an event loop in between
+    if head_end < 0:
+        return None  # no section: a small file, parsed whole
+    document = _members_of(data[:head_end] + b"}")  # "{" and the members before the sections
+    rest = data[position:]  # "," and the members after them, and "}"; or "}" alone
+    more = rest.startswith(b",")
+    tail = _members_of(b"{" + rest[1:] if more else b"{" + rest)
+    if not document or tail is None or bool(tail) != more:
+        return None
+    if not _SECTION_KEYS.isdisjoint(document) or not _SECTION_KEYS.isdisjoint(tail):
+        return None  # a section in another layout: parsed whole
+    document.update(tail)  # a key twice: the last value, in the first place, as json does
+    try:
+        session_id, stats = _head(document)
+        record = _record(document, session_id, stats, sections)
+    except (CorruptSessionError, UnsupportedVersionError):
+        return None  # decode says what is wrong
+    return Encoded((data,), record, kept)
+
+
+class _EntryCodec(NamedTuple):
+    decode: Callable[[dict[str, Any]], Any]
+    known: tuple[str, ...]
+    encode: Callable[[Any, str], str]
+
+
+def _read_section(
+    data: bytes, position: int, codec: _EntryCodec, old: _Kept | None, before: Mapping[str, Any]
+) -> tuple[int, Mapping[str, Any], _Kept] | None:
+    """The section whose first entry is at ``position``: where it ends, its entries, and
+    their lines; None if it is not in our layout, or holds anything decode would not keep as
+    it is. ``old``: the lines ``previous`` wrote of the entries ``before``, which are taken
+    as they were where ``data`` holds them; in blocks too, compared whole."""
+    old_names = [] if old is None else old.names
+    old_lines = [] if old is None else old.lines
+    old_blocks = [] if old is None else old.blocks
+    made = _Kept()
+    names, lines = made.names, made.lines
+    parsed: dict[str, Any] = {}  # the entries this read parsed, by name
+    places: list[int] = []  # and their places
+    index = 0  # the place in ``old`` of the line expected next
+    for _ in _paced(count()):
+        number, offset = divmod(index, _BLOCK)
+        block = old_blocks[number] if offset == 0 and number < len(old_blocks) - 1 else None
+        if block is not None and len(names) == index and data.startswith(block, position):
+            names += old_names[index : index + _BLOCK]  # with the comma after: not the last
+            lines += old_lines[index : index + _BLOCK]
+            position += len(block)
+            index += _BLOCK
+            continue
+        line = old_lines[index] if index < len(old_lines) else None
+        if line is not None and data.startswith(line, position):
+            names.append(old_names[index])
+            position += len(line)
+            index += 1
+        else:
+            read = _read_entry(data, position, codec)
+            if read is None:
+                return None
+            position, name, parsed[name], line = read
+            places.append(len(names))
+            names.append(name)
+            if index < len(old_names) and old_names[index] == name:
+                index += 1  # changed in its place
+            elif old is not None and (at := old.position(name)) is not None:
+                index = at + 1
+        lines.append(line)
+        if data.startswith(_NEXT, position):
+            position += len(_NEXT)
+        elif data.startswith(_SECTION_END, position):
+            break
+        else:
+            return None
+    if names[: len(old_names)] == old_names:  # ours, in their places: their blocks too
+        entries = copied(before)  # in one go
+        entries.update(parsed)  # in their places, and the names after ours in order
+        made.blocks = _joined(old_blocks, lines, places)
+    else:
+        entries = {name: parsed[name] if name in parsed else before[name] for name in names}
+        made.blocks = _joined([], lines, range(len(lines)))
+    if len(entries) != len(names) or len(parsed) != len(places):
+        return None  # a name twice: parsed whole
+    return position + len(_SECTION_END), MappingProxyType(entries), made
+
+
+def _read_entry(
+    data: bytes, position: int, codec: _EntryCodec
+) -> tuple[int, str, Any, bytes] | None:
+    """The entry at ``position``, parsed and checked: where it ends, its name, the entry,
+    and its line as encode writes it. None if it is not one whole entry decode keeps as is."""
+    end = data.find(_ENTRY_END, position)
+    if end < 0:
+        return None
+    end += len(_ENTRY_END)
+    member = _members_of(b"{" + data[position:end] + b"}")
+    if member is None or len(member) != 1:
+        return None
+    ((name, value),) = member.items()
+    if type(value) is not dict or any(key not in codec.known for key in value):
+        return None  # not an entry, or one with keys we do not know: decode says
+    try:
+        entry = codec.decode(value)
+    except CorruptSessionError:
+        return None
+    return end, name, entry, _utf8(f"    {_STRING(name)}: {codec.encode(entry, '')}")
+
+
+def _members_of(text: bytes) -> dict[str, Any] | None:
+    """The object that ``text`` is, in strict JSON and UTF-8; None for anything else."""
+    try:
+        value = json.loads(text.decode(), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError, CorruptSessionError):
+        return None
+    return value if type(value) is dict else None
 
 
 def _refuse_a_newer_version(version: object) -> None:
@@ -869,3 +1049,13 @@ def _float(number: float) -> float:
         return float(number)
     except OverflowError:  # an integer of 400 digits
         return math.inf
+
+
+#: Each section: how decode reads an entry, the keys it knows, and how encode writes one.
+_ENTRY_DECODERS: tuple[
+    tuple[str, Callable[[dict[str, Any]], Any], tuple[str, ...], Callable[[Any, str], str]], ...
+] = (
+    ("tools", _decode_calls, _TOOL_KEYS, _encode_calls),
+    ("prompts", _decode_calls, _TOOL_KEYS, _encode_calls),
+    ("clients", _decode_client, _CLIENT_KEYS, _encode_client),
+)

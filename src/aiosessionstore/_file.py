@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ._change import Change
-from ._codec import Encoded, decode, encode, encode_parts_after, let_others_run
+from ._codec import Encoded, decode, decode_after, encode, encode_parts_after, let_others_run
 from ._errors import (
     CorruptSessionError,
     SessionNotFoundError,
@@ -155,8 +155,8 @@ def commit(
         let_others_run()
         record = change.apply(base)
         let_others_run()
-        # Built on what this backend wrote: only the names the change touched may differ.
-        touched = change.touched() if known is previous and known is not None else None
+        # Built on what was read: only the names the change touched may differ.
+        touched = None if known is None else change.touched()
         data, encoded = encode_parts_after(record, known, touched)
         size = sum(map(len, data)) if encoded is None else encoded.size
         if size > MAX_FILE_SIZE and _unwritable(base, change):
@@ -313,8 +313,9 @@ def _read_base(
         data = _read_bounded(path)
         if previous is not None and previous.matches(data):
             return previous.record, previous
-        record = decode_bounded(data, str(path))
-        return record, Encoded.decoded(data, record)
+        with _judged(data, str(path)):
+            encoded = decode_after(data, previous)
+        return encoded.record, encoded
     except FileNotFoundError:
         return change.base_when_missing(f"session file at {path}"), None
     except CorruptSessionError as exc:
@@ -370,10 +371,18 @@ def _decode_file(path: Path) -> Record:
 def decode_bounded(data: bytes, where: str) -> Record:
     """A session file's bytes, however read, judged as the file's are: at most MAX_FILE_SIZE,
     of a version we know (else UnsupportedVersionError, naming ``where``), else corrupt."""
+    with _judged(data, where):
+        return decode(data)
+
+
+@contextlib.contextmanager
+def _judged(data: bytes, where: str) -> Iterator[None]:
+    """Decoding ``data`` as ``decode_bounded`` does: its size checked first, its errors
+    told as the file's."""
     if len(data) > MAX_FILE_SIZE:
         raise CorruptSessionError(f"larger than {MAX_FILE_SIZE} bytes")
     try:
-        return decode(data)
+        yield
     except UnsupportedVersionError as exc:
         raise UnsupportedVersionError(f"{where}: {exc}; the file is left as it is") from None
     except RecursionError:  # json's parser recurses once per nested array or object
