@@ -211,7 +211,7 @@ def rivals(draw: st.DrawFn, ours: Record) -> Record:
 damages = st.tuples(
     st.sampled_from(["none", "none", "insert", "delete", "twice"]),
     st.floats(0, 1),
-    st.sampled_from([b" ", b"\n", b",", b"}", b"{", b'"', b"1", b"\n    }", b",\n    "]),
+    st.sampled_from([b" ", b"\n", b",", b"}", b"{", b'"', b"1", b"7", b"\n    }", b",\n    "]),
 )
 
 
@@ -280,6 +280,18 @@ class TestDecodeAfter:
             assert b"".join(parts) == encode(after)
             if encoded is not None:
                 assert encoded.record == decode(b"".join(parts))
+
+    def test_a_time_finer_than_a_microsecond_is_read_as_written_back(self) -> None:
+        """A time of more decimals than encode writes (1.23456) decodes as it is written
+        back (1.235): the record an encode keeps is the one decode reads of its bytes."""
+        data = encode(Record(Session.new(START)).with_session(tools={"a": ToolStats(1)}))
+        data = data.replace(b'"totalMs": 0.0', b'"totalMs": 1.23456')
+        record = decode(data)
+        assert record.session.tools["a"].total_ms == 1.235
+        touched = record.with_session(stats=SessionStats(tool_calls=2))
+        parts, encoded = encode_parts_after(touched, Encoded.decoded(data, record))
+        assert encoded is not None
+        assert encoded.record == decode(b"".join(parts))
 
     def test_parses_only_what_another_process_changed(
         self, monkeypatch: pytest.MonkeyPatch

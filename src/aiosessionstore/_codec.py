@@ -1003,10 +1003,11 @@ def _safe_integer(members: dict[str, Any], key: str, where: str = "") -> int:
 
 
 def _time(members: dict[str, Any], key: str, where: str) -> float:
-    """A time in milliseconds: a finite number, not negative."""
+    """A time in milliseconds: a finite number, not negative; to the microsecond, as encode
+    writes it, so that what decode reads is what it reads back of what encode writes."""
     value = members.get(key)
     if type(value) is float and 0.0 <= value <= _MAX_MS:  # also false for inf and NaN
-        return value
+        return round(value, 3)
     if type(value) is int and value >= 0 and _float(value) < math.inf:
         return float(value)
     if type(value) in (int, float):
