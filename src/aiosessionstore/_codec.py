@@ -676,7 +676,8 @@ def _read_after(data: bytes, previous: Encoded) -> Encoded | None:
             return None
         position, entries, kept[section] = read
         sections[section] = (entries, _NONE)
-        pause()  # a section holds up to MAX_TOOLS entries: let an event loop in between
+        if len(entries) > STEP:  # up to max_tools entries: let an event loop in between
+            pause()
     if head_end < 0:
         return None  # no section: a small file, parsed whole
     document = _members_of(data[:head_end] + b"}")  # "{" and the members before the sections
