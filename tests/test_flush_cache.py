@@ -262,6 +262,10 @@ class TestDecodeAfter:
                     )
                 }
             )
+            newer_keys: bool = draw.draw(st.booleans())  # no lines are kept of "tools"
+            if ours.session.tools and newer_keys:
+                newer = {draw.draw(st.sampled_from(list(ours.session.tools))): {"new": 1}}
+                ours = dataclasses.replace(ours, entries_extra=MappingProxyType({"tools": newer}))
             _, previous = encode_parts_after(ours, None)
             assert previous is not None
             data = damaged(encode(draw.draw(rivals(previous.record))), damage)

@@ -710,6 +710,8 @@ def _read_section(
     their lines; None if it is not in our layout, or holds anything decode would not keep as
     it is. ``old``: the lines ``previous`` wrote of the entries ``before``, which are taken
     as they were where ``data`` holds them; in blocks too, compared whole."""
+    if old is None:
+        before = _NONE  # no line of them to find: nothing is taken as it was
     old_names = [] if old is None else old.names
     old_lines = [] if old is None else old.lines
     old_blocks = [] if old is None else old.blocks
