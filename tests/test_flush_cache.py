@@ -384,6 +384,24 @@ class TestFileBackend:
         merge(backend, known)
         assert on_disk(backend).session.tools["t"].calls == 12
 
+    def test_another_writers_file_is_read_for_what_it_changed(
+        self, opened: tuple[FileBackend, Record], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Over a file another backend rewrote, a flush parses no whole file: it takes the
+        entries it wrote as they were, and the next flush reuses what it wrote."""
+        backend, known = opened
+        other = FileBackend(backend.path)
+        for tool in ("a", "b", "c"):
+            known = merge(backend, known, tool=tool)
+        merge(other, on_disk(other), tool="b", calls=10)
+        decodes = counting_decodes(monkeypatch, _codec)
+        known = merge(backend, known, tool="c")
+        merge(backend, known, tool="a")
+        assert decodes == []
+        tools = on_disk(backend).session.tools
+        assert [(name, tools[name].calls) for name in tools] == [("a", 2), ("b", 11), ("c", 2)]
+        assert backend.path.read_bytes() == encode(on_disk(backend))
+
     def test_a_same_size_file_with_the_same_times_is_parsed(
         self, opened: tuple[FileBackend, Record]
     ) -> None:
