@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import subprocess
 import sys
@@ -427,6 +428,25 @@ class TestExactlyOnce:
         assert worker.returncode == -signal.SIGTERM, err
         assert "counts not saved before signal SIGTERM: " in err
         assert tool_calls_on_disk(session_path) > 0, err
+
+    @pytest.mark.parametrize("after", [30, 200])
+    def test_a_flush_under_way_at_the_signal_lands_before_it_kills(
+        self, session_path: Path, after: int
+    ) -> None:
+        """SIGTERM to an app that flushes as it counts: every count made is on disk, or named
+        in the log as not known to be saved, and none twice. A flush the app began after the
+        signal's own had returned used to die with the process, unsaid."""
+        worker = start_worker("flush-through-the-signal", session_path)
+        assert worker.stdout is not None
+        while worker.stdout.readline() != f"{after}\n":  # counts made so far, by tens
+            pass
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == -signal.SIGTERM, err
+        made = int(out.split()[-1]) if out else after
+        logged = re.search(r"counts not saved before signal SIGTERM: (\d+) tool calls", err)
+        on_disk = tool_calls_on_disk(session_path)  # a write named may land as the process dies
+        assert on_disk <= made <= on_disk + (int(logged[1]) if logged else 0), err
 
     def test_a_close_that_gave_up_writes_its_counts_once_when_the_write_lands(
         self, session_path: Path

@@ -388,6 +388,20 @@ async def count_through_the_signal(path: str) -> None:
         await serving
 
 
+async def flush_through_the_signal(path: str) -> None:
+    """Count ten and flush, again and again, saying the count made after each ten (in the
+    same step of the loop as the counting), until SIGTERM; the test sends it."""
+    async with AsyncSessionStore(path, flush_interval=3600) as store:
+        made = 0
+        while True:
+            for _ in range(10):
+                async with store.tool_call("t"):
+                    pass
+            made += 10
+            say(str(made))
+            await store.flush()
+
+
 def lock_file_open(path: str) -> bool:
     """Whether this process has the lock file open (Linux's /proc tells)."""
     for fd in os.listdir("/proc/self/fd"):
@@ -628,6 +642,7 @@ MODES: dict[str, Callable[..., object]] = {
     "stuck-on-signal": stuck_on_signal,
     "count-while-the-signal-flushes": count_while_the_signal_flushes,
     "count-through-the-signal": count_through_the_signal,
+    "flush-through-the-signal": flush_through_the_signal,
     "fork-while-waiting-for-the-lock": fork_while_waiting_for_the_lock,
     "handler-saved-and-put-back": handler_saved_and_put_back,
     "signal-as-the-loop-stops": signal_as_the_loop_stops,

@@ -279,8 +279,10 @@ class AsyncSessionStore(anyio.AsyncContextManagerMixin):
         return await self._bounded_flush(patience, on_signal=True)
 
     def _unsaved(self) -> str | None:
-        """The pending counts, as a log line names them; None when there are none."""
-        return None if self._pending.active_at is None else self._writer.unsaved()
+        """The counts not known to be stored, as a log line names them; None when there are
+        none. A write under way counts: a task may have started one after the signal's flush
+        returned, and the process must not die of the signal before it lands."""
+        return None if self._writer.settled() else self._writer.unsaved()
 
     def _flush_sync(self) -> None:
         """Flush without an event loop: at interpreter exit, or on a signal once it is gone."""

@@ -234,12 +234,21 @@ class Writer:
             )
         return session
 
+    def settled(self) -> bool:
+        """Whether every count made is known to be stored, or dropped by a reset: none
+        pending, no merge to send again, and no write under way."""
+        return self._pending.active_at is None and self._unsent is None and not self._flights
+
     def unsaved(self) -> str:
-        """The counts not known to be stored, as a log line names them: those pending, and
-        those of a merge to send again, which its backend may have applied (a lost reply)."""
+        """The counts not known to be stored, as a log line names them: those pending, those
+        of a merge to send again, which its backend may have applied (a lost reply), and
+        those of merges under way."""
         stats = self._pending.snapshot().stats
         if self._unsent is not None:
             stats += self._unsent[1].counts.stats
+        for flight in self._flights:
+            if flight.change.mode is Mode.MERGE:
+                stats += flight.taken.counts.stats
         return describe(stats)
 
     def _prepare(self, mode: Mode, now: float) -> tuple[Change, Taken] | None:
