@@ -438,8 +438,11 @@ class TestExactlyOnce:
         signal's own had returned used to die with the process, unsaid."""
         worker = start_worker("flush-through-the-signal", session_path)
         assert worker.stdout is not None
-        while worker.stdout.readline() != f"{after}\n":  # counts made so far, by tens
-            pass
+        for line in iter(worker.stdout.readline, ""):  # the counts made so far, by tens
+            if line == f"{after}\n":
+                break
+        else:
+            raise AssertionError(f"the worker ended first: {worker.communicate(timeout=30)}")
         worker.send_signal(signal.SIGTERM)
         out, err = worker.communicate(timeout=60)
         assert worker.returncode == -signal.SIGTERM, err
