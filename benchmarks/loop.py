@@ -38,9 +38,10 @@ Sizes: no tool names; the cap (``DEFAULT_MAX_TOOLS`` tool names); and the cap of
 (as many tools, prompts and clients), the largest session the library accepts in names. Each
 flush has a pending change: one error, and at the sizes with names a call of one of them.
 The last size is the cap of each kind again, with a rival: another process with a store on
-the same file, flushing back to back during this size's turns (SIGCONT before each, SIGSTOP
-after), each flush with a call of a tool, a prompt and a client pending. So nearly every
-flush of ours reads a file the rival wrote, not the one we wrote.
+the same file, flushing back to back during this size's turns (told on its stdin to go before
+each and to stop after, which it does between two of its flushes: stopped by a signal, it
+could hold the lock), each flush with a call of a tool, a prompt and a client pending. So
+nearly every flush of ours reads a file the rival wrote, not the one we wrote.
 
 The controls: the same loop hopping to a thread of its own (as the store has one), each hop
 lasting at least the mean flush it is compared with (so that both wake the loop at the same
