@@ -226,15 +226,16 @@ def _encode(
     kept: dict[str, _Kept] = {}
     before = None if previous is None else previous.record.session
     # Each section is absent, not empty, while it has no entry: the seed's own file.
-    for section, encode_entry, canonical_entry, same_line in _ENTRY_CODECS:
+    for codec in _ENTRY_CODECS:
+        section = codec.section
         entries = getattr(session, section)
         if not entries:
             continue
         made = _section(
             entries,
-            encode_entry,
-            canonical_entry if keep else None,
-            same_line,
+            codec.encode,
+            codec.canonical if keep else None,
+            codec.same_line,
             extra.get(section, _NONE),
             _NONE if before is None else getattr(before, section),
             None if previous is None else previous.sections.get(section),
@@ -314,7 +315,7 @@ def _section(
 
     def line(name: str, entry: _T) -> bytes:
         more = _members(extra[name], _IN_ENTRY) if name in extra else ""
-        return _utf8(f"    {_STRING(name)}: {encode_entry(entry, more)}")
+        return _line(encode_entry, name, entry, more)
 
     def plain() -> _Section:
         lines = [line(name, entry) for name, entry in _paced(entries.items())]
@@ -429,6 +430,12 @@ def _joined(blocks: list[bytes], lines: list[bytes], changed: Iterable[int]) -> 
     return blocks
 
 
+def _line(encode_entry: Callable[[_T, str], str], name: str, entry: _T, more: str) -> bytes:
+    """An entry as a section holds it: its name, then the entry, with ``more`` (the keys it
+    has that we do not know) written last."""
+    return _utf8(f"    {_STRING(name)}: {encode_entry(entry, more)}")
+
+
 def _overlaid(lines: list[bytes], written: Mapping[int, bytes]) -> list[bytes]:
     lines = list(lines)
     for index, text in written.items():
@@ -506,17 +513,6 @@ def _always(_client: ClientStats) -> bool:
     return True  # counts read back as written, clamped or not
 
 
-#: Each section: how an entry is written, what decode() reads back of what was written, and
-#: whether an entry's line is that of what decode reads back (which then needs no encode).
-_ENTRY_CODECS: tuple[
-    tuple[str, Callable[[Any, str], str], Callable[[Any], Any], Callable[[Any], bool]], ...
-] = (
-    ("tools", _encode_calls, _decoded_calls, _floats),
-    ("prompts", _encode_calls, _decoded_calls, _floats),
-    ("clients", _encode_client, _decoded_client, _always),
-)
-
-
 def _as_decoded(record: Record, sections: Mapping[str, Mapping[str, Any]]) -> Record | None:
     """What decode() returns for encode(record), given its sections as decoded; None where
     decode would refuse it (an id it cannot read back) or cannot be foreseen cheaply."""
@@ -575,8 +571,8 @@ def decode(data: bytes) -> Record:
         raise CorruptSessionError("not a JSON object")
     session_id, stats = _head(document)
     sections = {
-        section: _decode_section(document, section, decode_entry, known)
-        for section, decode_entry, known, _ in _ENTRY_DECODERS
+        codec.section: _decode_section(document, codec.section, codec.decode, codec.known)
+        for codec in _ENTRY_CODECS
     }
     return _record(document, session_id, stats, sections)
 
@@ -656,7 +652,8 @@ def _read_after(data: bytes, previous: Encoded) -> Encoded | None:
     kept: dict[str, _Kept] = {}
     head_end = -1
     position = 0
-    for section, decode_entry, known, encode_entry in _ENTRY_DECODERS:
+    for codec in _ENTRY_CODECS:
+        section = codec.section
         at = data.find(_OPENING[section], position)
         if at < 0:
             sections[section] = (_NONE, _NONE)
@@ -668,7 +665,7 @@ def _read_after(data: bytes, previous: Encoded) -> Encoded | None:
         read = _read_section(
             data,
             at + len(_OPENING[section]),
-            _EntryCodec(decode_entry, known, encode_entry),
+            codec,
             previous.sections.get(section),
             getattr(previous.record.session, section),
         )
@@ -695,12 +692,6 @@ def _read_after(data: bytes, previous: Encoded) -> Encoded | None:
     except (CorruptSessionError, UnsupportedVersionError):
         return None  # decode says what is wrong
     return Encoded((data,), record, kept)
-
-
-class _EntryCodec(NamedTuple):
-    decode: Callable[[dict[str, Any]], Any]
-    known: tuple[str, ...]
-    encode: Callable[[Any, str], str]
 
 
 def _read_section(
@@ -783,7 +774,7 @@ def _read_entry(
         entry = codec.decode(value)
     except CorruptSessionError:
         return None
-    return end, name, entry, _utf8(f"    {_STRING(name)}: {codec.encode(entry, '')}")
+    return end, name, entry, _line(codec.encode, name, entry, "")
 
 
 def _members_of(text: bytes) -> dict[str, Any] | None:
@@ -1055,11 +1046,24 @@ def _float(number: float) -> float:
         return math.inf
 
 
-#: Each section: how decode reads an entry, the keys it knows, and how encode writes one.
-_ENTRY_DECODERS: tuple[
-    tuple[str, Callable[[dict[str, Any]], Any], tuple[str, ...], Callable[[Any, str], str]], ...
-] = (
-    ("tools", _decode_calls, _TOOL_KEYS, _encode_calls),
-    ("prompts", _decode_calls, _TOOL_KEYS, _encode_calls),
-    ("clients", _decode_client, _CLIENT_KEYS, _encode_client),
+class _EntryCodec(NamedTuple):
+    """How the entries of one section are written and read."""
+
+    section: str
+    #: How an entry is written (``more``: the keys it has that we do not know).
+    encode: Callable[[Any, str], str]
+    #: What decode() reads back of what was written.
+    canonical: Callable[[Any], Any]
+    #: Whether an entry's line is that of what decode reads back (which then needs no encode).
+    same_line: Callable[[Any], bool]
+    #: How decode reads an entry, and the keys it knows.
+    decode: Callable[[dict[str, Any]], Any]
+    known: tuple[str, ...]
+
+
+#: Each section's codec, in the order the sections are written.
+_ENTRY_CODECS = (
+    _EntryCodec("tools", _encode_calls, _decoded_calls, _floats, _decode_calls, _TOOL_KEYS),
+    _EntryCodec("prompts", _encode_calls, _decoded_calls, _floats, _decode_calls, _TOOL_KEYS),
+    _EntryCodec("clients", _encode_client, _decoded_client, _always, _decode_client, _CLIENT_KEYS),
 )
