@@ -290,6 +290,47 @@ async def inline_tallies(count: int) -> None:
             pass
 
 
+class EndTally:
+    """The floor of a leaner design than ours: the call counted once, when it ends (a flush
+    during a call would not see it), with three clock reads, not four. Written out as
+    InlineTally is; it shows that no such change of design brings 3x within reach."""
+
+    __slots__ = ("name", "started")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def __aenter__(self) -> EndTally:
+        self.started = time.perf_counter()
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        elapsed = (time.perf_counter() - self.started) * 1000
+        tally = TALLY
+        tally.counts[0] += 1
+        calls = tally.tools.get(self.name)
+        if calls is None:
+            calls = tally.tools[self.name] = Calls()
+        calls.calls += 1
+        if exc is not None:
+            tally.counts[2] += 1
+            calls.errors += 1
+        calls.total_ms += elapsed
+        if elapsed > calls.max_ms:
+            calls.max_ms = elapsed
+        microseconds = elapsed * 1000
+        index = ceil(4 * log2(microseconds)) if microseconds > 1 else 0
+        latency = calls.latency
+        latency[index] = latency.get(index, 0) + 1
+        tally.active_at = time.time()
+
+
+async def end_tallies(count: int) -> None:
+    for _ in range(count):
+        async with EndTally("search"):
+            pass
+
+
 async def hot_path(sizes: Sizes, rows: list[Row], scratch: str) -> float:
     tasks, slices = 1000, sizes.rounds * max(1, sizes.increments // 40_000)
     async with store_at(scratch, flush_interval=3600.0) as store:  # no flush in the way
@@ -312,6 +353,7 @@ async def hot_path(sizes: Sizes, rows: list[Row], scratch: str) -> float:
             "tool_call": (tool_calls, 5_000),
             "empty timer": (empty_timers, 5_000),
             "inline": (inline_tallies, 5_000),
+            "counted at the end": (end_tallies, 5_000),
         }
         counters = {"prometheus": prometheus_inc(), "opentelemetry": opentelemetry_add()}
         for name, counter in counters.items():
@@ -358,6 +400,10 @@ async def hot_path(sizes: Sizes, rows: list[Row], scratch: str) -> float:
     rows.append(Row("1", "the same, counting what tool_call counts, all of it written out in "
                     "that object (no store, no checks, no calls): its floor", per_call(inline),
                     inline / floor, f"({inline / ours:.2f}x an increment)"))  # fmt: skip
+    at_end = best["counted at the end"]
+    rows.append(Row("1", "the same, counted only when the call ends, with three clock reads: "
+                    "the floor of a leaner design", per_call(at_end), at_end / floor,
+                    f"({at_end / ours:.2f}x an increment)"))  # fmt: skip
     rows.append(Row("1", 'async with store.tool_call("search"): pass', per_call(tool),
                     tool / floor, f"<= 3.0x an increment: {tool / ours:.2f}x",
                     tool / ours <= 3.0))  # fmt: skip
