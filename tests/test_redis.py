@@ -1512,6 +1512,49 @@ class TestDeltaFaults:
         finally:
             backend.close()
 
+    def test_a_delete_between_a_push_and_its_fold(
+        self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Another store deletes the session after a push that asks its writer to fold, before
+        the fold: the flush returns the session as its push left it, the delete stands, and
+        the next flush starts a new session, counting only what came after."""
+        monkeypatch.setattr(_redis, "COMPACT_EVERY", 2)
+        writer, deleter = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
+        try:
+            seen = writer.commit(one_call("w", 1, FRESH, saved=False))
+            writer.commit(one_call("w", 2, seen))
+            done = before_script(monkeypatch, writer, "_rewrite_script", deleter.remove)
+            record = writer.commit(one_call("w", 3, seen))
+            assert done == [True]
+            assert record.session.stats.tool_calls == 3
+            assert redis_stored(direct) is None
+            after = writer.commit(one_call("w", 4, record))
+            assert after.session.session_id != seen.session.session_id
+            assert after == stored(direct)
+            assert calls_stored(direct) == 1
+        finally:
+            writer.close()
+            deleter.close()
+
+    def test_a_delete_while_a_corrupt_value_is_replaced(
+        self, redis_url: str, direct: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A value spoiled by hand past the head the merge checks, then deleted by another
+        store between the push that finds it and the write that moves it aside: the flush
+        returns what its writer knew with its change, and the delete stands."""
+        writer, deleter = RedisBackend.from_url(redis_url), RedisBackend.from_url(redis_url)
+        try:
+            seen = writer.commit(one_call("w", 1, FRESH, saved=False))
+            direct.set(SESSION, VERSION_1_HEAD.encode() + b"  garbage")
+            done = before_script(monkeypatch, writer, "_rewrite_script", deleter.remove)
+            record = writer.commit(one_call("w", 2, seen, calls=10))
+            assert done == [True]
+            assert record == one_call("w", 2, seen, calls=10).apply(seen)
+            assert redis_stored(direct) is None
+        finally:
+            writer.close()
+            deleter.close()
+
     def test_a_merge_that_times_out_is_applied_once(
         self, loser: ReplyLoser, direct: redis.Redis
     ) -> None:

@@ -398,18 +398,19 @@ class RedisBackend:
         view = await self._sound(self._absorb(view, reply[3]), change)
         if view.corrupt is not None:  # moved aside, replaced by a fold that counts ours once
             done = await self._rewrite(view, change, deadline, include=False)
-            assert isinstance(done, Record)
-            return done
+            # else deleted meanwhile, with our delta: our change came before the delete
+            return done if isinstance(done, Record) else self._applied(done, change)
         self._view = view  # read after our push (or our change's): it counts it once
         if status == "applied" or view.folded is None:
             return self._applied(view, change)
+        pushed = view.folded
         if int(reply[2]) % COMPACT_EVERY == 0:
             try:  # our delta is stored: folding it in is a favour, not part of the flush
                 await self._rewrite(view, None, deadline, give_up=True)
             except (RedisError, OSError, SessionStoreError) as exc:
                 logger.debug("folding the deltas of %s failed: %s", self.description, exc)
-        assert self._own is not None
-        return self._own
+        # None if the fold lost to a delete, which came after our push: what the push left
+        return pushed if self._own is None else self._own
 
     async def _rewrite(
         self,
