@@ -311,6 +311,27 @@ class TestBadValues:
             direct.set(applied, b"1")  # repaired by hand
         assert stored(direct).session.stats.tool_calls == 5
 
+    @pytest.mark.parametrize("write", ["flush", "reset_stats"])
+    async def test_a_change_number_set_ahead_loses_nothing(
+        self, redis_url: str, direct: redis.Redis, write: str
+    ) -> None:
+        """An applied-number key set ahead of its writer by hand says that changes it never
+        sent were applied: each such write raises, the counts stay pending, and once the key
+        is gone the write lands (a flush pushes its delta; a reset is a compare-and-set)."""
+        async with store_at(redis_url) as store:
+            await store.increment_tool_calls(2)
+            await store.flush()
+            [applied] = direct.keys(f"{BASE}:applied:*")
+            direct.set(applied, b"999999999999999")
+            await store.increment_tool_calls(3)
+            for _ in range(2):  # a flush sends its change again: it is still never sent
+                with pytest.raises(SessionStoreError, match="was never sent"):
+                    await getattr(store, write)()
+            assert calls_stored(direct) == 2
+            direct.delete(applied)
+            await getattr(store, write)()
+            assert calls_stored(direct) == (5 if write == "flush" else 0)
+
     @pytest.mark.parametrize(
         "count", [b"many", b"1e999", b"-1", b"0012", b"9007199254740992", b"99999999999999999"]
     )

@@ -203,6 +203,11 @@ class RedisBackend:
         #: The deltas this backend pushed since it last read, by their bytes: not decoded
         #: again when read back. Bounded: it is only a saving.
         self._pushed: dict[bytes, Delta] = {}
+        #: By writer: the number of its last change this backend sent (whose reply may have
+        #: been lost), and as it was before this commit: Redis saying that a change never
+        #: sent was applied means a value set by hand, which must not drop its counts.
+        self._sent: dict[str, int] = {}
+        self._sent_before = 0
 
     @property
     def _view(self) -> _View | None:
@@ -269,6 +274,8 @@ class RedisBackend:
         """A merge returns this store's view: the session as it last read it (folded), with
         its own merges since applied; the others' counts come in when it folds or reads."""
         before = self._held, self._own, self._sound_view
+        self._sent_before = self._sent.get(change.writer, 0)
+        self._sent[change.writer] = max(change.number, self._sent_before)
         try:
             return self._run(self._commit(change))
         except SessionExistsError:
@@ -386,6 +393,8 @@ class RedisBackend:
                 done = await self._rewrite(view, change, deadline, merge_instead=True)
                 if isinstance(done, Record):
                     return done
+        if status == "applied":
+            self._check_sent(change)
         if status == "ok":
             if len(self._pushed) >= 2 * COMPACT_EVERY:
                 del self._pushed[next(iter(self._pushed))]
@@ -496,6 +505,7 @@ class RedisBackend:
             self._view = view
             if status == "applied":
                 assert change is not None
+                self._check_sent(change)
                 return self._applied(view, change)
             if give_up:
                 return view
@@ -536,6 +546,18 @@ class RedisBackend:
         if change.mode is Mode.IMPORT or change.mode is Mode.REPLACE:
             return known
         return change.base_when_missing(self._missing)
+
+    def _check_sent(self, change: Change) -> None:
+        """Refuse Redis's word that a change this backend never sent was applied (a change
+        number set by hand, or a writer id shared): it would drop the change's counts."""
+        if change.number > self._sent_before:
+            self._sent[change.writer] = self._sent_before  # sent again, it is still unsent
+            raise SessionStoreError(
+                f"{self.description} says change {change.number} of writer {change.writer} "
+                "was applied, but it was never sent (a change number set by hand?); its "
+                f"counts stay pending until {self._applied_prefix}{change.writer} is deleted "
+                "or expires"
+            )
 
     def _applied(self, view: _View, change: Change) -> Record:
         """A change sent again after its reply was lost: adopt what is stored now."""
