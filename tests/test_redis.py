@@ -718,6 +718,24 @@ class TestConfiguration:
         with pytest.raises(ValueError, match="database number"):
             AsyncSessionStore(url=f"redis://127.0.0.1:6379{path}")
 
+    @pytest.mark.parametrize("url", ["redis://", "redis:///0", "redis://:6379/0", "rediss://"])
+    def test_a_url_without_a_host(self, url: str) -> None:
+        """redis-py would connect to localhost:6379 (an empty ``${HOST}``, say): refused."""
+        with pytest.raises(ValueError, match="must name its host"):
+            AsyncSessionStore(url=url)
+
+    def test_a_database_named_twice(self) -> None:
+        """A database in the path and another in the query (redis-py takes the query's)."""
+        with pytest.raises(ValueError, match="database 2 in its path and 3 in its query"):
+            AsyncSessionStore(url="redis://127.0.0.1:6379/2?db=3")
+        AsyncSessionStore(url="redis://127.0.0.1:6379/2?db=2")  # the same: no doubt
+
+    def test_a_bad_url_variable_is_named(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A bad URL in $OCTOCODE_SESSION_URL says where it came from."""
+        monkeypatch.setenv("OCTOCODE_SESSION_URL", "http://127.0.0.1:6379/0")
+        with pytest.raises(ValueError, match=r"^\$OCTOCODE_SESSION_URL: a session URL must"):
+            AsyncSessionStore()
+
     def test_decoded_responses_are_refused(self) -> None:
         """The session is bytes: a client that decodes replies to str would break on any
         value that is not UTF-8, so it is refused up front, by URL or by client."""

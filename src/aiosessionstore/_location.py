@@ -36,13 +36,20 @@ def resolve_backend(
         if not isinstance(backend, Backend):
             raise TypeError(f"backend must implement Backend, not be a {type(backend).__name__}")
         return backend
+    variable = None
     if path is None and url is None:
         _check_app_name(app_name)
-        url = os.environ.get(url_variable(app_name)) or None
+        variable = url_variable(app_name)
+        url = os.environ.get(variable) or None
     if url is not None:
         from .redis import RedisBackend  # imported only when used: redis-py is optional
 
-        return RedisBackend.from_url(url, app_name=app_name, timeout=lock_timeout)
+        try:
+            return RedisBackend.from_url(url, app_name=app_name, timeout=lock_timeout)
+        except ValueError as exc:
+            if variable is None:
+                raise
+            raise ValueError(f"${variable}: {exc}") from None  # say where the URL came from
     return FileBackend(resolve_path(path, app_name), lock_timeout)
 
 

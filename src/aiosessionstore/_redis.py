@@ -241,9 +241,17 @@ class RedisBackend:
                 else "a session URL must start with redis:// or rediss://"
             )
         _check_userinfo(parts)
+        if not parts.hostname:  # redis-py would take localhost: an empty ${HOST}, say
+            raise ValueError("a session URL must name its host, as in redis://127.0.0.1:6379/0")
         if not re.fullmatch(r"/?[0-9]*", parts.path):  # redis-py would take /abc as /0
             raise ValueError("a session URL's path must be a database number, as in /0")
         query = parse_qs(parts.query)
+        in_path, in_query = parts.path.lstrip("/"), query.get("db", [])
+        if in_path and any(db != in_path for db in in_query):  # redis-py takes the query's
+            raise ValueError(
+                f"the session URL names database {in_path} in its path and "
+                f"{', '.join(in_query)} in its query: give one"
+            )
         options: dict[str, Any] = {"retry": Retry(NoBackoff(), 0)}
         for name in ("socket_connect_timeout", "socket_timeout"):
             if name not in query:
