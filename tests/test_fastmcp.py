@@ -85,6 +85,26 @@ class TestCountingInMemory:
             "late": 1,
         }
 
+    async def test_a_call_a_tool_makes_counts_without_a_client(self, session_path: Path) -> None:
+        """A tool that calls another with server.call_tool() makes a call of the server's own,
+        counted with no client, though it runs inside the client's call."""
+        server = FastMCP("nested", lifespan=session_lifespan(str(session_path)))
+        server.tool(lambda: "inner", name="inner")
+
+        @server.tool
+        async def outer() -> str:
+            await server.call_tool("inner", {})
+            return "outer"
+
+        async with Client(server, client_info=TESTER) as client:
+            await client.call_tool("outer", {})
+        document = read_json(session_path)
+        assert {name: entry["calls"] for name, entry in document["tools"].items()} == {
+            "outer": 1,
+            "inner": 1,
+        }
+        assert document["clients"] == {"fastmcp-tester": {"toolCalls": 1, "promptCalls": 0}}
+
     async def test_a_call_from_code_counts_without_a_client(self, session_path: Path) -> None:
         """server.call_tool() from the app's own code is counted, with no client named."""
         server = FastMCP("direct", lifespan=session_lifespan(str(session_path)))

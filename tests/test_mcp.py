@@ -87,6 +87,29 @@ class TestCountingInMemory:
         assert "call_tool" not in vars(server)
         check_acceptance(await read_on_disk(session_path), "tester", "tester")
 
+    async def test_a_call_outlives_a_newer_connection(self, session_path: Path) -> None:
+        """A call of the first of two connections still running when the second closes
+        counts its end (its error, its time) in its own connection's store."""
+        server = MCPServer("overlap", lifespan=session_lifespan(str(session_path)))
+        started, release = anyio.Event(), anyio.Event()
+
+        @server.tool()
+        async def fails_later() -> str:
+            started.set()
+            await release.wait()
+            raise ValueError("after the second connection closed")
+
+        async def call(client: Any) -> None:
+            assert (await client.call_tool("fails_later", {})).is_error
+
+        async with Client(server, client_info=TESTER) as first, anyio.create_task_group() as tasks:
+            async with Client(server):  # the newer connection: closed first
+                tasks.start_soon(call, first)
+                await started.wait()
+            release.set()
+        stats = read_json(session_path)["stats"]
+        assert (stats["toolCalls"], stats["errors"]) == (1, 1)
+
     async def test_a_tool_added_later_is_counted_by_its_name(self, session_path: Path) -> None:
         """Tools added while the server runs are known as soon as they are called."""
         server = MCPServer("late", lifespan=session_lifespan(str(session_path)))
@@ -146,6 +169,26 @@ class TestCountingInMemory:
         async with Client(server) as client:
             assert (await client.call_tool("refuse", {})).is_error
         assert read_json(session_path)["tools"]["refuse"]["errors"] == 1
+
+    async def test_a_call_a_tool_makes_counts_without_a_client(self, session_path: Path) -> None:
+        """A tool that calls another with server.call_tool() makes a call of the server's own,
+        counted with no client, though it runs inside the client's call."""
+        server = MCPServer("nested", lifespan=session_lifespan(str(session_path)))
+        server.add_tool(lambda: "inner", name="inner")
+
+        @server.tool()
+        async def outer() -> str:
+            await server.call_tool("inner", {})
+            return "outer"
+
+        async with Client(server, client_info=TESTER) as client:
+            await client.call_tool("outer", {})
+        document = read_json(session_path)
+        assert {name: entry["calls"] for name, entry in document["tools"].items()} == {
+            "outer": 1,
+            "inner": 1,
+        }
+        assert document["clients"] == {"tester": {"toolCalls": 1, "promptCalls": 0}}
 
     async def test_a_call_from_code_counts_without_a_client(self, session_path: Path) -> None:
         """server.call_tool() from the app's own code is counted, with no client named."""

@@ -78,24 +78,42 @@ class CallCounter:
         self.remove: Callable[[], None] = lambda: None
 
     async def tool_call(
-        self, name: object, client: str | None, call: Callable[[], Awaitable[_R]]
+        self,
+        name: object,
+        client: str | None,
+        call: Callable[[], Awaitable[_R]],
+        state: object = None,
     ) -> _R:
-        """Run ``call``, a call of tool ``name`` from ``client``, and count it."""
+        """Run ``call``, a call of tool ``name`` from ``client``, and count it (``state``:
+        see ``_store_for``)."""
         if not self.stores:
             return await call()
-        store = self.stores[-1]
+        store = self._store_for(state)
         recorded = await self._tools.recorded(name)
         return await _counted(store.tool_call(recorded, client=client), call)
 
     async def prompt_call(
-        self, name: object, client: str | None, call: Callable[[], Awaitable[_R]]
+        self,
+        name: object,
+        client: str | None,
+        call: Callable[[], Awaitable[_R]],
+        state: object = None,
     ) -> _R:
         """Run ``call``, a get of prompt ``name`` from ``client``, and count it."""
         if not self.stores:
             return await call()
-        store = self.stores[-1]
+        store = self._store_for(state)
         recorded = await self._prompts.recorded(name)
         return await _counted(store.prompt_call(recorded, client=client), call)
+
+    def _store_for(self, state: object) -> AsyncSessionStore:
+        """The store of the connection that made the call, known by ``state``, its lifespan
+        context (the store, or a SessionState): it outlives the call, where the newest
+        store may close first (two in-memory clients). The newest for a call from code."""
+        for store in self.stores:
+            if state is store or getattr(state, "store", None) is store:
+                return store
+        return self.stores[-1]
 
 
 async def _counted(counter: ToolCall, call: Callable[[], Awaitable[_R]]) -> _R:
@@ -182,25 +200,29 @@ def install_sdk_hooks(server: Any) -> CallCounter:
 
     async def counted_call_tool(name: str, arguments: dict[str, Any], context: Any = None) -> Any:
         call = functools.partial(call_tool, name, arguments, context)
-        return await counter.tool_call(name, _sdk_client(context), call)
+        client, state = _sdk_caller(context)
+        return await counter.tool_call(name, client, call, state)
 
     async def counted_get_prompt(
         name: str, arguments: dict[str, Any] | None = None, context: Any = None
     ) -> Any:
         call = functools.partial(get_prompt, name, arguments, context)
-        return await counter.prompt_call(name, _sdk_client(context), call)
+        client, state = _sdk_caller(context)
+        return await counter.prompt_call(name, client, call, state)
 
     counter.remove = _shadow(server, call_tool=counted_call_tool, get_prompt=counted_get_prompt)
     return counter
 
 
-def _sdk_client(context: Any) -> str | None:
-    """The calling client's name; None for a call made from code, with no request."""
+def _sdk_caller(context: Any) -> tuple[str | None, object]:
+    """The calling client's name and its connection's lifespan context; None and None for a
+    call made from code, with no request."""
     try:
-        params = context.request_context.session.client_params
+        request = context.request_context
+        params, state = request.session.client_params, request.lifespan_context
     except (AttributeError, ValueError):  # ValueError: "Context is not available outside..."
-        return None
-    return client_info_name(params)
+        return None, None
+    return client_info_name(params), state
 
 
 def client_info_name(params: Any) -> str:

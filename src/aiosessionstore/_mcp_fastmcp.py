@@ -6,13 +6,21 @@ Imported only for a FastMCP server, that is when fastmcp is already imported.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Awaitable
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 from fastmcp.server.middleware import Middleware  # type: ignore[import-not-found, unused-ignore]
 
 from ._mcp_count import CallCounter, client_info_name
 
 __all__ = ("install_middleware",)
+
+_R = TypeVar("_R")
+
+#: Set while a counted call runs: a call made under it is the server's own code calling
+#: (``await server.call_tool(...)`` in a tool), which FastMCP hands the caller's context.
+_in_a_call: ContextVar[bool] = ContextVar("aiosessionstore_in_a_call", default=False)
 
 
 class _CountingMiddleware(Middleware):  # type: ignore[misc, unused-ignore]
@@ -28,15 +36,27 @@ class _CountingMiddleware(Middleware):  # type: ignore[misc, unused-ignore]
 
     async def on_call_tool(self, context: Any, call_next: Any) -> Any:
         call = functools.partial(call_next, context)
-        return await self._counter.tool_call(context.message.name, _client(context), call)
+        return await _own(self._counter.tool_call(context.message.name, _client(context), call))
 
     async def on_get_prompt(self, context: Any, call_next: Any) -> Any:
         call = functools.partial(call_next, context)
-        return await self._counter.prompt_call(context.message.name, _client(context), call)
+        return await _own(self._counter.prompt_call(context.message.name, _client(context), call))
+
+
+async def _own(counted: Awaitable[_R]) -> _R:
+    """Await ``counted`` with the calls it makes marked as the server's own."""
+    token = _in_a_call.set(True)
+    try:
+        return await counted
+    finally:
+        _in_a_call.reset(token)
 
 
 def _client(context: Any) -> str | None:
-    """The calling client's name; None for a call made from code, with no session."""
+    """The calling client's name; None for a call made from code: with no session, or from
+    within a call (where FastMCP passes on the calling request's session)."""
+    if _in_a_call.get():
+        return None
     try:
         params = context.fastmcp_context.session.client_params
     except (AttributeError, RuntimeError):  # RuntimeError: no session is available
