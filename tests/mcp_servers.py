@@ -7,6 +7,11 @@ Run as a script, it is a server over stdio:
                                        it says STALLED on stderr once it hangs
     python mcp_servers.py named NAME   an MCPServer called NAME with one tool, ``ping``, and
                                        its session where its name puts it
+    python mcp_servers.py hang PATH --http PORT
+                                       a FastMCP server over streamable HTTP with ``ping``
+                                       and ``hang``, which says HANGING on stderr and never
+                                       returns: uvicorn's shutdown then waits 30 s for it;
+                                       its store says SEVEN_STORED once it has written 7
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ PROMPTS = {"summarize": (2, 0, 0), "translate": (1, 1, 0), "(unknown)": (1, 1, 0
 _READY = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
 #: What the stall server says on stderr once its shutdown hangs.
 STALLED = "stalled in shutdown"
+#: What the hang server's ``hang`` tool says on stderr once it runs, and its store once it
+#: has written 7 tool calls.
+HANGING = "HANGING"
+SEVEN_STORED = "7 tool calls stored"
 
 
 def check_acceptance(document: Mapping[str, Any], *clients: str) -> None:
@@ -76,12 +85,13 @@ def environment(home: Path, **more: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def http_server(
-    command: list[str], env: Mapping[str, str]
+    command: list[str], env: Mapping[str, str], watch: Mapping[str, anyio.Event] | None = None
 ) -> AsyncIterator[tuple[str, anyio.abc.Process, list[str]]]:
     """Start ``command`` (a server taking ``--http PORT``) on a free port of 127.0.0.1.
 
     Yields the URL of its MCP endpoint once uvicorn says where it listens, the process, and
     the lines of its stderr so far, which are read until it ends: it never blocks on a pipe.
+    ``watch``: an event for a line, set once a line of stderr is that line.
     """
     process = await anyio.open_process(
         [*command, "--http", "0"],
@@ -94,7 +104,7 @@ async def http_server(
     async with process, anyio.create_task_group() as tasks:
         try:
             with anyio.fail_after(60):  # a safety net, not a wait: readiness is a line
-                base = await tasks.start(_read_lines, process, lines)
+                base = await tasks.start(_read_lines, process, lines, watch or {})
             yield f"{base}/mcp", process, lines
         finally:
             if process.returncode is None:
@@ -102,7 +112,11 @@ async def http_server(
 
 
 async def _read_lines(
-    process: anyio.abc.Process, lines: list[str], *, task_status: anyio.abc.TaskStatus[str]
+    process: anyio.abc.Process,
+    lines: list[str],
+    watch: Mapping[str, anyio.Event],
+    *,
+    task_status: anyio.abc.TaskStatus[str],
 ) -> None:
     assert process.stderr is not None
     ready = False
@@ -111,6 +125,8 @@ async def _read_lines(
         *complete, buffered = (buffered + chunk).split("\n")
         lines.extend(complete)
         for line in complete:
+            if line in watch:
+                watch[line].set()
             found = _READY.search(line)
             if found and not ready:
                 ready = True
@@ -162,7 +178,10 @@ def _serve() -> None:
                 print(STALLED, file=sys.stderr, flush=True)
                 await anyio.sleep(60)  # for good: the client's SIGTERM ends it
 
-    kind, argument = sys.argv[1:]
+    kind, argument = sys.argv[1:3]
+    if kind == "hang":
+        _serve_hang(argument, int(sys.argv[4]))
+        return
     if kind == "stall":
         server = build_server(argument, app_lifespan=stall_on_exit)
         # As the example server without --verbose: the drive's failures, made on purpose, are
@@ -179,6 +198,34 @@ def _serve() -> None:
         return "pong"
 
     server.run("stdio")
+
+
+def _serve_hang(path: str, port: int) -> None:
+    from fastmcp import FastMCP
+
+    from aiosessionstore import FileBackend, session_lifespan
+
+    class SaysWhatItStored(FileBackend):
+        def commit(self, change: Any) -> Any:
+            record = super().commit(change)
+            if record.session.stats.tool_calls == 7:
+                print(SEVEN_STORED, file=sys.stderr, flush=True)
+            return record
+
+    server = FastMCP("hang", lifespan=session_lifespan(backend=SaysWhatItStored(path)))
+
+    @server.tool
+    async def ping() -> str:
+        return "pong"
+
+    @server.tool
+    async def hang() -> None:
+        print(HANGING, file=sys.stderr, flush=True)
+        await anyio.sleep_forever()
+
+    # uvicorn's shutdown waits for ``hang`` 30 s (FastMCP's default: 2), far past any SIGKILL
+    config = {"timeout_graceful_shutdown": 30}
+    server.run("http", host="127.0.0.1", port=port, show_banner=False, uvicorn_config=config)
 
 
 if __name__ == "__main__":

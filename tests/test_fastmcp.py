@@ -18,8 +18,16 @@ import pytest
 from aiosessionstore import AsyncSessionStore, session_lifespan, session_store
 
 from .conftest import posix_only, read_json, read_on_disk
-from .mcp_servers import DEMO_SESSION, EXAMPLES, check_acceptance, environment, http_server
-from .test_mcp import stdio
+from .mcp_servers import (
+    DEMO_SESSION,
+    EXAMPLES,
+    HANGING,
+    SEVEN_STORED,
+    check_acceptance,
+    environment,
+    http_server,
+)
+from .test_mcp import SERVERS, stdio
 
 fastmcp = pytest.importorskip("fastmcp")
 
@@ -282,3 +290,28 @@ class TestOverHttp:
         assert status in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
         check_acceptance(read_json(tmp_path / DEMO_SESSION), "sdk", "fastmcp-tester")
         assert not any("Traceback" in line for line in lines)
+
+    @posix_only
+    async def test_sigterm_while_uvicorn_waits_for_a_call(self, tmp_path: Path) -> None:
+        """SIGTERM while a call hangs: uvicorn's handler, set after the store opened, takes
+        the signal and waits for the call to end; the counts are on disk before a SIGKILL."""
+        session = tmp_path / "session.json"
+        command = [sys.executable, str(SERVERS), "hang", str(session)]
+        hanging, stored = anyio.Event(), anyio.Event()
+        watch = {HANGING: hanging, SEVEN_STORED: stored}
+        async with (
+            http_server(command, environment(tmp_path), watch) as (url, process, _),
+            Client(url) as client,
+            anyio.create_task_group() as tasks,
+        ):
+            for _ in range(6):
+                await client.call_tool("ping", {})
+            tasks.start_soon(client.call_tool, "hang", {})
+            with anyio.fail_after(60):  # a safety net: the line is the event
+                await hanging.wait()
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(20):  # the store's flush, not the server's end in 30 s
+                await stored.wait()
+            assert process.returncode is None  # uvicorn still waits for the call
+            tasks.cancel_scope.cancel()
+        assert read_json(session)["stats"]["toolCalls"] == 7

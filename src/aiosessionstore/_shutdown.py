@@ -152,11 +152,13 @@ def _detach_in_child() -> None:
     signal_hub.forget_all()
 
 
-def _drain(reader: socket.socket) -> None:
-    """The signal numbers the wakeup fd wrote; waking the loop was their whole purpose."""
+def _drain(reader: socket.socket) -> bytes:
+    """The signal numbers the wakeup fd wrote, a byte each."""
+    received = b""
     with contextlib.suppress(OSError):
-        while reader.recv(512):
-            pass
+        while chunk := reader.recv(512):
+            received += chunk
+    return received
 
 
 class _Entry(NamedTuple):
@@ -180,6 +182,7 @@ class SignalHub:
     while the file lock is held, so the handler never flushes itself: it wakes the event loop,
     the loop flushes, and then the previous handler runs, or, if there was none, the process
     dies of the signal as it would have. Stores whose loop is not running flush synchronously.
+    A handler set after ours is left alone, and its signals are flushed for all the same.
     """
 
     def __init__(self) -> None:
@@ -188,6 +191,9 @@ class SignalHub:
         self._flushing = False
         #: The loop a signal's flush was handed to, until that flush is done.
         self._flushing_on: asyncio.AbstractEventLoop | None = None
+        #: The signal to pass on once the flush is done; None for one our handler did not
+        #: catch (see ``_woken``), which its own handler has had already.
+        self._chain_to: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: tuple[asyncio.AbstractEventLoop, socket.socket, socket.socket] | None = None
 
@@ -215,6 +221,7 @@ class SignalHub:
         """
         self._entries.clear()
         self._flushing = False
+        self._chain_to = None
         self._close_wakeup(loop_is_ours=False)
 
     def _install(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -254,7 +261,20 @@ class SignalHub:
             writer.close()
             return
         self._wakeup = loop, reader, writer
-        loop.add_reader(reader, _drain, reader)
+        loop.add_reader(reader, self._woken, reader)
+
+    def _woken(self, reader: socket.socket) -> None:
+        """The loop woke for signals: flush for one of ours that another handler caught.
+
+        A handler set after ours takes the signal from us, and is left alone: uvicorn's,
+        which FastMCP starts after its lifespan opened the store, waits for every open
+        connection to close before the server stops and the store flushes, and a SIGKILL may
+        come first. The wakeup fd is written for every signal that has a Python handler,
+        whichever, so a signal of ours is flushed here, and not passed on: its handler had it.
+        """
+        for signum in _drain(reader):
+            if signum in SIGNALS and signal.getsignal(signum) != self._handle:
+                self._respond(signum, None, chain=False)
 
     def _close_wakeup(self, loop_is_ours: bool = True) -> None:
         if self._wakeup is None:
@@ -275,12 +295,19 @@ class SignalHub:
         writer.close()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._respond(signum, frame, chain=True)
+
+    def _respond(self, signum: int, frame: FrameType | None, *, chain: bool) -> None:
+        """Flush every open store, then, with ``chain``, pass the signal on."""
         loop = self._flushing_on
         if self._flushing and (loop is None or loop.is_running()):
-            return  # a flush for an earlier signal is under way; it chains when done
+            if chain:  # a flush for an earlier signal is under way; it chains when done
+                self._chain_to = signum
+            return
         # Not flushing, or the loop that was to flush stopped before it could: act now.
         self._flushing = True
         self._flushing_on = None
+        self._chain_to = signum if chain else None
         entries = list(self._entries.values())
         for entry in entries:
             if not entry.loop.is_running():
@@ -293,7 +320,8 @@ class SignalHub:
             loop.call_soon_threadsafe(self._start_flush, signum, running)
             return
         self._flushing = False
-        self._chain(signum, frame)
+        if chain:
+            self._chain(signum, frame)
 
     def _start_flush(self, signum: int, entries: list[_Entry]) -> None:
         loop = asyncio.get_running_loop()
@@ -330,7 +358,9 @@ class SignalHub:
         finally:
             self._flushing = False
             self._flushing_on = None
-        self._chain(signum, None)
+        chain_to, self._chain_to = self._chain_to, None
+        if chain_to is not None:
+            self._chain(chain_to, None)
 
     def _chain(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
