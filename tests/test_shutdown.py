@@ -102,6 +102,19 @@ class TestSignals:
         assert out == "app handler ran\n"
         assert tool_calls_on_disk(session_path) == 7
 
+    def test_a_handler_set_later_takes_the_signal_and_the_store_flushes(
+        self, session_path: Path
+    ) -> None:
+        """A handler set after the store opened (uvicorn's) takes SIGTERM and is left to it:
+        the store flushes at once all the same; the app then puts ours back and raises the
+        signal again, as uvicorn does, and the process dies of it."""
+        worker = run_until_ready("like-uvicorn", session_path, "9")
+        worker.send_signal(signal.SIGTERM)
+        wait_for_line(worker, "on disk")
+        _, err = worker.communicate("go\n", timeout=30)
+        assert worker.returncode == -signal.SIGTERM, err
+        assert tool_calls_on_disk(session_path) == 9
+
     def test_without_a_running_loop_the_flush_is_synchronous(self, session_path: Path) -> None:
         """A signal after the loop stopped still flushes, in the handler, then kills."""
         worker = run_until_ready("signal-after-loop-stopped", session_path, "17")

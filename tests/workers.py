@@ -138,6 +138,30 @@ def fork_a_short_lived_child() -> None:
     os.waitpid(pid, 0)
 
 
+async def like_uvicorn(path: str, total: str) -> None:
+    """Set a SIGTERM handler once the store is open, as uvicorn does, that only notes the
+    signal; say whether the counts reached the disk meanwhile (waiting at most 60 s); then,
+    on a line on stdin, put back the handler it replaced and raise the signal again, as
+    uvicorn does once its connections have closed."""
+    loop = asyncio.get_running_loop()
+    caught = asyncio.Event()
+    async with AsyncSessionStore(path, flush_interval=3600) as store:
+        saved = signal.signal(signal.SIGTERM, lambda signum, frame: caught.set())
+        await store.increment_tool_calls(int(total))
+        say("ready")
+        await caught.wait()
+        waiting = loop.run_in_executor(None, wait_until_on_disk, path, int(total))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), 60)
+            say("on disk")
+        except asyncio.TimeoutError:
+            say("not on disk")
+        await loop.run_in_executor(None, sys.stdin.readline)
+        signal.signal(signal.SIGTERM, saved)
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.Event().wait()
+
+
 async def handler_saved_and_put_back(path: str, total: str) -> None:
     """An app saves the handler while a store is open and puts it back after it closed, as
     servers that capture signals do; a store opened after that must still handle SIGTERM."""
@@ -645,6 +669,7 @@ MODES: dict[str, Callable[..., object]] = {
     "flush-through-the-signal": flush_through_the_signal,
     "fork-while-waiting-for-the-lock": fork_while_waiting_for_the_lock,
     "handler-saved-and-put-back": handler_saved_and_put_back,
+    "like-uvicorn": like_uvicorn,
     "signal-as-the-loop-stops": signal_as_the_loop_stops,
     "ctrl-c-while-asleep": ctrl_c_while_asleep,
     "count-url": count_url,

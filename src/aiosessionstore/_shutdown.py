@@ -301,8 +301,8 @@ class SignalHub:
         """Flush every open store, then, with ``chain``, pass the signal on."""
         loop = self._flushing_on
         if self._flushing and (loop is None or loop.is_running()):
-            if chain:  # a flush for an earlier signal is under way; it chains when done
-                self._chain_to = signum
+            if chain and self._chain_to is None:  # a flush for an earlier signal is under
+                self._chain_to = signum  # way (one we did not catch): it chains when done
             return
         # Not flushing, or the loop that was to flush stopped before it could: act now.
         self._flushing = True
