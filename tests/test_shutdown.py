@@ -491,6 +491,21 @@ class TestExitBound:
         assert "the signal takes its course" in err
         assert "exit hook" not in err
 
+    def test_a_second_signal_during_the_flush_does_not_replace_the_first(
+        self, session_path: Path
+    ) -> None:
+        """SIGHUP while SIGTERM's flush waits for the lock (systemd's SendSIGHUP=yes): the
+        flush ends, then SIGTERM takes its course, not SIGHUP."""
+        worker = start_worker("stuck-then-another-signal", session_path)
+        wait_for_line(worker, "ready")
+        with lock_held_by_the_test(session_path):
+            worker.send_signal(signal.SIGTERM)
+            wait_for_line(worker, "waiting")
+            worker.send_signal(signal.SIGHUP)
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == -signal.SIGTERM, err
+        assert tool_calls_on_disk(session_path) == 3
+
     def test_a_process_ends_on_time_while_its_write_is_stuck(self, session_path: Path) -> None:
         """With the lock held elsewhere for good, exit takes 2 x close_timeout, not lock_timeout."""
         worker = start_worker("close-gives-up", session_path, 0.2, "exit")

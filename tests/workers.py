@@ -381,6 +381,18 @@ async def stuck_on_signal(path: str, close_timeout: str) -> None:
         await asyncio.Event().wait()
 
 
+async def stuck_then_another_signal(path: str) -> None:
+    """Count 3 and say "ready"; the test holds the lock and signals: say "waiting" once the
+    signal's flush waits for the lock, so that the test can send a second signal then."""
+    async with AsyncSessionStore(path, flush_interval=3600, lock_timeout=600) as store:
+        await store.increment_tool_calls(3)
+        waiting = probe_lock_waits()
+        say("ready")
+        await asyncio.to_thread(waiting.wait)
+        say("waiting")
+        await asyncio.Event().wait()
+
+
 async def count_while_the_signal_flushes(path: str) -> None:
     """Count 5 and say "open"; once the test holds the lock, take SIGTERM, wait until its
     flush has taken the 5 (it then waits for the lock), count 3 more, and say "counted"."""
@@ -664,6 +676,7 @@ MODES: dict[str, Callable[..., object]] = {
     "cancel-everything-mid-flush": cancel_everything_mid_flush,
     "close-gives-up": close_gives_up,
     "stuck-on-signal": stuck_on_signal,
+    "stuck-then-another-signal": stuck_then_another_signal,
     "count-while-the-signal-flushes": count_while_the_signal_flushes,
     "count-through-the-signal": count_through_the_signal,
     "flush-through-the-signal": flush_through_the_signal,
