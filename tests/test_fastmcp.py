@@ -113,6 +113,24 @@ class TestCountingInMemory:
         }
         assert document["clients"] == {"fastmcp-tester": {"toolCalls": 1, "promptCalls": 0}}
 
+    async def test_a_client_opened_in_a_tool_is_counted_as_a_client(self, tmp_path: Path) -> None:
+        """A tool of one server that calls another through a client of its own: that
+        client's calls count under its name, though they run within the first call."""
+        inner = FastMCP("inner", lifespan=session_lifespan(str(tmp_path / "inner.json")))
+        inner.tool(lambda: "pong", name="ping")
+        outer = FastMCP("outer", lifespan=session_lifespan(str(tmp_path / "outer.json")))
+
+        @outer.tool
+        async def relay() -> str:
+            async with Client(inner, client_info=TESTER) as client:
+                await client.call_tool("ping", {})
+            return "relayed"
+
+        async with Client(outer) as client:
+            await client.call_tool("relay", {})
+        clients = read_json(tmp_path / "inner.json")["clients"]
+        assert clients == {"fastmcp-tester": {"toolCalls": 1, "promptCalls": 0}}
+
     async def test_a_call_from_code_counts_without_a_client(self, session_path: Path) -> None:
         """server.call_tool() from the app's own code is counted, with no client named."""
         server = FastMCP("direct", lifespan=session_lifespan(str(session_path)))

@@ -728,7 +728,10 @@ class TestConfiguration:
         """A database in the path and another in the query (redis-py takes the query's)."""
         with pytest.raises(ValueError, match="database 2 in its path and 3 in its query"):
             AsyncSessionStore(url="redis://127.0.0.1:6379/2?db=3")
-        AsyncSessionStore(url="redis://127.0.0.1:6379/2?db=2")  # the same: no doubt
+        with pytest.raises(ValueError, match="database 2 in its path and ² in its query"):
+            AsyncSessionStore(url="redis://127.0.0.1:6379/2?db=²")
+        for same in ("2", "02"):  # the same database: no doubt
+            AsyncSessionStore(url=f"redis://127.0.0.1:6379/2?db={same}")
 
     def test_a_bad_url_variable_is_named(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A bad URL in $OCTOCODE_SESSION_URL says where it came from."""

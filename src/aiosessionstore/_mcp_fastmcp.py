@@ -18,9 +18,11 @@ __all__ = ("install_middleware",)
 
 _R = TypeVar("_R")
 
-#: Set while a counted call runs: a call made under it is the server's own code calling
-#: (``await server.call_tool(...)`` in a tool), which FastMCP hands the caller's context.
-_in_a_call: ContextVar[bool] = ContextVar("aiosessionstore_in_a_call", default=False)
+#: The client session of the counted call running, while it runs: a call made under it with
+#: that same session is the server's own code calling (``await server.call_tool(...)`` in a
+#: tool), to which FastMCP hands the calling request's context. A client's call, even one
+#: made from within a call (an in-memory client of another server), has a session of its own.
+_calling: ContextVar[object] = ContextVar("aiosessionstore_calling", default=None)
 
 
 class _CountingMiddleware(Middleware):  # type: ignore[misc, unused-ignore]
@@ -36,30 +38,43 @@ class _CountingMiddleware(Middleware):  # type: ignore[misc, unused-ignore]
 
     async def on_call_tool(self, context: Any, call_next: Any) -> Any:
         call = functools.partial(call_next, context)
-        return await _own(self._counter.tool_call(context.message.name, _client(context), call))
+        session = _session(context)
+        counted = self._counter.tool_call(context.message.name, _client(session), call)
+        return await _calling_with(session, counted)
 
     async def on_get_prompt(self, context: Any, call_next: Any) -> Any:
         call = functools.partial(call_next, context)
-        return await _own(self._counter.prompt_call(context.message.name, _client(context), call))
+        session = _session(context)
+        counted = self._counter.prompt_call(context.message.name, _client(session), call)
+        return await _calling_with(session, counted)
 
 
-async def _own(counted: Awaitable[_R]) -> _R:
-    """Await ``counted`` with the calls it makes marked as the server's own."""
-    token = _in_a_call.set(True)
+async def _calling_with(session: object, counted: Awaitable[_R]) -> _R:
+    """Await ``counted``, a call from ``session``: calls made under it with that session are
+    the server's own."""
+    token = _calling.set(session)
     try:
         return await counted
     finally:
-        _in_a_call.reset(token)
+        _calling.reset(token)
 
 
-def _client(context: Any) -> str | None:
-    """The calling client's name; None for a call made from code: with no session, or from
-    within a call (where FastMCP passes on the calling request's session)."""
-    if _in_a_call.get():
+def _session(context: Any) -> object:
+    """The client session a call came with; None where there is none (a call from code)."""
+    try:
+        return context.fastmcp_context.session
+    except (AttributeError, RuntimeError):  # RuntimeError: no session is available
+        return None
+
+
+def _client(session: Any) -> str | None:
+    """The calling client's name; None for a call made from code: with no session, or with
+    that of the call it is made within."""
+    if session is None or session is _calling.get():
         return None
     try:
-        params = context.fastmcp_context.session.client_params
-    except (AttributeError, RuntimeError):  # RuntimeError: no session is available
+        params = session.client_params
+    except AttributeError:
         return None
     return client_info_name(params)
 

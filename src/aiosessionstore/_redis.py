@@ -247,7 +247,9 @@ class RedisBackend:
             raise ValueError("a session URL's path must be a database number, as in /0")
         query = parse_qs(parts.query)
         in_path, in_query = parts.path.lstrip("/"), query.get("db", [])
-        if in_path and any(db != in_path for db in in_query):  # redis-py takes the query's
+        if in_path and any(  # redis-py would take the query's
+            not re.fullmatch("[0-9]+", db) or int(db) != int(in_path) for db in in_query
+        ):
             raise ValueError(
                 f"the session URL names database {in_path} in its path and "
                 f"{', '.join(in_query)} in its query: give one"
