@@ -766,14 +766,28 @@ def stored_in_redis(url: str) -> dict[str, Any]:
         backend.close()
 
 
-async def flush_times(store: AsyncSessionStore, count: int) -> list[float]:
-    times = []
-    async with store:
-        for _ in range(count):
-            await store.increment_tool_calls()
-            start = time.perf_counter()
-            await store.flush()
-            times.append(time.perf_counter() - start)
+async def flush_times(store: AsyncSessionStore, count: int, times: list[float]) -> None:
+    """Time ``count`` flushes of an open store, each with one increment pending."""
+    for _ in range(count):
+        await store.increment_tool_calls()
+        start = time.perf_counter()
+        await store.flush()
+        times.append(time.perf_counter() - start)
+
+
+async def flushes_in_turns(
+    stores: list[AsyncSessionStore], count: int, turn: int = 50
+) -> list[list[float]]:
+    """``count`` flush times of each store, the stores taking turns of ``turn`` flushes
+    (each going first in turn), so that drift on a shared machine falls on all alike."""
+    times: list[list[float]] = [[] for _ in stores]
+    async with contextlib.AsyncExitStack() as stack:
+        for store in stores:
+            await stack.enter_async_context(store)
+        for number in range(max(1, count // turn)):
+            shift = number % len(stores)
+            for index in [*range(shift, len(stores)), *range(shift)]:
+                await flush_times(stores[index], turn, times[index])
     return times
 
 
@@ -782,11 +796,9 @@ async def redis_next_to_the_file(sizes: Sizes, rows: list[Row], scratch: str) ->
         if url is None:
             rows.append(Row("9", "Redis", "skipped: no redis-server or no redis-py"))
             return
-        count = sizes.flushes
-        on_file = await flush_times(store_at(os.path.join(scratch, "vs-redis")), count)
-        on_redis = await flush_times(
-            AsyncSessionStore(url=url, handle_signals=False, app_name="bench"), count
-        )
+        redis = AsyncSessionStore(url=url, handle_signals=False, app_name="bench")
+        file = store_at(os.path.join(scratch, "vs-redis"))
+        on_file, on_redis = await flushes_in_turns([file, redis], sizes.flushes)
         file_median, redis_median = statistics.median(on_file), statistics.median(on_redis)
         file_p99 = percentile(on_file, 0.99)
         rows.append(Row("9", "flush on the file: median, p99",
