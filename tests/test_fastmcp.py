@@ -131,6 +131,32 @@ class TestCountingInMemory:
         clients = read_json(tmp_path / "inner.json")["clients"]
         assert clients == {"fastmcp-tester": {"toolCalls": 1, "promptCalls": 0}}
 
+    async def test_a_mounted_server_counts_the_client_and_the_servers_own_calls(
+        self, tmp_path: Path
+    ) -> None:
+        """A server mounted on another, each with its own store: a client's call through the
+        parent counts under the client in both; the parent's own call of the child's tool,
+        made in a tool, counts with no client in both."""
+        child = FastMCP("child", lifespan=session_lifespan(str(tmp_path / "child.json")))
+        child.tool(lambda: "pong", name="ping")
+        parent = FastMCP("parent", lifespan=session_lifespan(str(tmp_path / "parent.json")))
+        parent.mount(child, namespace="child")
+
+        @parent.tool
+        async def relay() -> str:
+            await parent.call_tool("child_ping", {})
+            return "relayed"
+
+        async with Client(parent, client_info=TESTER) as client:
+            await client.call_tool("child_ping", {})
+            await client.call_tool("relay", {})
+        tester = {"fastmcp-tester": {"toolCalls": 1, "promptCalls": 0}}
+        assert read_json(tmp_path / "child.json")["clients"] == tester
+        assert read_json(tmp_path / "child.json")["stats"]["toolCalls"] == 2
+        parent_document = read_json(tmp_path / "parent.json")
+        assert parent_document["clients"] == {"fastmcp-tester": {"toolCalls": 2, "promptCalls": 0}}
+        assert parent_document["stats"]["toolCalls"] == 3
+
     async def test_a_call_from_code_counts_without_a_client(self, session_path: Path) -> None:
         """server.call_tool() from the app's own code is counted, with no client named."""
         server = FastMCP("direct", lifespan=session_lifespan(str(session_path)))

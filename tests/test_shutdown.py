@@ -491,19 +491,25 @@ class TestExitBound:
         assert "the signal takes its course" in err
         assert "exit hook" not in err
 
-    def test_a_second_signal_during_the_flush_does_not_replace_the_first(
-        self, session_path: Path
+    @pytest.mark.parametrize("app_handler", ["no", "yes"])
+    def test_a_signal_during_the_flush_is_passed_on_after_the_first(
+        self, session_path: Path, app_handler: str
     ) -> None:
-        """SIGHUP while SIGTERM's flush waits for the lock (systemd's SendSIGHUP=yes): the
-        flush ends, then SIGTERM takes its course, not SIGHUP."""
-        worker = start_worker("stuck-then-another-signal", session_path)
+        """SIGHUP while SIGTERM's flush waits for the lock (systemd's SendSIGHUP=yes): once
+        the flush is done each takes its course, in the order they came: SIGTERM's default
+        ends the process; an app's SIGTERM handler that lets it live on runs, then SIGHUP's
+        default ends it."""
+        worker = start_worker("stuck-then-another-signal", session_path, app_handler)
         wait_for_line(worker, "ready")
         with lock_held_by_the_test(session_path):
             worker.send_signal(signal.SIGTERM)
             wait_for_line(worker, "waiting")
             worker.send_signal(signal.SIGHUP)
-        _, err = worker.communicate(timeout=60)
-        assert worker.returncode == -signal.SIGTERM, err
+        out, err = worker.communicate(timeout=60)
+        if app_handler == "yes":
+            assert (worker.returncode, out) == (-signal.SIGHUP, "SIGTERM handled\n"), err
+        else:
+            assert (worker.returncode, out) == (-signal.SIGTERM, ""), err
         assert tool_calls_on_disk(session_path) == 3
 
     def test_a_process_ends_on_time_while_its_write_is_stuck(self, session_path: Path) -> None:

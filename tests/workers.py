@@ -381,9 +381,13 @@ async def stuck_on_signal(path: str, close_timeout: str) -> None:
         await asyncio.Event().wait()
 
 
-async def stuck_then_another_signal(path: str) -> None:
+async def stuck_then_another_signal(path: str, app_handler: str = "no") -> None:
     """Count 3 and say "ready"; the test holds the lock and signals: say "waiting" once the
-    signal's flush waits for the lock, so that the test can send a second signal then."""
+    signal's flush waits for the lock, so that the test can send a second signal then. With
+    ``app_handler``, the app's own SIGTERM handler, set before the store opened, says
+    "SIGTERM handled" and lets the process live on."""
+    if app_handler == "yes":
+        signal.signal(signal.SIGTERM, lambda signum, frame: say("SIGTERM handled"))
     async with AsyncSessionStore(path, flush_interval=3600, lock_timeout=600) as store:
         await store.increment_tool_calls(3)
         waiting = probe_lock_waits()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from fastmcp.server.middleware import Middleware  # type: ignore[import-not-found, unused-ignore]
 
@@ -18,11 +18,20 @@ __all__ = ("install_middleware",)
 
 _R = TypeVar("_R")
 
-#: The client session of the counted call running, while it runs: a call made under it with
-#: that same session is the server's own code calling (``await server.call_tool(...)`` in a
-#: tool), to which FastMCP hands the calling request's context. A client's call, even one
-#: made from within a call (an in-memory client of another server), has a session of its own.
-_calling: ContextVar[object] = ContextVar("aiosessionstore_calling", default=None)
+
+class _Calling(NamedTuple):
+    """The counted call running, while it runs (see ``_CountingMiddleware._entered``)."""
+
+    #: Its client session: FastMCP hands it on to ``await server.call_tool(...)`` in a tool.
+    session: object
+    #: The counting middlewares it has passed, outermost first (a mounted server's after its
+    #: parent's, for one and the same call).
+    counted_by: tuple[object, ...]
+    #: Whether it is the server's own code calling, counted with no client.
+    own: bool
+
+
+_calling: ContextVar[_Calling | None] = ContextVar("aiosessionstore_calling", default=None)
 
 
 class _CountingMiddleware(Middleware):  # type: ignore[misc, unused-ignore]
@@ -38,21 +47,37 @@ class _CountingMiddleware(Middleware):  # type: ignore[misc, unused-ignore]
 
     async def on_call_tool(self, context: Any, call_next: Any) -> Any:
         call = functools.partial(call_next, context)
-        session = _session(context)
-        counted = self._counter.tool_call(context.message.name, _client(session), call)
-        return await _calling_with(session, counted)
+        client, calling = self._entered(context)
+        return await _within(calling, self._counter.tool_call(context.message.name, client, call))
 
     async def on_get_prompt(self, context: Any, call_next: Any) -> Any:
         call = functools.partial(call_next, context)
+        client, calling = self._entered(context)
+        counted = self._counter.prompt_call(context.message.name, client, call)
+        return await _within(calling, counted)
+
+    def _entered(self, context: Any) -> tuple[str | None, _Calling]:
+        """Whom to count a call under, and the call running from here on.
+
+        A call with the session of the call it is made within is either that same call on
+        its way into a mounted server, counted under its client, or, where it passes a
+        counting middleware again (or within one that found it so), the server's own code
+        calling (``await server.call_tool(...)``), counted with no client. Any other call is
+        a client's: even one made from within a call (a client a tool opens) has a session
+        of its own.
+        """
         session = _session(context)
-        counted = self._counter.prompt_call(context.message.name, _client(session), call)
-        return await _calling_with(session, counted)
+        within = _calling.get()
+        if within is None or session is None or within.session is not session:
+            return _client(session), _Calling(session, (self,), own=False)
+        own = within.own or self in within.counted_by
+        client = None if own else _client(session)
+        return client, _Calling(session, (*within.counted_by, self), own)
 
 
-async def _calling_with(session: object, counted: Awaitable[_R]) -> _R:
-    """Await ``counted``, a call from ``session``: calls made under it with that session are
-    the server's own."""
-    token = _calling.set(session)
+async def _within(calling: _Calling, counted: Awaitable[_R]) -> _R:
+    """Await ``counted`` as the call running, for the calls it makes."""
+    token = _calling.set(calling)
     try:
         return await counted
     finally:
@@ -68,9 +93,8 @@ def _session(context: Any) -> object:
 
 
 def _client(session: Any) -> str | None:
-    """The calling client's name; None for a call made from code: with no session, or with
-    that of the call it is made within."""
-    if session is None or session is _calling.get():
+    """The name of the client with ``session``; None for no session (a call from code)."""
+    if session is None:
         return None
     try:
         params = session.client_params

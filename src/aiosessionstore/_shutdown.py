@@ -191,9 +191,9 @@ class SignalHub:
         self._flushing = False
         #: The loop a signal's flush was handed to, until that flush is done.
         self._flushing_on: asyncio.AbstractEventLoop | None = None
-        #: The signal to pass on once the flush is done; None for one our handler did not
-        #: catch (see ``_woken``), which its own handler has had already.
-        self._chain_to: int | None = None
+        #: The signals to pass on once the flush is done, in the order they came: those our
+        #: handler caught (one caught by another, see ``_woken``, has been passed on).
+        self._chain_to: list[int] = []
         self._task: asyncio.Task[None] | None = None
         self._wakeup: tuple[asyncio.AbstractEventLoop, socket.socket, socket.socket] | None = None
 
@@ -221,7 +221,7 @@ class SignalHub:
         """
         self._entries.clear()
         self._flushing = False
-        self._chain_to = None
+        self._chain_to = []
         self._close_wakeup(loop_is_ours=False)
 
     def _install(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -301,13 +301,13 @@ class SignalHub:
         """Flush every open store, then, with ``chain``, pass the signal on."""
         loop = self._flushing_on
         if self._flushing and (loop is None or loop.is_running()):
-            if chain and self._chain_to is None:  # a flush for an earlier signal is under
-                self._chain_to = signum  # way (one we did not catch): it chains when done
+            if chain and signum not in self._chain_to:  # a flush for an earlier signal is
+                self._chain_to.append(signum)  # under way: it passes this one on when done
             return
         # Not flushing, or the loop that was to flush stopped before it could: act now.
         self._flushing = True
         self._flushing_on = None
-        self._chain_to = signum if chain else None
+        self._chain_to = [signum] if chain else []
         entries = list(self._entries.values())
         for entry in entries:
             if not entry.loop.is_running():
@@ -358,9 +358,9 @@ class SignalHub:
         finally:
             self._flushing = False
             self._flushing_on = None
-        chain_to, self._chain_to = self._chain_to, None
-        if chain_to is not None:
-            self._chain(chain_to, None)
+        chain_to, self._chain_to = self._chain_to, []
+        for each in chain_to:  # as they would have acted without us, unless one ends us
+            self._chain(each, None)
 
     def _chain(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
